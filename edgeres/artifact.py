@@ -1,0 +1,124 @@
+"""Artifacts: a folder of files plus the `artifact.json` sidecar that says what they are and how they were made.
+
+The sidecar holds the stage, its cache key, the format, the sha256 of every file, the stage config, the input
+artifacts' hashes, tool versions and measured numbers. It is written last: a folder without a valid sidecar is
+never taken for a finished artifact. Loading verifies file hashes on request, so nothing tampered with is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeres.errors import CacheError
+
+SIDECAR = "artifact.json"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-serialisable object in canonical form (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under folder (relative POSIX paths), except the sidecar."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != SIDECAR:
+            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+    return out
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync it, then rename it into place: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished, committed stage output in the cache."""
+
+    path: Path
+    stage: str  # stage name in the recipe
+    stage_type: str
+    key: str
+    format: str  # torch | onnx | report
+    primary: str  # main file, relative to path
+    files: dict[str, str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_sha256(self) -> str:
+        """Identity of the artifact's content: hash over its files' hashes (independent of how it was made)."""
+        return sha256_json(self.files)
+
+    @property
+    def primary_path(self) -> Path:
+        return self.path / self.primary
+
+    def verify(self) -> None:
+        """Re-hash every file and refuse the artifact if one differs from its sidecar."""
+        actual = hash_files(self.path)
+        if actual != self.files:
+            changed = sorted(set(actual.items()) ^ set(self.files.items()))
+            names = sorted({name for name, _ in changed})
+            raise CacheError(
+                f"artifact {self.path} does not match its sidecar (changed, missing or extra: {', '.join(names)}); "
+                f"it was modified after it was written. Remove it with `edgeres cache clean` and rebuild."
+            )
+
+
+def read_artifact(folder: Path) -> Artifact | None:
+    """The artifact in `folder`, or None when it has no valid sidecar (never finished)."""
+    side = folder / SIDECAR
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
+        return None
+    return Artifact(
+        path=folder,
+        stage=meta["stage"],
+        stage_type=meta["stage_type"],
+        key=meta["key"],
+        format=meta["format"],
+        primary=meta["primary"],
+        files=meta["files"],
+        metadata=meta,
+    )

@@ -1,0 +1,178 @@
+"""The `edgeres` command. Imports nothing heavy at module level, so `--help` works with only the core installed.
+
+Exit codes (also in `edgeres --help` and the README): see edgeres.errors.EXIT_CODES.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeres import __version__
+from edgeres.errors import EXIT_CODES, EdgeresError, RecipeError
+
+EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
+ENTRY = re.compile(r"^(?P<type>[a-z]+)-(?P<key>[0-9a-f]{64})(?P<suffix>\.partial|\.lock|\.old-\d+)?$")
+
+
+def _recipe(path: str, sets: tuple[str, ...]) -> Any:
+    from edgeres.recipe import load_recipe, parse_set
+
+    return load_recipe(Path(path), overrides=parse_set(sets))
+
+
+@click.group(help=f"edgeres {__version__}: ResNet fine-tuning to verified edge engines, from one recipe.\n\n{EXIT_HELP}")
+@click.version_option(__version__, prog_name="edgeres")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Run the recipe's stages (cached stages are reused) and write deliverables and reports to --out.")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: out/<recipe name>].")
+@click.option("--cache", type=click.Path(file_okay=False), help="Artifact cache [default: $EDGERES_CACHE or ~/.cache/edgeres].")
+@click.option("--from", "from_stage", metavar="STAGE", help="Start at STAGE; earlier stages must be cached.")
+@click.option("--until", "until_stage", metavar="STAGE", help="Stop after STAGE.")
+@click.option("--force", multiple=True, metavar="STAGE", help="Re-run STAGE even if cached (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Validate and show what would run; run nothing.")
+@click.option("--quiet", is_flag=True, help="No progress output on stderr.")
+def build(
+    recipe: str,
+    out: str | None,
+    cache: str | None,
+    from_stage: str | None,
+    until_stage: str | None,
+    force: tuple[str, ...],
+    sets: tuple[str, ...],
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    from edgeres.pipeline import Pipeline
+    from edgeres.progress import Reporter
+
+    r = _recipe(recipe, sets)
+    out_dir = Path(out) if out else Path("out") / r.name
+    t0 = time.monotonic()
+    pipe = Pipeline(
+        r,
+        cache_dir=Path(cache) if cache else None,
+        out_dir=out_dir,
+        from_stage=from_stage,
+        until_stage=until_stage,
+        force=force,
+        reporter=Reporter(quiet=quiet),
+        dry_run=dry_run,
+    )
+    result = pipe.run()
+    for rec in result.records:
+        click.echo(f"{rec.variant:>12}  {rec.stage:<12} {rec.status:<8} {rec.seconds:7.1f}s  {rec.key[:16]}")
+    if dry_run:
+        click.echo("dry run: nothing was run; stages after a 'planned' one have keys that depend on its output")
+        return
+    click.echo(f"build {r.name}: done in {time.monotonic() - t0:.1f}s; outputs in {out_dir}")
+    if result.report is not None:
+        click.echo(f"report: {out_dir / 'report.md'}")
+
+
+@cli.command(help="Validate a recipe and print it resolved; runs nothing.")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
+def validate(recipe: str, sets: tuple[str, ...]) -> None:
+    from edgeres.recipe import dump_recipe
+
+    r = _recipe(recipe, sets)
+    click.echo(dump_recipe(r), nl=False)
+    click.echo(f"# {recipe}: valid; variants: {', '.join(r.variant_names())}", err=True)
+
+
+@cli.command(help="Show Python, packages, runtimes and devices usable here, and how to install what is missing.")
+def doctor() -> None:
+    from edgeres.doctor import report
+
+    click.echo(report())
+
+
+@cli.group(help="Inspect or clean the artifact cache.")
+def cache() -> None:
+    pass
+
+
+def _cache_dir(path: str | None) -> Path:
+    from edgeres.pipeline import default_cache_dir
+
+    return Path(path) if path else default_cache_dir()
+
+
+def _size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+@cache.command("ls", help="List cache entries: stage, key, state, size, when made.")
+@click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="Cache folder.")
+def cache_ls(cache_path: str | None) -> None:
+    from edgeres.artifact import read_artifact
+
+    root = _cache_dir(cache_path)
+    entries = sorted(p for p in root.iterdir() if ENTRY.match(p.name)) if root.is_dir() else []
+    total = 0
+    for p in entries:
+        m = ENTRY.match(p.name)
+        assert m is not None
+        if m["suffix"] == ".lock":
+            continue
+        art = read_artifact(p) if not m["suffix"] else None
+        state = "done" if art else ("partial" if m["suffix"] == ".partial" else "stale")
+        size = _size(p)
+        total += size
+        made = art.metadata.get("created", "") if art else ""
+        click.echo(f"{m['type']:<10} {m['key'][:16]}  {state:<8} {size / 1e6:9.1f} MB  {made}")
+    click.echo(f"{len([e for e in entries if not e.name.endswith('.lock')])} entries, {total / 1e6:.1f} MB in {root}")
+
+
+@cache.command("clean", help="Remove cache entries (all, or only unfinished ones with --partial).")
+@click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="Cache folder.")
+@click.option("--partial", is_flag=True, help="Remove only unfinished entries (killed builds), keep finished ones.")
+def cache_clean(cache_path: str | None, partial: bool) -> None:
+    root = _cache_dir(cache_path)
+    removed, freed = 0, 0
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            m = ENTRY.match(p.name)
+            if m is None or (partial and m["suffix"] not in (".partial",) and not (m["suffix"] or "").startswith(".old")):
+                continue
+            freed += _size(p)
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed += 1
+        data = root / "data"
+        if not partial and data.is_dir():
+            freed += _size(data)
+            shutil.rmtree(data)
+    click.echo(f"removed {removed} entries, freed {freed / 1e6:.1f} MB from {root}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edgeres", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except EdgeresError as exc:
+        kind = "recipe error" if isinstance(exc, RecipeError) else "error"
+        click.echo(f"edgeres: {kind}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; completed stages are cached and a re-run resumes", err=True)
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,347 @@
+"""Data sets and their three roles: train, val (decisions: checkpoint choice, calibration, accuracy control) and
+test (reported only). Splits are decoded once into uint8 tensors held in memory, in a deterministic order.
+
+`fingerprint()` identifies the data (content and split rule) without importing torch, for cache keys and dry runs.
+What this module does not do: stream data sets too large for memory (it refuses them with a clear error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import importlib.util
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeres.artifact import write_bytes_atomic
+from edgeres.deps import require
+from edgeres.errors import DataError
+from edgeres.recipe import DigitsData, ImageFolderData, SyntheticData
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DataCfg = DigitsData | ImageFolderData | SyntheticData
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fingerprint: str
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a deployed model expects: recorded in sidecars and ONNX metadata."""
+        h, w = self.image_size
+        return {
+            "layout": "NCHW",
+            "color": "RGB",
+            "height": h,
+            "width": w,
+            "scale": "pixel / 255",
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "classes": self.classes,
+        }
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        torch = require("torch")
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std  # type: ignore[no-any-return]
+
+    def batches(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        augment: str = "none",
+        indices: torch.Tensor | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised float batches in a deterministic order (seeded by `generator` when shuffling)."""
+        torch = require("torch")
+        n = len(split) if indices is None else int(indices.numel())
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if indices is not None:
+            order = indices[order]
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            imgs = split.images[idx]
+            if augment != "none":
+                imgs = _augment(imgs, augment, generator)
+            yield self.normalize(imgs), split.labels[idx]
+
+    def numpy_batches(self, split: Split, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
+        n = len(split) if limit is None else min(limit, len(split))
+        torch = require("torch")
+        for x, y in self.batches(split, batch_size, indices=torch.arange(n)):
+            yield x.numpy(), y.numpy()
+
+    def calibration_indices(self, size: int, seed: int) -> tuple[torch.Tensor, str]:
+        """A seeded subset of val (never test) and a hash of its identity, so a recipe gives the same scales."""
+        torch = require("torch")
+        g = torch.Generator().manual_seed(seed)
+        n = min(size, len(self.val))
+        idx = torch.randperm(len(self.val), generator=g)[:n].sort().values
+        h = hashlib.sha256(self.fingerprint.encode() + idx.numpy().tobytes()).hexdigest()
+        return idx, h
+
+
+def _augment(imgs: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding (and horizontal flip), per image."""
+    torch = require("torch")
+    n, _, h, w = imgs.shape
+    padded = torch.nn.functional.pad(imgs, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5 if mode == "crop-flip" else torch.zeros(n, dtype=torch.bool)
+    out = torch.empty_like(imgs)
+    for i in range(n):
+        crop = padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w]
+        out[i] = crop.flip(-1) if bool(flip[i]) else crop
+    return out  # type: ignore[no-any-return]
+
+
+# -------------------------------------------------------------------------------------------------- fingerprints
+
+
+def _digits_file() -> Path:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data type 'digits' needs scikit-learn; install it with: pip install 'edgeres[train]'")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+def _list_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, list[Path]]]]:
+    folder = root / split
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        where = f"folders there: {', '.join(have) or 'none'}" if root.is_dir() else f"{root} does not exist"
+        raise DataError(
+            f"data split folder {str(folder)!r} does not exist ({where}); set data.root and the split names "
+            "(data.train, data.val, data.test) to match your layout"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{str(folder)!r} has no class folders; expected {split}/<class>/<image files>")
+    out = []
+    for c in classes:
+        files = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"class folder {str(folder / c)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        out.append((c, files))
+    return classes, out
+
+
+def fingerprint(cfg: DataCfg, seed: int) -> str:
+    """sha256 of the data content and the split rule; cheap enough to run on every build."""
+    h = hashlib.sha256()
+    rule = cfg.model_dump(mode="json", exclude={"mean", "std", "augment", "calibration_size", "max_memory_gb"})
+    rule.pop("root", None)  # the content identifies the data, not where it lies
+    h.update(json.dumps({"rule": rule, "seed": seed}, sort_keys=True).encode())
+    if isinstance(cfg, DigitsData):
+        h.update(_digits_file().read_bytes())
+    elif isinstance(cfg, ImageFolderData):
+        for split in [s for s in (cfg.train, cfg.val, cfg.test) if s is not None]:
+            _, per_class = _list_folder(cfg.root, split)
+            for c, files in per_class:
+                for f in files:
+                    h.update(f"{split}/{c}/{f.name}\0".encode())
+                    h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+
+def _stratified(labels: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """Split indices per class with a seeded shuffle; returns (kept, held_out) sorted index arrays."""
+    np = require("numpy")
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        held.extend(idx[:k])
+        kept.extend(idx[k:])
+    return np.sort(np.array(kept, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def load_data(cfg: DataCfg, *, seed: int, cache_dir: Path | None = None) -> DataBundle:
+    fp = fingerprint(cfg, seed)
+    if isinstance(cfg, DigitsData):
+        bundle = _load_digits(cfg, seed, fp)
+    elif isinstance(cfg, SyntheticData):
+        bundle = _load_synthetic(cfg, seed, fp)
+    else:
+        bundle = _load_imagefolder(cfg, seed, fp, cache_dir)
+    for name in ("train", "val", "test"):
+        if len(bundle.split(name)) == 0:
+            raise DataError(f"the {name} split is empty; check the data folders and fractions")
+    return bundle
+
+
+def _train_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    x = images.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return (
+        (round(mean[0], 4), round(mean[1], 4), round(mean[2], 4)),
+        (round(std[0], 4), round(std[1], 4), round(std[2], 4)),
+    )
+
+
+def _finish(cfg: DataCfg, train: Split, val: Split, test: Split, classes: list[str], fp: str) -> DataBundle:
+    # ImageNet statistics for user images (what pretrained weights expect); measured on train otherwise.
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if isinstance(cfg, ImageFolderData) else _train_stats(train.images)
+    mean = cfg.mean or mean
+    std = cfg.std or std
+    return DataBundle(train=train, val=val, test=test, classes=classes, mean=mean, std=std, fingerprint=fp)
+
+
+def _load_digits(cfg: DigitsData, seed: int, fp: str) -> DataBundle:
+    torch = require("torch")
+    datasets = require("sklearn.datasets", purpose="read the digits data set")
+    d = datasets.load_digits()
+    labels = d.target.astype("int64")
+    rest, test_idx = _stratified(labels, cfg.test_fraction, seed)
+    train_rel, val_rel = _stratified(labels[rest], cfg.val_fraction, seed + 1)
+    train_idx, val_idx = rest[train_rel], rest[val_rel]
+    # 0..16 grey levels -> uint8, upsampled, replicated to RGB so every ResNet stem takes it unchanged.
+    x = torch.from_numpy(d.images.astype("float32") * (255.0 / 16.0)).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(labels)
+
+    def take(idx: Any) -> Split:
+        t = torch.from_numpy(idx)
+        return Split(x[t].contiguous(), y[t].contiguous())
+
+    return _finish(cfg, take(train_idx), take(val_idx), take(test_idx), [str(i) for i in range(10)], fp)
+
+
+def _load_synthetic(cfg: SyntheticData, seed: int, fp: str) -> DataBundle:
+    """Each class is a fixed random low-frequency pattern; images are that pattern plus noise: learnable, tiny."""
+    torch = require("torch")
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.image_size
+    protos = torch.nn.functional.interpolate(torch.rand(cfg.num_classes, 3, 4, 4, generator=g), size=(s, s))
+
+    def make(n: int) -> Split:
+        y = torch.arange(n) % cfg.num_classes
+        x = protos[y] * 0.7 + torch.rand(n, 3, s, s, generator=g) * 0.3
+        return Split((x * 255).round().to(torch.uint8), y.to(torch.int64))
+
+    train, val, test = make(cfg.train_size), make(cfg.val_size), make(cfg.test_size)
+    return _finish(cfg, train, val, test, [f"class{i}" for i in range(cfg.num_classes)], fp)
+
+
+def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path | None) -> DataBundle:
+    torch = require("torch")
+    cached = cache_dir / "data" / f"{fp}.pt" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        blob = torch.load(cached, weights_only=True)
+        splits = {k: Split(blob[k + "_x"], blob[k + "_y"]) for k in ("train", "val", "test")}
+        return _finish(cfg, splits["train"], splits["val"], splits["test"], list(blob["classes"]), fp)
+
+    classes, per_class = _list_folder(cfg.root, cfg.train)
+    _, test_per_class = _list_folder(cfg.root, cfg.test)
+    test_classes = [c for c, _ in test_per_class]
+    if test_classes != classes:
+        raise DataError(
+            f"the test split's classes ({', '.join(test_classes)}) differ from train's ({', '.join(classes)}); "
+            "every split needs the same class folders"
+        )
+    files: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
+    np = require("numpy")
+    rng = np.random.default_rng(seed)
+    for label, (_, paths) in enumerate(per_class):
+        k = round(len(paths) * cfg.val_fraction) if cfg.val is None else 0
+        order = list(range(len(paths))) if cfg.val_rule == "last" else list(rng.permutation(len(paths)))
+        held = set(order[len(paths) - k :]) if k else set()
+        for i, p in enumerate(paths):
+            files["val" if i in held else "train"].append((p, label))
+    if cfg.val is not None:
+        val_classes, val_per_class = _list_folder(cfg.root, cfg.val)
+        if val_classes != classes:
+            raise DataError(f"the val split's classes ({', '.join(val_classes)}) differ from train's")
+        files["val"] = [(p, label) for label, (_, ps) in enumerate(val_per_class) for p in ps]
+    files["test"] = [(p, label) for label, (_, ps) in enumerate(test_per_class) for p in ps]
+
+    side = cfg.image_size
+    if side is None:
+        first = _decode(files["train"][0][0], None)
+        side_hw = (int(first.shape[1]), int(first.shape[2]))
+    else:
+        side_hw = (side, side)
+    total = sum(len(v) for v in files.values()) * 3 * side_hw[0] * side_hw[1]
+    if total > cfg.max_memory_gb * 2**30:
+        raise DataError(
+            f"the decoded data would need {total / 2**30:.1f} GiB at {side_hw[0]}x{side_hw[1]}, more than "
+            f"data.max_memory_gb={cfg.max_memory_gb}; lower data.image_size or raise data.max_memory_gb "
+            "(streaming from disk is not built yet)"
+        )
+    splits = {}
+    for name, items in files.items():
+        x = torch.empty((len(items), 3, *side_hw), dtype=torch.uint8)
+        for i, (p, _) in enumerate(items):
+            img = _decode(p, side)
+            if tuple(img.shape[1:]) != side_hw:
+                raise DataError(
+                    f"{str(p)!r} is {img.shape[2]}x{img.shape[1]} but the first image is {side_hw[1]}x{side_hw[0]}; "
+                    "set data.image_size to resize every image to one size"
+                )
+            x[i] = img
+        y = torch.tensor([label for _, label in items], dtype=torch.int64)
+        splits[name] = Split(x, y)
+    if cached is not None:
+        blob = {f"{k}_{a}": getattr(s, "images" if a == "x" else "labels") for k, s in splits.items() for a in "xy"}
+        buf = io.BytesIO()
+        torch.save({**blob, "classes": classes}, buf)
+        write_bytes_atomic(cached, buf.getvalue())
+    return _finish(cfg, splits["train"], splits["val"], splits["test"], classes, fp)
+
+
+def _decode(path: Path, side: int | None) -> torch.Tensor:
+    tv_io = require("torchvision.io")
+    try:
+        img = tv_io.decode_image(str(path), mode=tv_io.ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(f"cannot decode image {str(path)!r}: {exc}; remove or replace the file") from exc
+    if side is not None and (img.shape[1] != side or img.shape[2] != side):
+        F = require("torchvision.transforms.v2.functional")
+        img = F.resize(img, [side, side], antialias=True)
+    return img  # type: ignore[no-any-return]
+
+
+def split_sizes(bundle: DataBundle) -> dict[str, int]:
+    return {k: len(bundle.split(k)) for k in ("train", "val", "test")}

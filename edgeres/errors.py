@@ -1,0 +1,56 @@
+"""The errors edgeres raises on purpose, and the exit code each one maps to.
+
+An EdgeresError is a problem the user can fix (a bad recipe, missing data, a missing package, a stage whose result
+fails a check): the CLI prints its message without a traceback. Any other exception is a bug in edgeres and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeresError(Exception):
+    """A problem the user can fix. The message says what happened, the value seen, what is allowed and the fix."""
+
+    exit_code = 3
+
+
+class RecipeError(EdgeresError):
+    """The recipe or the command line is invalid; nothing has run."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(EdgeresError):
+    """An optional package that this step needs is not installed."""
+
+    exit_code = 4
+
+
+class DataError(EdgeresError):
+    """The data set cannot be read or is unusable (missing folder, no images, NaN inputs...)."""
+
+    exit_code = 5
+
+
+class StageError(EdgeresError):
+    """A stage ran and its result failed a check (parity, accuracy budget, Q/DQ rules...)."""
+
+    exit_code = 3
+
+
+class CacheError(EdgeresError):
+    """The artifact cache is unusable (locked by another build, corrupt entry, missing input for --from)."""
+
+    exit_code = 6
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug in edgeres: the traceback is printed; please report it)",
+    2: "bad usage or invalid recipe (nothing ran)",
+    3: "a stage failed a check (parity, accuracy budget, rules) or could not run",
+    4: "an optional package is missing (the message names the extra to install)",
+    5: "the data set cannot be read or is unusable",
+    6: "the artifact cache is locked, corrupt or lacks an entry --from needs",
+    130: "interrupted (Ctrl-C); completed stages stay cached and a re-run resumes",
+}

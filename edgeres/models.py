@@ -1,0 +1,127 @@
+"""Building torchvision ResNets and saving/loading them without pickled modules.
+
+A torch model artifact is `model.pt` (a plain state dict, loaded with `weights_only=True`) plus `model.json` (the
+architecture: torchvision name, number of classes, and preprocessing). Checkpoints from others never run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeres.deps import require
+from edgeres.errors import StageError
+
+if TYPE_CHECKING:
+    import torch
+
+TORCHVISION_WEIGHTS = {
+    ("resnet18", "imagenet-v1"): "ResNet18_Weights.IMAGENET1K_V1",
+    ("resnet34", "imagenet-v1"): "ResNet34_Weights.IMAGENET1K_V1",
+    ("resnet50", "imagenet-v1"): "ResNet50_Weights.IMAGENET1K_V1",
+    ("resnet50", "imagenet-v2"): "ResNet50_Weights.IMAGENET1K_V2",
+    ("resnet101", "imagenet-v1"): "ResNet101_Weights.IMAGENET1K_V1",
+    ("resnet101", "imagenet-v2"): "ResNet101_Weights.IMAGENET1K_V2",
+    ("resnet152", "imagenet-v1"): "ResNet152_Weights.IMAGENET1K_V1",
+    ("resnet152", "imagenet-v2"): "ResNet152_Weights.IMAGENET1K_V2",
+    ("resnext50_32x4d", "imagenet-v1"): "ResNeXt50_32X4D_Weights.IMAGENET1K_V1",
+    ("resnext50_32x4d", "imagenet-v2"): "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
+    ("wide_resnet50_2", "imagenet-v1"): "Wide_ResNet50_2_Weights.IMAGENET1K_V1",
+    ("wide_resnet50_2", "imagenet-v2"): "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
+}
+
+
+def build_model(arch: str, num_classes: int) -> torch.nn.Module:
+    models = require("torchvision.models", purpose="build torchvision ResNets")
+    return models.get_model(arch, weights=None, num_classes=num_classes)  # type: ignore[no-any-return]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely: tensors only (weights_only=True), never a fallback that unpickles code."""
+    torch = require("torch")
+    if not path.is_file():
+        raise StageError(f"weights file {str(path)!r} does not exist; set finetune.weights to a state dict path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or corrupt files
+        raise StageError(
+            f"cannot load {str(path)!r} as a tensors-only checkpoint ({type(exc).__name__}: {str(exc)[:300]}). "
+            "edgeres never unpickles code: save a plain state dict with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise StageError(
+            f"{str(path)!r} is not a state dict (a mapping of names to tensors); got {type(obj).__name__}"
+        )
+    # Checkpoints saved from DataParallel / torch.compile carry prefixes.
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def imagenet_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    name = TORCHVISION_WEIGHTS.get((arch, weights))
+    if name is None:
+        have = sorted(w for a, w in TORCHVISION_WEIGHTS if a == arch)
+        raise StageError(f"torchvision has no {weights} weights for {arch}; available: {', '.join(have)}")
+    models = require("torchvision.models")
+    enum_name, member = name.split(".")
+    try:
+        return getattr(getattr(models, enum_name), member).get_state_dict(progress=False)  # type: ignore[no-any-return]
+    except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError)
+        raise StageError(
+            f"could not download torchvision {name} ({type(exc).__name__}: {exc}); this machine may be offline. "
+            "Download the weights elsewhere, save the state dict, and set finetune.weights to its path"
+        ) from None
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> list[str]:
+    """Load `state` into `model`; a classifier of another size is left freshly initialised. Returns what was dropped."""
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k.startswith("fc.")]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in dropped]
+    if missing or unexpected:
+        raise StageError(
+            f"weights from {source} do not fit this architecture: {len(missing)} missing keys "
+            f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
+            f"(e.g. {', '.join(unexpected[:3]) or '-'}); check model.arch"
+        )
+    return dropped
+
+
+def save_model(model: torch.nn.Module, folder: Path, spec: dict[str, Any]) -> None:
+    torch = require("torch")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+
+
+def load_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the architecture from model.json and load model.pt with weights_only=True."""
+    spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    model = build_model(spec["arch"], spec["num_classes"])
+    load_weights(model, read_state_dict(folder / "model.pt"), source=str(folder))
+    model.eval()
+    return model, spec
+
+
+def evaluate(model: torch.nn.Module, batches: Any) -> dict[str, float]:
+    """top-1 and mean cross-entropy of a torch model over (images, labels) batches, in eval mode."""
+    torch = require("torch")
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    with torch.inference_mode():
+        for x, y in batches:
+            logits = model(x)
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += int(y.numel())
+    return {"top1": correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(int(p.numel()) for p in model.parameters())

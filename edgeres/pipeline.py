@@ -1,0 +1,316 @@
+"""The pipeline engine: runs each variant's stages in recipe order over a content-addressed cache.
+
+Every stage output lives in `<cache>/<stage type>-<key>/`, where the key is the sha256 of the stage type and
+implementation version, its resolved config, its input artifact's content hash, the data fingerprint, the seed and
+the versions of the tools it uses. A stage whose key has a committed entry is not run again, so variants that share
+stages run them once, a second recipe reuses a first one's stages, and a killed build resumes.
+
+Commit protocol: a stage writes into `<entry>.partial/` (kept across a kill so long stages can resume from their
+checkpoints), the pipeline hashes the files and writes `artifact.json` last, then renames the folder into place.
+A lock file per entry keeps two builds from writing one entry; the second waits and then reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeres import __version__
+from edgeres.artifact import (
+    SCHEMA_VERSION,
+    SIDECAR,
+    Artifact,
+    hash_files,
+    read_artifact,
+    sha256_json,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from edgeres.deps import versions
+from edgeres.errors import CacheError, RecipeError, StageError
+from edgeres.progress import Reporter
+from edgeres.recipe import Recipe, dump_recipe, variant_recipe
+from edgeres.stages import REGISTRY, load_stage
+from edgeres.stages.base import SCRATCH, StageContext, StageOutput
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("EDGERES_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeres"
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path, reporter: Reporter) -> Iterator[None]:
+    """Exclusive lock on `path`; waits (saying so) while another build holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reporter.log(f"waiting for another build that is writing {path.stem} ...")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass
+class StageRecord:
+    variant: str
+    stage: str
+    stage_type: str
+    key: str
+    status: str  # ran | cached | planned | missing
+    seconds: float = 0.0
+    path: str = ""
+
+
+@dataclass
+class BuildResult:
+    variants: dict[str, Artifact] = field(default_factory=dict)
+    report: Artifact | None = None
+    records: list[StageRecord] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        cache_dir: Path | None = None,
+        out_dir: Path | None = None,
+        from_stage: str | None = None,
+        until_stage: str | None = None,
+        force: tuple[str, ...] = (),
+        reporter: Reporter | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.recipe = recipe
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.out_dir = out_dir
+        self.reporter = reporter or Reporter()
+        self.dry_run = dry_run
+        ids = [s.id for s in recipe.stages]
+        for opt, value in (("--from", from_stage), ("--until", until_stage), *(("--force", f) for f in force)):
+            if value is not None and value not in ids:
+                raise RecipeError(f"{opt} {value!r} is not a stage of this recipe; stages: {', '.join(ids)}")
+        self.from_stage, self.until_stage, self.force = from_stage, until_stage, set(force)
+        self._forced_done: set[str] = set()
+        self._data: dict[str, Any] = {}
+        self._fingerprints: dict[str, str] = {}
+        self.threads = recipe.threads or os.cpu_count() or 1
+
+    # ----------------------------------------------------------------------------------------------- keys & data
+
+    def _data_key(self, recipe: Recipe) -> str:
+        return sha256_json([recipe.data.model_dump(mode="json"), recipe.seed])
+
+    def fingerprint(self, recipe: Recipe) -> str:
+        k = self._data_key(recipe)
+        if k not in self._fingerprints:
+            from edgeres.data import fingerprint
+
+            self._fingerprints[k] = fingerprint(recipe.data, recipe.seed)
+        return self._fingerprints[k]
+
+    def _loader(self, recipe: Recipe) -> Any:
+        def load() -> Any:
+            k = self._data_key(recipe)
+            if k not in self._data:
+                from edgeres.data import load_data, split_sizes
+
+                t = time.monotonic()
+                self._data[k] = load_data(recipe.data, seed=recipe.seed, cache_dir=self.cache_dir)
+                sizes = split_sizes(self._data[k])
+                self.reporter.log(
+                    f"data {recipe.data.type}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
+                    f"images, {len(self._data[k].classes)} classes ({time.monotonic() - t:.1f}s)"
+                )
+            return self._data[k]
+
+        return load
+
+    def stage_key(self, recipe: Recipe, stage: Any, inputs: dict[str, str]) -> str:
+        spec = REGISTRY[stage.type]
+        cfg = stage.model_dump(mode="json", exclude={"name"})
+        material: dict[str, Any] = {
+            "stage": stage.type,
+            "impl": spec.version,
+            "config": cfg,
+            "inputs": inputs,
+            "data": self.fingerprint(recipe),
+            "seed": recipe.seed,
+            "tools": versions(*spec.tools),
+        }
+        if stage.type == "finetune":
+            # What the model is and how the data is fed shape its weights.
+            material["model"] = recipe.model.model_dump(mode="json")
+            material["feed"] = recipe.data.model_dump(mode="json", include={"mean", "std", "augment"})
+        return sha256_json(material)
+
+    # ------------------------------------------------------------------------------------------------------ run
+
+    def run(self) -> BuildResult:
+        result = BuildResult()
+        names = self.recipe.variant_names()
+        bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
+        stop = False
+        for vname in names:
+            vrecipe = variant_recipe(self.recipe, vname)
+            art: Artifact | None = None
+            for st in vrecipe.chain(vname):
+                if st.type == "benchmark":
+                    continue
+                art = self._stage(result, vname, vrecipe, st, art)
+                if art is None:
+                    break
+                if st.id == self.until_stage:
+                    stop = True
+                    break
+            if art is not None:
+                result.variants[vname] = art
+        if bench is not None and not (stop and self.until_stage != bench.id) and not self.dry_run:
+            if len(result.variants) == len(names):
+                result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
+        if self.out_dir is not None and not self.dry_run:
+            self._deliver(result)
+        return result
+
+    def _stage(
+        self,
+        result: BuildResult,
+        vname: str,
+        recipe: Recipe,
+        st: Any,
+        inp: Artifact | None,
+        *,
+        variants: dict[str, Artifact] | None = None,
+    ) -> Artifact | None:
+        inputs = {"input": inp.content_sha256} if inp is not None else {}
+        if variants is not None:
+            inputs = {f"variant:{k}": a.content_sha256 for k, a in variants.items()}
+        key = self.stage_key(recipe, st, inputs)
+        final = self.cache_dir / f"{st.type}-{key}"
+        forced = st.id in self.force and key not in self._forced_done
+        before_from = self.from_stage is not None and self._is_before(st.id, self.from_stage)
+        rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final))
+        result.records.append(rec)
+
+        existing = read_artifact(final)
+        if existing is not None and not forced:
+            existing.verify()
+            self.reporter.log(f"[{vname}] {st.id}: cached ({key[:12]})")
+            return existing
+        if before_from:
+            rec.status = "missing"
+            raise CacheError(
+                f"--from {self.from_stage} needs {st.id}'s output in the cache for variant {vname}, but there is "
+                f"no entry {final.name}; run the build once without --from (or from an earlier stage)"
+            )
+        if self.dry_run:
+            rec.status = "planned"
+            self.reporter.log(f"[{vname}] {st.id}: would run ({key[:12]})")
+            return None
+
+        spec = REGISTRY[st.type]
+        with entry_lock(final.with_name(final.name + ".lock"), self.reporter):
+            existing = read_artifact(final)
+            if existing is not None and not forced:
+                existing.verify()
+                return existing
+            work = final.with_name(final.name + ".partial")
+            work.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(
+                workdir=work,
+                recipe=recipe,
+                variant=vname,
+                seed=recipe.seed,
+                threads=self.threads,
+                reporter=self.reporter,
+                load_data=self._loader(recipe),
+                variants=variants or {},
+            )
+            self.reporter.log(f"[{vname}] {st.id}: running ({key[:12]})")
+            t0 = time.monotonic()
+            out: StageOutput = load_stage(st.type).run(ctx, st, inp)
+            rec.seconds = round(time.monotonic() - t0, 2)
+            shutil.rmtree(work / SCRATCH, ignore_errors=True)
+            if not (work / out.primary).is_file():
+                raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
+            files = hash_files(work)
+            sidecar = {
+                "schema": SCHEMA_VERSION,
+                "edgeres": __version__,
+                "stage": st.id,
+                "stage_type": st.type,
+                "stage_version": spec.version,
+                "key": key,
+                "format": out.format,
+                "primary": out.primary,
+                "deliverables": out.deliverables or [out.primary],
+                "files": files,
+                "inputs": inputs,
+                "config": st.model_dump(mode="json"),
+                "data_fingerprint": self.fingerprint(recipe),
+                "seed": recipe.seed,
+                "tools": versions(*spec.tools),
+                "metrics": out.metrics,
+                "seconds": rec.seconds,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_json_atomic(work / SIDECAR, sidecar)  # the commit marker, written last
+            if final.exists():  # --force over a committed entry: swap, then drop the old one
+                old = final.with_name(f"{final.name}.old-{os.getpid()}")
+                os.rename(final, old)
+                os.rename(work, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(work, final)
+            if forced:
+                self._forced_done.add(key)
+            rec.status = "ran"
+            self.reporter.log(f"[{vname}] {st.id}: done in {rec.seconds:.1f}s")
+        art = read_artifact(final)
+        if art is None:
+            raise CacheError(f"the entry {final} vanished right after it was written; is another process cleaning?")
+        return art
+
+    def _is_before(self, stage_id: str, ref: str) -> bool:
+        ids = [s.id for s in self.recipe.stages]
+        return ids.index(stage_id) < ids.index(ref)
+
+    # ---------------------------------------------------------------------------------------------- deliverables
+
+    def _deliver(self, result: BuildResult) -> None:
+        """Copy each variant's deliverables and the reports to --out (each file atomically), and the build log."""
+        assert self.out_dir is not None
+        out = self.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
+        for vname, art in result.variants.items():
+            for rel in art.metadata.get("deliverables", [art.primary]):
+                write_bytes_atomic(out / "models" / vname / rel, (art.path / rel).read_bytes())
+            write_bytes_atomic(out / "models" / vname / SIDECAR, (art.path / SIDECAR).read_bytes())
+        if result.report is not None:
+            for rel in result.report.metadata.get("deliverables", [result.report.primary]):
+                write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())
+        write_json_atomic(
+            out / "build.json",
+            {
+                "recipe": self.recipe.name,
+                "cache": str(self.cache_dir),
+                "stages": [r.__dict__ for r in result.records],
+            },
+        )

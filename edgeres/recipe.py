@@ -1,0 +1,517 @@
+"""The recipe: the only configuration surface of edgeres.
+
+A recipe is YAML (safe-loaded) validated by the pydantic models below, all with `extra="forbid"` and a description
+on every field. Every problem is reported before any work starts, each with its key path, the value seen, what is
+allowed and, where known, its line in the YAML. `--set key.path=value` overrides and `variants:` are applied to the
+raw mapping before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeres.errors import RecipeError
+
+ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+
+class DataBase(Strict):
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Per-channel mean for normalisation (RGB, on [0,1] pixels); default depends on the data type."
+    )
+    std: tuple[float, float, float] | None = Field(
+        None, description="Per-channel std for normalisation (RGB); default depends on the data type."
+    )
+    augment: Literal["none", "crop", "crop-flip"] = Field(
+        "crop",
+        description="Training augmentation: none; random crop with 4-pixel padding; crop plus horizontal flip "
+        "(not for digits or text).",
+    )
+    calibration_size: int = Field(
+        300, ge=1, description="Images in the seeded calibration subset of the val split (capped at its size)."
+    )
+
+
+class DigitsData(DataBase):
+    type: Literal["digits"] = Field(description="scikit-learn's bundled 8x8 handwritten digits (1,797 images).")
+    image_size: int = Field(32, ge=8, le=512, description="Side the 8x8 digits are upsampled to (bilinear).")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Seeded, stratified share of images held out as test.")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Seeded, stratified share of the remaining images held out as val."
+    )
+
+
+class ImageFolderData(DataBase):
+    type: Literal["imagefolder"] = Field(description="A root folder with one folder per split, one per class inside.")
+    root: Path = Field(description="Root folder; relative paths are resolved against the recipe file's folder.")
+    train: str = Field("train", description="Name of the training split folder under root.")
+    val: str | None = Field(
+        None, description="Name of the val split folder; when absent, val is held out of train by `val_rule`."
+    )
+    test: str = Field("test", description="Name of the test split folder (reported only, never used to decide).")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each train class held out as val.")
+    val_rule: Literal["last", "random"] = Field(
+        "last",
+        description="How val is held out of train per class: the last files by sorted name (matches "
+        "checkpoints trained on the first files), or a seeded random draw.",
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="Resize every image to this square side; default keeps the native size."
+    )
+    max_memory_gb: float = Field(
+        4.0, gt=0, description="Decoded splits are held in memory; refuse data that would need more than this."
+    )
+
+
+class SyntheticData(DataBase):
+    type: Literal["synthetic"] = Field(description="Generated class-conditional patterns, for tests.")
+    num_classes: int = Field(4, ge=2, le=1000, description="Number of classes.")
+    image_size: int = Field(16, ge=8, le=256, description="Square image side.")
+    train_size: int = Field(128, ge=1, description="Training images.")
+    val_size: int = Field(64, ge=1, description="Val images.")
+    test_size: int = Field(64, ge=1, description="Test images.")
+
+
+DataConfig = Annotated[Union[DigitsData, ImageFolderData, SyntheticData], Field(discriminator="type")]
+
+
+class ModelConfig(Strict):
+    arch: Literal[ARCHS] = Field(  # type: ignore[valid-type]
+        "resnet50", description="torchvision ResNet family member; the classifier is sized to the data's classes."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- stages
+
+
+class StageBase(Strict):
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Stage name used by variants, --from/--until/--force and --set; defaults to its type.",
+    )
+
+    @property
+    def id(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined, no-any-return]
+
+
+class Optimizer(Strict):
+    type: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.")
+    lr: float = Field(0.05, gt=0, le=10, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by AdamW).")
+    nesterov: bool = Field(True, description="Nesterov momentum for SGD.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay (decoupled for AdamW).")
+
+
+class FinetuneStage(StageBase):
+    type: Literal["finetune"] = Field(description="Train or fine-tune the torchvision ResNet on the train split.")
+    weights: str = Field(
+        "none",
+        description="Starting weights: none (random), imagenet-v1 / imagenet-v2 (torchvision, needs internet), or a "
+        "path to a state dict (loaded with weights_only=True; relative to the recipe file).",
+    )
+    epochs: int = Field(10, ge=0, le=1000, description="Training epochs; 0 only loads and evaluates the weights.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Training batch size.")
+    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")  # type: ignore[arg-type]
+    schedule: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Learning-rate schedule.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="Train only the classifier for this many first epochs, then unfreeze everything."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneStage:
+        if self.freeze_backbone_epochs > self.epochs:
+            raise ValueError(
+                f"freeze_backbone_epochs is {self.freeze_backbone_epochs} but epochs is {self.epochs}; "
+                "it must not exceed epochs"
+            )
+        return self
+
+
+class Parity(Strict):
+    samples: int = Field(256, ge=1, description="Val images run through torch and ONNX Runtime to compare.")
+    max_abs_diff: float = Field(1e-3, gt=0, description="Largest allowed |logit difference| (FP32 vs FP32).")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed share of equal top-1 classes.")
+
+
+class ExportStage(StageBase):
+    type: Literal["export"] = Field(description="Export the torch model to ONNX and check parity against torch.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo",
+        description="torch.onnx exporter, pinned explicitly (torch's default changed in 2.9): dynamo "
+        "(torch.export) or the legacy torchscript tracer.",
+    )
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset.")
+    dynamic_batch: bool = Field(True, description="Make the batch axis dynamic (needed for offline batches).")
+    parity: Parity = Field(default_factory=Parity, description="Parity check on real val images.")  # type: ignore[arg-type]
+
+
+class Latency(Strict):
+    warmup: int = Field(10, ge=0, description="Warm-up queries, not counted.")
+    min_queries: int = Field(50, ge=1, description="A run counts only with at least this many queries ...")
+    min_duration_s: float = Field(2.0, ge=0, description="... and at least this many seconds (MLPerf: 600).")
+    max_duration_s: float = Field(
+        60.0, gt=0, description="Stop measuring after this long; a run that misses the minimums is marked invalid."
+    )
+
+
+class BenchmarkStage(StageBase):
+    type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
+    runtimes: list[Literal["onnxruntime", "openvino", "torch"]] = Field(
+        default_factory=lambda: ["onnxruntime"],
+        min_length=1,
+        description="Runtimes to measure ONNX deliverables on (torch measures torch models only).",
+    )
+    accuracy_split: Literal["test", "val"] = Field("test", description="Split accuracy is reported on.")
+    latency: Latency = Field(default_factory=Latency, description="Single-stream (batch 1) settings.")  # type: ignore[arg-type]
+    baseline: str | None = Field(
+        None, description="Variant that accuracy drop and agreement are measured against; default the first."
+    )
+
+
+StageConfig = Annotated[Union[FinetuneStage, ExportStage, BenchmarkStage], Field(discriminator="type")]
+
+# What each stage type consumes and produces, so impossible orders fail at validation.
+STAGE_IO: dict[str, tuple[str | None, str]] = {
+    "finetune": (None, "torch"),
+    "export": ("torch", "onnx"),
+    "benchmark": ("any", "report"),
+}
+
+
+class Variant(Strict):
+    skip: list[str] = Field(default_factory=list, description="Stage names this variant leaves out.")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides for this variant, as key.path: value (like --set)."
+    )
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Recipe name; names the output folder.")
+    seed: int = Field(0, ge=0, description="Seed for data splits, initialisation, shuffling and calibration.")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
+    )
+    data: DataConfig = Field(description="The data set and its train/val/test roles.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")  # type: ignore[arg-type]
+    stages: list[StageConfig] = Field(min_length=1, description="Stages, run in this order.")
+    variants: dict[str, Variant] = Field(
+        default_factory=dict,
+        description="Named variants that skip or change stages; stages they share run once. Default: one "
+        "variant named 'main' with every stage.",
+    )
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> Recipe:
+        ids = [s.id for s in self.stages]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; {', '.join(dupes)} appear more than once (set `name:`)")
+        if self.stages[0].type != "finetune":
+            raise ValueError(
+                f"the first stage must be finetune (it builds the model); got {self.stages[0].type}. "
+                "Use finetune with epochs: 0 and weights: <path> to start from a checkpoint"
+            )
+        bench = [s for s in self.stages if s.type == "benchmark"]
+        if bench and self.stages[-1].type != "benchmark" or len(bench) > 1:
+            raise ValueError("benchmark must be the last stage and appear at most once")
+        for vname, variant in self.variants.items():
+            unknown = [s for s in variant.skip if s not in ids]
+            if unknown:
+                raise ValueError(
+                    f"variants.{vname}.skip names {', '.join(unknown)}, which is not a stage; stages: {', '.join(ids)}"
+                )
+            if "benchmark" in {s.type for s in self.stages if s.id in variant.skip}:
+                raise ValueError(f"variants.{vname} skips the benchmark stage; benchmark measures every variant")
+        for vname in self.variant_names():
+            chain = self.chain(vname)
+            produced: str | None = None
+            for st in chain:
+                need, out = STAGE_IO[st.type]
+                if need not in ("any", produced) and not (need is None and produced is None):
+                    raise ValueError(
+                        f"in variant {vname}, stage {st.id} ({st.type}) needs a {need} model but gets "
+                        f"{produced or 'nothing'}; reorder the stages or change what the variant skips"
+                    )
+                produced = out
+        if bench:
+            b = bench[0]
+            assert isinstance(b, BenchmarkStage)
+            if b.baseline is not None and b.baseline not in self.variant_names():
+                raise ValueError(
+                    f"benchmark.baseline is {b.baseline!r}, not a variant; variants: {', '.join(self.variant_names())}"
+                )
+        return self
+
+    def variant_names(self) -> list[str]:
+        return list(self.variants) or ["main"]
+
+    def chain(self, variant: str) -> list[Any]:
+        """Stages of one variant in order (model-producing and benchmark)."""
+        skip = set(self.variants[variant].skip) if variant in self.variants else set()
+        return [s for s in self.stages if s.id not in skip]
+
+    def stage(self, stage_id: str) -> Any:
+        for s in self.stages:
+            if s.id == stage_id:
+                return s
+        raise KeyError(stage_id)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML to its 1-based line, for error messages."""
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = (*path, k.value)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                p = (*path, i)
+                lines[p] = v.start_mark.line + 1
+                walk(v, p)
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _strip_tags(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """Drop the discriminator tags pydantic inserts in locations (stages.0.finetune.epochs -> stages.0.epochs)."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    s = ""
+    for part in loc:
+        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
+    return s or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """Field names of the model at `loc` (the parent of an unknown key)."""
+    model: Any = Recipe
+    node = raw
+    for part in loc:
+        if isinstance(node, list):
+            node = node[part] if isinstance(part, int) and part < len(node) else None
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(part)
+        node = node.get(part) if isinstance(node, dict) else None
+        if field is None:
+            return []
+        model = _model_for(field.annotation, node)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_for(annotation: Any, node: Any) -> Any:
+    """The BaseModel class an annotation resolves to for this raw node (following unions by `type`)."""
+    import typing
+
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if origin is typing.Annotated:
+        return _model_for(args[0], node)
+    if origin is list:
+        return _model_for(args[0], node[0] if isinstance(node, list) and node else node)
+    if origin is dict:
+        return _model_for(args[1], next(iter(node.values()), None) if isinstance(node, dict) else None)
+    candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    for c in candidates:
+        tf = c.model_fields.get("type")
+        if isinstance(node, dict) and tf is not None and node.get("type") in typing.get_args(tf.annotation):
+            return c
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def format_errors(err: ValidationError, raw: Any, lines: dict[tuple[Any, ...], int], source: str) -> str:
+    problems = []
+    for e in err.errors():
+        loc = _strip_tags(tuple(e["loc"]), raw)
+        where = _dotted(loc)
+        line = lines.get(loc)
+        if line is None and loc:
+            line = lines.get(loc[:-1])
+        at = f" (line {line})" if line else ""
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1], raw)
+            msg = f"unknown key {loc[-1]!r}; allowed keys here: {', '.join(allowed) or 'none'}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif e["type"] == "value_error":
+            msg = str(e["msg"]).removeprefix("Value error, ")
+        else:
+            msg = f"got {e['input']!r}; {e['msg']}"
+        problems.append(f"  - {where}{at}: {msg}")
+    n = len(problems)
+    return f"{source}: {n} problem{'s' if n > 1 else ''}, nothing has run:\n" + "\n".join(problems)
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any, *, source: str = "--set") -> None:
+    """Set key.path=value in the raw mapping; list items are addressed by stage name or index."""
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise RecipeError(f"{source} {dotted!r}: a key path like stages.finetune.epochs is needed")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part)
+            if idx is None:
+                names = [str(x.get("name") or x.get("type")) for x in node if isinstance(x, dict)]
+                raise RecipeError(
+                    f"{source} {dotted!r}: no item {part!r} in {'.'.join(parts[:i]) or 'the recipe'}; "
+                    f"use an index (0-{len(node) - 1}) or a stage name ({', '.join(names)})"
+                )
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"{source} {dotted!r}: {'.'.join(parts[:i])} is a value, not a mapping or list")
+
+
+def _list_index(node: list[Any], part: str) -> int | None:
+    if part.isdigit():
+        return int(part) if int(part) < len(node) else None
+    for i, item in enumerate(node):
+        if isinstance(item, dict) and (item.get("name") or item.get("type")) == part:
+            return i
+    return None
+
+
+def parse_set(items: tuple[str, ...] | list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set stages.finetune.epochs=3")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
+        out.append((key.strip(), parsed))
+    return out
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and not Path(data["root"]).is_absolute():
+        data["root"] = str((base / data["root"]).resolve())
+    for st in raw.get("stages") or []:
+        if isinstance(st, dict) and st.get("type") == "finetune":
+            w = st.get("weights")
+            if isinstance(w, str) and w not in ("none", "imagenet-v1", "imagenet-v2") and not Path(w).is_absolute():
+                st["weights"] = str((base / w).resolve())
+
+
+def load_recipe(path: Path | str, *, overrides: list[tuple[str, Any]] | None = None) -> Recipe:
+    """Read, override and validate a recipe file; raise RecipeError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {str(path)!r} does not exist; pass the path of a .yaml recipe") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe file {str(path)!r} cannot be read: {exc}") from exc
+    return recipe_from_text(text, source=str(path), base=path.resolve().parent, overrides=overrides)
+
+
+def recipe_from_text(
+    text: str, *, source: str = "recipe", base: Path | None = None, overrides: list[tuple[str, Any]] | None = None
+) -> Recipe:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping with keys name, data, stages...; got {type(raw).__name__}")
+    for key, value in overrides or []:
+        apply_override(raw, key, value)
+    if base is not None:
+        _resolve_paths(raw, base)
+    lines = _line_index(text)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_errors(exc, raw, lines, source)) from None
+    # A variant is a recipe too: validate each with its overrides applied, so its errors surface now.
+    for vname, variant in recipe.variants.items():
+        if variant.set:
+            variant_recipe(recipe, vname)
+    return recipe
+
+
+def variant_recipe(recipe: Recipe, variant: str) -> Recipe:
+    """The recipe as seen by one variant: its `set` overrides applied (the variant table itself kept)."""
+    v = recipe.variants.get(variant)
+    if v is None or not v.set:
+        return recipe
+    raw = recipe.model_dump(mode="json", exclude_none=True)
+    for key, value in v.set.items():
+        apply_override(raw, key, copy.deepcopy(value), source=f"variants.{variant}.set")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_errors(exc, raw, {}, f"variant {variant}")) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,34 @@
+"""Runtimes behind one Runner interface, so accuracy and latency are measured the same way on every artifact.
+
+`open_runner(runtime, artifact_file, threads=...)` returns a Runner for a torch model folder, or for an ONNX file on
+ONNX Runtime or OpenVINO. Each runtime's module is imported only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from edgeres.errors import StageError
+from edgeres.runtimes.base import Runner
+
+RUNTIMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # name -> (module, class, formats it runs)
+    "onnxruntime": ("edgeres.runtimes.onnxruntime", "OnnxRuntimeRunner", ("onnx",)),
+    "openvino": ("edgeres.runtimes.openvino", "OpenVinoRunner", ("onnx", "openvino")),
+    "torch": ("edgeres.runtimes.torch", "TorchRunner", ("torch",)),
+}
+
+
+def runs(runtime: str, fmt: str) -> bool:
+    return fmt in RUNTIMES[runtime][2]
+
+
+def open_runner(runtime: str, path: Path, *, fmt: str, threads: int) -> Runner:
+    if runtime not in RUNTIMES:
+        raise StageError(f"unknown runtime {runtime!r}; available: {', '.join(RUNTIMES)}")
+    module, cls, formats = RUNTIMES[runtime]
+    if fmt not in formats:
+        raise StageError(f"runtime {runtime} cannot run a {fmt} artifact; it runs {', '.join(formats)}")
+    runner_cls = getattr(importlib.import_module(module), cls)
+    return runner_cls(path, threads=threads)  # type: ignore[no-any-return]

@@ -1,0 +1,42 @@
+"""Registry of stages: a static table, so listing stages (CLI help, dry runs, cache keys) imports nothing heavy.
+
+Each entry names the module that implements the stage, the pip extra it needs, its implementation version (part
+of every cache key: bump it when the stage's output for the same inputs changes) and the packages whose versions
+enter its cache key. A stage module exposes `run(ctx, cfg, inp) -> StageOutput`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    module: str
+    extra: str
+    version: int
+    tools: tuple[str, ...]
+
+
+REGISTRY: dict[str, StageSpec] = {}
+
+
+def register(name: str, spec: StageSpec) -> None:
+    if name in REGISTRY:
+        raise ValueError(f"stage {name!r} is registered twice")
+    REGISTRY[name] = spec
+
+
+register("finetune", StageSpec("edgeres.stages.finetune", "train", 1, ("torch", "torchvision")))
+register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
+register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 1, ("onnx", "onnxruntime", "openvino", "torch")))
+
+
+class StageModule(Protocol):
+    def run(self, ctx: Any, cfg: Any, inp: Any) -> Any: ...
+
+
+def load_stage(name: str) -> StageModule:
+    return importlib.import_module(REGISTRY[name].module)  # type: ignore[return-value]

@@ -1,0 +1,178 @@
+"""Stage `finetune`: train a torchvision ResNet on the train split, keep the best epoch by val top-1.
+
+Starts from random, torchvision ImageNet or local weights (tensors only); the classifier is sized to the data's
+classes. A checkpoint after every epoch (model, optimizer, schedule, best so far, curve) lets a killed build resume
+from the last completed epoch; every epoch's shuffling and augmentation come from a generator seeded by
+(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeres.artifact import write_bytes_atomic
+from edgeres.deps import require
+from edgeres.models import (
+    build_model,
+    count_params,
+    evaluate,
+    imagenet_state_dict,
+    load_weights,
+    read_state_dict,
+    save_model,
+)
+from edgeres.recipe import FinetuneStage
+from edgeres.stages.base import SCRATCH, StageContext, StageOutput
+
+EVAL_BATCH = 256
+
+
+def _optimizer(torch: Any, model: Any, cfg: FinetuneStage) -> Any:
+    o = cfg.optimizer
+    if o.type == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+            weight_decay=o.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _schedule(torch: Any, opt: Any, cfg: FinetuneStage, total_steps: int) -> Any:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optimizer.lr, total_steps=max(total_steps, 1))
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+
+
+def _save(obj: Any, path: Path) -> None:
+    torch = require("torch")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _set_frozen(model: Any, frozen: bool) -> None:
+    torch = require("torch")
+    for name, p in model.named_parameters():
+        p.requires_grad = not frozen or name.startswith("fc.")
+    if frozen:  # a frozen backbone keeps its BatchNorm statistics too
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
+    torch = require("torch", purpose="fine-tune the model")
+    torch.set_num_threads(ctx.threads)
+    data = ctx.data
+    arch = ctx.recipe.model.arch
+    torch.manual_seed(ctx.seed)
+    model = build_model(arch, len(data.classes))
+    dropped: list[str] = []
+    if cfg.weights in ("imagenet-v1", "imagenet-v2"):
+        dropped = load_weights(model, imagenet_state_dict(arch, cfg.weights), source=cfg.weights)
+    elif cfg.weights != "none":
+        dropped = load_weights(model, read_state_dict(Path(cfg.weights)), source=cfg.weights)
+    if dropped:
+        ctx.reporter.log(f"classifier replaced for {len(data.classes)} classes (dropped {', '.join(dropped)})")
+
+    scratch = ctx.workdir / SCRATCH
+    scratch.mkdir(exist_ok=True)
+    last, best_path = scratch / "last.pt", scratch / "best.pt"
+    steps = -(-len(data.train) // cfg.batch_size)
+    opt = _optimizer(torch, model, cfg)
+    sched = _schedule(torch, opt, cfg, steps * cfg.epochs)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start, best_top1, best_epoch, curve = 0, -1.0, 0, []
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        start, best_top1, best_epoch, curve = state["epoch"], state["best_top1"], state["best_epoch"], state["curve"]
+        ctx.reporter.log(f"resuming from the checkpoint after epoch {start} of {cfg.epochs}")
+
+    t_start = time.monotonic()
+    for epoch in range(start, cfg.epochs):
+        t0 = time.monotonic()
+        frozen = epoch < cfg.freeze_backbone_epochs
+        model.train()
+        _set_frozen(model, frozen)
+        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        total_loss, seen = 0.0, 0
+        with ctx.reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as task:
+            for x, y in data.batches(data.train, cfg.batch_size, shuffle=True, generator=g, augment=ctx.recipe.data.augment):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += float(loss) * int(y.numel())
+                seen += int(y.numel())
+                task.advance(status=f"loss {total_loss / seen:.3f}")
+        val = evaluate(model, data.batches(data.val, EVAL_BATCH))
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(total_loss / max(seen, 1), 5),
+            "val_top1": round(val["top1"], 5),
+            "val_loss": round(val["loss"], 5),
+            "lr": opt.param_groups[0]["lr"],
+            "frozen_backbone": frozen,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
+        curve.append(row)
+        if val["top1"] > best_top1:
+            best_top1, best_epoch = val["top1"], epoch + 1
+            _save(model.state_dict(), best_path)
+        # The epoch's checkpoint is committed atomically: a kill leaves the previous or this one, never half.
+        _save(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "best_top1": best_top1,
+                "best_epoch": best_epoch,
+                "curve": curve,
+            },
+            last,
+        )
+        ctx.reporter.log(
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val top-1 {val['top1']:.4f} "
+            f"({row['seconds']:.1f}s)"
+        )
+
+    if best_path.is_file():
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    model.eval()
+    val = evaluate(model, data.batches(data.val, EVAL_BATCH))
+    test = evaluate(model, data.batches(data.test, EVAL_BATCH))
+    h, w = data.image_size
+    spec = {
+        "arch": arch,
+        "num_classes": len(data.classes),
+        "input_shape": [3, h, w],
+        "preprocessing": data.preprocessing(),
+    }
+    save_model(model, ctx.workdir, spec)
+    ctx.reporter.log(f"finetune: best epoch {best_epoch}, val top-1 {val['top1']:.4f}, test top-1 {test['top1']:.4f}")
+    return StageOutput(
+        format="torch",
+        primary="model.pt",
+        deliverables=["model.pt", "model.json"],
+        metrics={
+            "val_top1": val["top1"],
+            "test_top1": test["top1"],
+            "best_epoch": best_epoch,
+            "epochs": cfg.epochs,
+            "weights": cfg.weights,
+            "head_replaced": bool(dropped),
+            "params": count_params(model),
+            "train_seconds": round(time.monotonic() - t_start, 2),
+            "curve": curve,
+        },
+    )
