@@ -27,7 +27,9 @@ def _recipe(path: str, sets: tuple[str, ...]) -> Any:
     return load_recipe(Path(path), overrides=parse_set(sets))
 
 
-@click.group(help=f"edgeres {__version__}: ResNet fine-tuning to verified edge engines, from one recipe.\n\n{EXIT_HELP}")
+@click.group(
+    help=f"edgeres {__version__}: ResNet fine-tuning to verified edge engines, from one recipe.\n\n{EXIT_HELP}"
+)
 @click.version_option(__version__, prog_name="edgeres")
 def cli() -> None:
     pass
@@ -36,7 +38,9 @@ def cli() -> None:
 @cli.command(help="Run the recipe's stages (cached stages are reused) and write deliverables and reports to --out.")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: out/<recipe name>].")
-@click.option("--cache", type=click.Path(file_okay=False), help="Artifact cache [default: $EDGERES_CACHE or ~/.cache/edgeres].")
+@click.option(
+    "--cache", type=click.Path(file_okay=False), help="Artifact cache [default: $EDGERES_CACHE or ~/.cache/edgeres]."
+)
 @click.option("--from", "from_stage", metavar="STAGE", help="Start at STAGE; earlier stages must be cached.")
 @click.option("--until", "until_stage", metavar="STAGE", help="Stop after STAGE.")
 @click.option("--force", multiple=True, metavar="STAGE", help="Re-run STAGE even if cached (repeatable).")
@@ -147,7 +151,9 @@ def cache_clean(cache_path: str | None, partial: bool) -> None:
     if root.is_dir():
         for p in sorted(root.iterdir()):
             m = ENTRY.match(p.name)
-            if m is None or (partial and m["suffix"] not in (".partial",) and not (m["suffix"] or "").startswith(".old")):
+            if m is None or (
+                partial and m["suffix"] not in (".partial",) and not (m["suffix"] or "").startswith(".old")
+            ):
                 continue
             freed += _size(p)
             shutil.rmtree(p) if p.is_dir() else p.unlink()

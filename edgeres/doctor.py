@@ -65,9 +65,13 @@ def report() -> str:
             lines.append("  the CPU build may win. Uninstall both, then install only the one you need.")
     lines += ["", "runtimes and devices:"]
     if available("onnxruntime"):
-        lines.append("  onnxruntime providers: " + _probe(lambda: ", ".join(__import__("onnxruntime").get_available_providers())))
+        lines.append(
+            "  onnxruntime providers: " + _probe(lambda: ", ".join(__import__("onnxruntime").get_available_providers()))
+        )
     if available("openvino"):
-        lines.append("  openvino devices: " + _probe(lambda: ", ".join(__import__("openvino").Core().available_devices)))
+        lines.append(
+            "  openvino devices: " + _probe(lambda: ", ".join(__import__("openvino").Core().available_devices))
+        )
     if available("torch"):
         lines.append("  torch CUDA: " + _probe(_torch_cuda))
     if shutil.which("nvidia-smi"):
@@ -78,7 +82,7 @@ def report() -> str:
         lines.append("  tensorrt: not installed; TensorRT targets cannot build engines on this machine")
     if missing:
         lines += ["", "to install what is missing:"]
-        for mod, purpose in missing:
+        for mod, _ in missing:
             lines.append(f"  {mod}: {install_hint(mod)}")
     return "\n".join(lines)
 
@@ -94,6 +98,9 @@ def _torch_cuda() -> str:
 def _nvidia_smi() -> str:
     out = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-        capture_output=True, text=True, timeout=20, check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
     return out.stdout.strip().replace("\n", "; ") or out.stderr.strip()

@@ -34,7 +34,7 @@ TORCHVISION_WEIGHTS = {
 
 def build_model(arch: str, num_classes: int) -> torch.nn.Module:
     models = require("torchvision.models", purpose="build torchvision ResNets")
-    return models.get_model(arch, weights=None, num_classes=num_classes)  # type: ignore[no-any-return]
+    return models.get_model(arch, weights=None, num_classes=num_classes)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -55,9 +55,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise StageError(
-            f"{str(path)!r} is not a state dict (a mapping of names to tensors); got {type(obj).__name__}"
-        )
+        raise StageError(f"{str(path)!r} is not a state dict (a mapping of names to tensors); got {type(obj).__name__}")
     # Checkpoints saved from DataParallel / torch.compile carry prefixes.
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
@@ -70,7 +68,7 @@ def imagenet_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor]:
     models = require("torchvision.models")
     enum_name, member = name.split(".")
     try:
-        return getattr(getattr(models, enum_name), member).get_state_dict(progress=False)  # type: ignore[no-any-return]
+        return getattr(getattr(models, enum_name), member).get_state_dict(progress=False)
     except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError)
         raise StageError(
             f"could not download torchvision {name} ({type(exc).__name__}: {exc}); this machine may be offline. "

@@ -166,7 +166,6 @@ class Pipeline:
         result = BuildResult()
         names = self.recipe.variant_names()
         bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
-        stop = False
         for vname in names:
             vrecipe = variant_recipe(self.recipe, vname)
             art: Artifact | None = None
@@ -177,13 +176,12 @@ class Pipeline:
                 if art is None:
                     break
                 if st.id == self.until_stage:
-                    stop = True
                     break
             if art is not None:
                 result.variants[vname] = art
-        if bench is not None and not (stop and self.until_stage != bench.id) and not self.dry_run:
-            if len(result.variants) == len(names):
-                result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
+        until_ok = self.until_stage is None or (bench is not None and self.until_stage == bench.id)
+        if bench is not None and until_ok and not self.dry_run and len(result.variants) == len(names):
+            result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
         if self.out_dir is not None and not self.dry_run:
             self._deliver(result)
         return result

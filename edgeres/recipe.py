@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -92,7 +92,7 @@ class SyntheticData(DataBase):
     test_size: int = Field(64, ge=1, description="Test images.")
 
 
-DataConfig = Annotated[Union[DigitsData, ImageFolderData, SyntheticData], Field(discriminator="type")]
+DataConfig = Annotated[DigitsData | ImageFolderData | SyntheticData, Field(discriminator="type")]
 
 
 class ModelConfig(Strict):
@@ -113,7 +113,7 @@ class StageBase(Strict):
 
     @property
     def id(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined, no-any-return]
+        return self.name or self.type  # type: ignore[attr-defined]
 
 
 class Optimizer(Strict):
@@ -177,10 +177,17 @@ class Latency(Strict):
     )
 
 
+RuntimeName = Literal["onnxruntime", "openvino", "torch"]
+
+
+def _default_runtimes() -> list[RuntimeName]:
+    return ["onnxruntime"]
+
+
 class BenchmarkStage(StageBase):
     type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
-    runtimes: list[Literal["onnxruntime", "openvino", "torch"]] = Field(
-        default_factory=lambda: ["onnxruntime"],
+    runtimes: list[RuntimeName] = Field(
+        default_factory=_default_runtimes,
         min_length=1,
         description="Runtimes to measure ONNX deliverables on (torch measures torch models only).",
     )
@@ -191,7 +198,7 @@ class BenchmarkStage(StageBase):
     )
 
 
-StageConfig = Annotated[Union[FinetuneStage, ExportStage, BenchmarkStage], Field(discriminator="type")]
+StageConfig = Annotated[FinetuneStage | ExportStage | BenchmarkStage, Field(discriminator="type")]
 
 # What each stage type consumes and produces, so impossible orders fail at validation.
 STAGE_IO: dict[str, tuple[str | None, str]] = {
@@ -235,7 +242,7 @@ class Recipe(Strict):
                 "Use finetune with epochs: 0 and weights: <path> to start from a checkpoint"
             )
         bench = [s for s in self.stages if s.type == "benchmark"]
-        if bench and self.stages[-1].type != "benchmark" or len(bench) > 1:
+        if (bench and self.stages[-1].type != "benchmark") or len(bench) > 1:
             raise ValueError("benchmark must be the last stage and appear at most once")
         for vname, variant in self.variants.items():
             unknown = [s for s in variant.skip if s not in ids]

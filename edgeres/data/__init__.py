@@ -8,8 +8,8 @@ What this module does not do: stream data sets too large for memory (it refuses 
 from __future__ import annotations
 
 import hashlib
-import io
 import importlib.util
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,7 +74,7 @@ class DataBundle:
         torch = require("torch")
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (images.float() / 255.0 - mean) / std  # type: ignore[no-any-return]
+        return (images.float() / 255.0 - mean) / std
 
     def batches(
         self,
@@ -127,7 +127,7 @@ def _augment(imgs: torch.Tensor, mode: str, generator: torch.Generator | None) -
     for i in range(n):
         crop = padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w]
         out[i] = crop.flip(-1) if bool(flip[i]) else crop
-    return out  # type: ignore[no-any-return]
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- fingerprints
@@ -137,7 +137,7 @@ def _digits_file() -> Path:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("data type 'digits' needs scikit-learn; install it with: pip install 'edgeres[train]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
 
 
 def _list_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, list[Path]]]]:
@@ -340,7 +340,7 @@ def _decode(path: Path, side: int | None) -> torch.Tensor:
     if side is not None and (img.shape[1] != side or img.shape[2] != side):
         F = require("torchvision.transforms.v2.functional")
         img = F.resize(img, [side, side], antialias=True)
-    return img  # type: ignore[no-any-return]
+    return img
 
 
 def split_sizes(bundle: DataBundle) -> dict[str, int]:

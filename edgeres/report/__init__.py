@@ -20,7 +20,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Python {env['python']}. Accuracy on the {report['data']['split']} split; drop and agreement against "
         f"variant `{report['baseline']}` on the same runtime. Latency: single-stream, batch 1, median of the run.",
         "",
-        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms | size MB | valid |",
+        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms | size MB "
+        "| valid |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:

@@ -31,4 +31,4 @@ def open_runner(runtime: str, path: Path, *, fmt: str, threads: int) -> Runner:
     if fmt not in formats:
         raise StageError(f"runtime {runtime} cannot run a {fmt} artifact; it runs {', '.join(formats)}")
     runner_cls = getattr(importlib.import_module(module), cls)
-    return runner_cls(path, threads=threads)  # type: ignore[no-any-return]
+    return runner_cls(path, threads=threads)

@@ -20,7 +20,9 @@ class OnnxRuntimeRunner(Runner):
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._ort = ort
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
 
     def infer(self, batch: Any) -> Any:

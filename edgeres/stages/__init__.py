@@ -39,4 +39,4 @@ class StageModule(Protocol):
 
 
 def load_stage(name: str) -> StageModule:
-    return importlib.import_module(REGISTRY[name].module)  # type: ignore[return-value]
+    return importlib.import_module(REGISTRY[name].module)

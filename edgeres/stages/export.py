@@ -32,14 +32,29 @@ def onnx_from_torch(model: Any, example: Any, cfg: ExportStage, path: Any) -> No
             require("onnxscript", purpose="export with the dynamo exporter")
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if cfg.dynamic_batch else None
             torch.onnx.export(
-                model, (example,), str(path), dynamo=True, opset_version=cfg.opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=shapes, external_data=False, verbose=False,
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=cfg.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=shapes,
+                external_data=False,
+                verbose=False,
             )
         else:
             axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if cfg.dynamic_batch else None
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=cfg.opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=cfg.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                do_constant_folding=True,
             )
 
 

@@ -34,7 +34,10 @@ def _optimizer(torch: Any, model: Any, cfg: FinetuneStage) -> Any:
     o = cfg.optimizer
     if o.type == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+            model.parameters(),
+            lr=o.lr,
+            momentum=o.momentum,
+            nesterov=o.nesterov and o.momentum > 0,
             weight_decay=o.weight_decay,
         )
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
@@ -105,7 +108,9 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
         total_loss, seen = 0.0, 0
         with ctx.reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as task:
-            for x, y in data.batches(data.train, cfg.batch_size, shuffle=True, generator=g, augment=ctx.recipe.data.augment):
+            for x, y in data.batches(
+                data.train, cfg.batch_size, shuffle=True, generator=g, augment=ctx.recipe.data.augment
+            ):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 loss.backward()
