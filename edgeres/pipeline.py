@@ -125,7 +125,7 @@ class Pipeline:
             self._fingerprints[k] = fingerprint(recipe.data, recipe.seed)
         return self._fingerprints[k]
 
-    def _loader(self, recipe: Recipe) -> Any:
+    def data_loader(self, recipe: Recipe) -> Any:
         def load() -> Any:
             k = self._data_key(recipe)
             if k not in self._data:
@@ -237,7 +237,7 @@ class Pipeline:
                 seed=recipe.seed,
                 threads=self.threads,
                 reporter=self.reporter,
-                load_data=self._loader(recipe),
+                load_data=self.data_loader(recipe),
                 variants=variants or {},
             )
             self.reporter.log(f"[{vname}] {st.id}: running ({key[:12]})")
