@@ -103,6 +103,102 @@ def doctor() -> None:
     click.echo(report())
 
 
+@cli.command(help="Measure one artifact outside a build: an ONNX file, or a torch model folder (model.json).")
+@click.argument("artifact", type=click.Path(exists=True))
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnxruntime", "openvino", "torch"]),
+    default=None,
+    help="Runtime [default: onnxruntime for ONNX, torch for a model folder].",
+)
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe whose data gives accuracy on its test split.")
+@click.option("--threads", type=int, default=None, help="CPU threads [default: all cores].")
+@click.option("--min-queries", type=int, default=100, show_default=True, help="Single-stream minimum query count.")
+@click.option("--min-duration", type=float, default=2.0, show_default=True, help="Single-stream minimum seconds.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a report.json for edgeres compare.")
+def bench(
+    artifact: str,
+    runtime: str | None,
+    recipe: str | None,
+    threads: int | None,
+    min_queries: int,
+    min_duration: float,
+    json_out: str | None,
+) -> None:
+    from edgeres.bench import bench_artifact
+
+    report = bench_artifact(
+        Path(artifact),
+        runtime=runtime,
+        recipe_path=Path(recipe) if recipe else None,
+        threads=threads,
+        min_queries=min_queries,
+        min_duration_s=min_duration,
+        json_out=Path(json_out) if json_out else None,
+    )
+    for r in report["results"]:
+        lat, mem, acc = r["latency"], r["memory"], r["accuracy"]
+        top1 = f"top-1 {100 * acc['top1']:.2f}%, " if "top1" in acc else ""
+        click.echo(
+            f"{r['runtime']}: {top1}p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
+            f"({lat['queries']} queries, {'valid' if lat['valid'] else 'INVALID: ' + str(lat['invalid_reason'])}), "
+            f"peak RSS {mem['peak_rss_mb']} MB"
+        )
+
+
+@cli.command(help="Compare two report.json files; exit 7 on a regression beyond the thresholds (for CI).")
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option(
+    "--max-latency-regression",
+    type=float,
+    default=0.10,
+    show_default=True,
+    help="Largest allowed relative p50 latency increase (0.10 = 10%).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=0.005,
+    show_default=True,
+    help="Largest allowed top-1 drop, absolute (0.005 = 0.5 points).",
+)
+@click.option(
+    "--max-memory-growth",
+    type=float,
+    default=0.10,
+    show_default=True,
+    help="Largest allowed relative peak-RSS increase.",
+)
+@click.option("--allow-invalid", is_flag=True, help="Do not fail on latency runs that missed their minimums.")
+def compare(
+    base: str,
+    new: str,
+    max_latency_regression: float,
+    max_accuracy_drop: float,
+    max_memory_growth: float,
+    allow_invalid: bool,
+) -> None:
+    from edgeres.errors import RegressionError
+    from edgeres.report.compare import compare_reports, load_report
+
+    result = compare_reports(
+        load_report(Path(base)),
+        load_report(Path(new)),
+        max_latency_regression=max_latency_regression,
+        max_accuracy_drop=max_accuracy_drop,
+        max_memory_growth=max_memory_growth,
+        allow_invalid=allow_invalid,
+    )
+    for line in result.lines:
+        click.echo(line)
+    if result.regressions:
+        raise RegressionError(
+            f"{len(result.regressions)} regression(s):\n" + "\n".join(f"  - {r}" for r in result.regressions)
+        )
+    click.echo("no regression beyond the thresholds")
+
+
 @cli.group(help="Inspect or clean the artifact cache.")
 def cache() -> None:
     pass

@@ -44,6 +44,12 @@ class CacheError(EdgeresError):
     exit_code = 6
 
 
+class RegressionError(EdgeresError):
+    """`edgeres compare` found a regression beyond its thresholds."""
+
+    exit_code = 7
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug in edgeres: the traceback is printed; please report it)",
@@ -52,5 +58,6 @@ EXIT_CODES: dict[int, str] = {
     4: "an optional package is missing (the message names the extra to install)",
     5: "the data set cannot be read or is unusable",
     6: "the artifact cache is locked, corrupt or lacks an entry --from needs",
+    7: "edgeres compare found a regression beyond its thresholds",
     130: "interrupted (Ctrl-C); completed stages stay cached and a re-run resumes",
 }

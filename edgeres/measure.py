@@ -1,9 +1,10 @@
 """Measurements shared by the benchmark stage and `edgeres bench`: accuracy and single-stream latency through a
 Runner, and the environment every figure is reported with.
 
-Latency follows MLPerf's single-stream scenario: batch 1, warm-up queries kept apart, and a run is valid only when
-both the minimum query count and the minimum duration are met (stopped early at the maximum duration, it is
-reported invalid with the reason, never silently accepted).
+Scenarios follow MLPerf: single-stream (batch 1, latency percentiles) and offline (batch N, samples per second).
+Warm-up queries are kept apart, and a run is valid only when both the minimum query count and the minimum duration
+are met (stopped early at the maximum duration, it is reported invalid with the reason, never silently accepted).
+Memory is the peak resident set of the measuring process (run in a child process, see edgeres.worker).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from typing import Any
 
 from edgeres.deps import require, versions
-from edgeres.recipe import Latency
+from edgeres.recipe import Latency, Offline
 from edgeres.runtimes.base import Runner
 
 
@@ -27,13 +28,18 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(rank, len(sorted_ms)) - 1]
 
 
-def summarize_latency(times_s: list[float], elapsed_s: float, settings: Latency) -> dict[str, Any]:
-    ms = sorted(t * 1000.0 for t in times_s)
+def _validity(queries: int, elapsed_s: float, settings: Latency | Offline) -> list[str]:
     problems = []
-    if len(ms) < settings.min_queries:
-        problems.append(f"{len(ms)} queries < min_queries {settings.min_queries}")
+    if queries < settings.min_queries:
+        problems.append(f"{queries} queries < min_queries {settings.min_queries}")
     if elapsed_s < settings.min_duration_s:
         problems.append(f"{elapsed_s:.2f} s < min_duration_s {settings.min_duration_s:g}")
+    return problems
+
+
+def summarize_latency(times_s: list[float], elapsed_s: float, settings: Latency) -> dict[str, Any]:
+    ms = sorted(t * 1000.0 for t in times_s)
+    problems = _validity(len(ms), elapsed_s, settings)
     return {
         "scenario": "single-stream",
         "batch": 1,
@@ -52,12 +58,17 @@ def summarize_latency(times_s: list[float], elapsed_s: float, settings: Latency)
 
 def measure_latency(runner: Runner, samples: list[Any], settings: Latency) -> dict[str, Any]:
     """Single-stream latency over real images (cycled), after `warmup` uncounted queries."""
+    times, elapsed = _timed_loop(runner, samples, settings)
+    return summarize_latency(times, elapsed, settings)
+
+
+def _timed_loop(runner: Runner, inputs: list[Any], settings: Latency | Offline) -> tuple[list[float], float]:
     for i in range(settings.warmup):
-        runner.infer(samples[i % len(samples)])
+        runner.infer(inputs[i % len(inputs)])
     times: list[float] = []
     start = time.perf_counter()
     while True:
-        x = samples[len(times) % len(samples)]
+        x = inputs[len(times) % len(inputs)]
         t0 = time.perf_counter()
         runner.infer(x)
         t1 = time.perf_counter()
@@ -67,7 +78,24 @@ def measure_latency(runner: Runner, samples: list[Any], settings: Latency) -> di
             break
         if elapsed >= settings.max_duration_s:
             break
-    return summarize_latency(times, time.perf_counter() - start, settings)
+    return times, time.perf_counter() - start
+
+
+def measure_offline(runner: Runner, batches: list[Any], settings: Offline) -> dict[str, Any]:
+    """Offline throughput: back-to-back batches of `settings.batch` images; samples per second."""
+    times, elapsed = _timed_loop(runner, batches, settings)
+    samples = len(times) * settings.batch
+    problems = _validity(len(times), elapsed, settings)
+    return {
+        "scenario": "offline",
+        "batch": settings.batch,
+        "queries": len(times),
+        "samples": samples,
+        "duration_s": round(elapsed, 3),
+        "samples_per_s": samples / elapsed if elapsed > 0 else float("nan"),
+        "valid": not problems,
+        "invalid_reason": "; ".join(problems) or None,
+    }
 
 
 def measure_accuracy(runner: Runner, batches: Any) -> tuple[dict[str, Any], Any]:
@@ -82,6 +110,50 @@ def measure_accuracy(runner: Runner, batches: Any) -> tuple[dict[str, Any], Any]
         correct5 += int((top == y[:, None]).any(axis=1).sum())
         n += len(y)
     return {"images": n, "top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1)}, np.concatenate(preds)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process since start or the last reset (VmHWM), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None
+
+
+def gpu_memory_used_bytes() -> int | None:
+    """Device memory in use on GPU 0 (NVML), or None where there is no NVML (CPU hosts; Jetson before JetPack 7)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return int(info.used)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
 
 
 def cpu_name() -> str:

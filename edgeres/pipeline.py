@@ -80,6 +80,7 @@ class StageRecord:
 @dataclass
 class BuildResult:
     variants: dict[str, Artifact] = field(default_factory=dict)
+    lineage: dict[str, list[Artifact]] = field(default_factory=dict)
     report: Artifact | None = None
     records: list[StageRecord] = field(default_factory=list)
 
@@ -175,6 +176,7 @@ class Pipeline:
                 art = self._stage(result, vname, vrecipe, st, art)
                 if art is None:
                     break
+                result.lineage.setdefault(vname, []).append(art)
                 if st.id == self.until_stage:
                     break
             if art is not None:
@@ -239,6 +241,7 @@ class Pipeline:
                 reporter=self.reporter,
                 load_data=self.data_loader(recipe),
                 variants=variants or {},
+                lineage=result.lineage if variants is not None else {},
             )
             self.reporter.log(f"[{vname}] {st.id}: running ({key[:12]})")
             t0 = time.monotonic()

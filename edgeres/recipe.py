@@ -133,7 +133,7 @@ class FinetuneStage(StageBase):
     )
     epochs: int = Field(10, ge=0, le=1000, description="Training epochs; 0 only loads and evaluates the weights.")
     batch_size: int = Field(64, ge=1, le=4096, description="Training batch size.")
-    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")  # type: ignore[arg-type]
+    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")
     schedule: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Learning-rate schedule.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     freeze_backbone_epochs: int = Field(
@@ -165,7 +165,7 @@ class ExportStage(StageBase):
     )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset.")
     dynamic_batch: bool = Field(True, description="Make the batch axis dynamic (needed for offline batches).")
-    parity: Parity = Field(default_factory=Parity, description="Parity check on real val images.")  # type: ignore[arg-type]
+    parity: Parity = Field(default_factory=Parity, description="Parity check on real val images.")
 
 
 class Latency(Strict):
@@ -184,6 +184,14 @@ def _default_runtimes() -> list[RuntimeName]:
     return ["onnxruntime"]
 
 
+class Offline(Strict):
+    batch: int = Field(8, ge=1, le=4096, description="Images per query in the offline (throughput) scenario.")
+    warmup: int = Field(3, ge=0, description="Warm-up queries, not counted.")
+    min_queries: int = Field(10, ge=1, description="A run counts only with at least this many queries ...")
+    min_duration_s: float = Field(1.0, ge=0, description="... and at least this many seconds (MLPerf: 600).")
+    max_duration_s: float = Field(60.0, gt=0, description="Stop after this long; missing the minimums is invalid.")
+
+
 class BenchmarkStage(StageBase):
     type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
     runtimes: list[RuntimeName] = Field(
@@ -192,7 +200,16 @@ class BenchmarkStage(StageBase):
         description="Runtimes to measure ONNX deliverables on (torch measures torch models only).",
     )
     accuracy_split: Literal["test", "val"] = Field("test", description="Split accuracy is reported on.")
-    latency: Latency = Field(default_factory=Latency, description="Single-stream (batch 1) settings.")  # type: ignore[arg-type]
+    latency: Latency = Field(default_factory=Latency, description="Single-stream (batch 1) settings.")
+    offline: Offline | None = Field(
+        default_factory=Offline,
+        description="Offline (throughput) settings; null skips the offline scenario.",
+    )
+    isolate: bool = Field(
+        True,
+        description="Measure each artifact in its own child process: runtimes do not share threads or memory, "
+        "and peak resident memory is that of the inference process alone.",
+    )
     baseline: str | None = Field(
         None, description="Variant that accuracy drop and agreement are measured against; default the first."
     )
@@ -222,7 +239,7 @@ class Recipe(Strict):
         None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
     )
     data: DataConfig = Field(description="The data set and its train/val/test roles.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     stages: list[StageConfig] = Field(min_length=1, description="Stages, run in this order.")
     variants: dict[str, Variant] = Field(
         default_factory=dict,

@@ -1,14 +1,73 @@
-"""Reports: the versioned JSON schema and its Markdown rendering (CI gates read the JSON)."""
+"""Reports: the versioned JSON schema and its Markdown and HTML renderings (CI gates read the JSON).
+
+report.html is one self-contained file: the accuracy-against-latency plot is inline SVG (matplotlib, the `report`
+extra; without it the page says so and keeps the tables), the Pareto front is marked, and tables list every
+measurement and every stage of every variant.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import html
+import io
+from typing import TYPE_CHECKING, Any
+
+from edgeres.deps import available
+
+if TYPE_CHECKING:
+    from edgeres.artifact import Artifact
 
 REPORT_SCHEMA = "edgeres.report/1"
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
+    """Per variant, each stage that made its deliverable: cache key, seconds, and the stage's headline numbers."""
+    rows = []
+    for vname, arts in lineage.items():
+        for art in arts:
+            m = art.metadata.get("metrics", {})
+            headline = {
+                k: m[k]
+                for k in ("val_top1", "test_top1", "best_epoch", "epochs", "params", "exporter", "opset", "bytes")
+                if k in m
+            }
+            if "parity" in m:
+                headline["parity_max_abs_diff"] = m["parity"]["max_abs_diff"]
+                headline["parity_top1_agreement"] = m["parity"]["top1_agreement"]
+            rows.append(
+                {
+                    "variant": vname,
+                    "stage": art.stage,
+                    "type": art.stage_type,
+                    "key": art.key,
+                    "seconds": art.metadata.get("seconds"),
+                    "metrics": headline,
+                }
+            )
+    return rows
+
+
+def pareto(results: list[dict[str, Any]]) -> list[int]:
+    """Indices of results no other result beats on both p50 latency (lower) and top-1 (higher)."""
+    front = []
+    for i, r in enumerate(results):
+        lat, acc = r["latency"]["p50_ms"], r["accuracy"].get("top1", 0.0)
+        dominated = any(
+            (o["latency"]["p50_ms"] <= lat and o["accuracy"].get("top1", 0.0) >= acc)
+            and (o["latency"]["p50_ms"] < lat or o["accuracy"].get("top1", 0.0) > acc)
+            for j, o in enumerate(results)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -18,20 +77,148 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Created {report['created']} on {env['cpu']} ({env['threads']} threads, {env['cores']} cores), "
         f"Python {env['python']}. Accuracy on the {report['data']['split']} split; drop and agreement against "
-        f"variant `{report['baseline']}` on the same runtime. Latency: single-stream, batch 1, median of the run.",
+        f"variant `{report['baseline']}` on the same runtime. Single-stream: batch 1. Offline: batch "
+        f"{(report['settings'].get('offline') or {}).get('batch', '-')}.",
         "",
-        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms | size MB "
-        "| valid |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
+        "| offline img/s | peak RSS MB | size MB | valid |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in report["results"]:
-        a, lat = r["accuracy"], r["latency"]
+    front = set(pareto(report["results"]))
+    for i, r in enumerate(report["results"]):
+        a, lat, mem = r["accuracy"], r["latency"], r.get("memory") or {}
+        off = r.get("offline") or {}
         drop = a.get("top1_drop")
+        invalid = [
+            f"{k}: {s['invalid_reason']}" for k, s in (("latency", lat), ("offline", off)) if s.get("valid") is False
+        ]
+        star = " ★" if i in front else ""
         lines.append(
-            f"| {r['variant']} | {r['runtime']} | {_pct(a['top1'])} | {_pct(a['top5'])} | "
+            f"| {r['variant']}{star} | {r['runtime']} | {_pct(a.get('top1'))} | {_pct(a.get('top5'))} | "
             f"{'-' if drop is None else f'{100 * drop:+.2f}'} | {_pct(a.get('top1_agreement'))} | "
             f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
-            f"{r['artifact']['bytes'] / 1e6:.1f} | {'yes' if lat['valid'] else 'NO: ' + str(lat['invalid_reason'])} |"
+            f"{_num(off.get('samples_per_s'), '.1f')} | {_num(mem.get('peak_rss_mb'), '.0f')} | "
+            f"{r['artifact']['bytes'] / 1e6:.1f} | "
+            f"{'NO: ' + '; '.join(invalid) if invalid else 'yes'} |"
         )
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "absent"), ""]
+    lines += ["", "★ on the Pareto front of accuracy against p50 latency.", ""]
+    if report.get("stages"):
+        lines += ["## Stages", "", "| variant | stage | seconds | numbers | key |", "|---|---|---:|---|---|"]
+        for s in report["stages"]:
+            nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["metrics"].items())
+            lines.append(f"| {s['variant']} | {s['stage']} | {_num(s['seconds'], '.1f')} | {nums} | {s['key'][:12]} |")
+        lines.append("")
+    lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "absent"), ""]
     return "\n".join(lines)
+
+
+def plot_svg(report: dict[str, Any]) -> str | None:
+    """Accuracy against p50 latency, one point per (variant, runtime), Pareto front joined; None without matplotlib."""
+    if not available("matplotlib"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    front = pareto(results)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    runtimes = sorted({r["runtime"] for r in results})
+    markers = dict(zip(runtimes, "osD^v<>", strict=False))
+    for r in results:
+        x, y = r["latency"]["p50_ms"], 100 * r["accuracy"].get("top1", 0.0)
+        ax.scatter([x], [y], marker=markers[r["runtime"]], s=60, label=f"{r['variant']} · {r['runtime']}", zorder=3)
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    pts = sorted((results[i]["latency"]["p50_ms"], 100 * results[i]["accuracy"].get("top1", 0.0)) for i in front)
+    if pts:
+        ax.step(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            where="post",
+            color="grey",
+            ls="--",
+            lw=1,
+            zorder=2,
+            label="Pareto front",
+        )
+    ax.set_xlabel("single-stream p50 latency (ms, batch 1)")
+    ax.set_ylabel(f"top-1 on {report['data']['split']} (%)")
+    ax.set_title(f"{report['recipe']}: accuracy against latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def render_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+    env = report["environment"]
+    svg = plot_svg(report)
+    front = set(pareto(report["results"]))
+    rows = []
+    for i, r in enumerate(report["results"]):
+        a, lat, mem = r["accuracy"], r["latency"], r.get("memory") or {}
+        off = r.get("offline") or {}
+        drop = a.get("top1_drop")
+        valid = lat.get("valid") and off.get("valid", True) is not False
+        reasons = "; ".join(str(s["invalid_reason"]) for s in (lat, off) if s.get("valid") is False)
+        cells = [
+            esc(r["variant"]) + (" ★" if i in front else ""),
+            esc(r["runtime"]),
+            _pct(a.get("top1")),
+            _pct(a.get("top5")),
+            "-" if drop is None else f"{100 * drop:+.2f}",
+            _pct(a.get("top1_agreement")),
+            f"{lat['p50_ms']:.2f}",
+            f"{lat['p90_ms']:.2f}",
+            f"{lat['p99_ms']:.2f}",
+            _num(off.get("samples_per_s"), ".1f"),
+            _num(mem.get("peak_rss_mb"), ".0f"),
+            f"{r['artifact']['bytes'] / 1e6:.1f}",
+            "yes" if valid else f"<b>NO</b>: {esc(reasons)}",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    stage_html = []
+    for s in report.get("stages", []):
+        nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["metrics"].items())
+        stage_html.append(
+            f"<tr><td>{esc(s['variant'])}</td><td>{esc(s['stage'])}</td><td>{_num(s['seconds'], '.1f')}</td>"
+            f"<td>{esc(nums)}</td><td><code>{s['key'][:12]}</code></td></tr>"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "absent")
+    plot = svg if svg else "<p><i>Plot unavailable: install the report extra (matplotlib).</i></p>"
+    head = (
+        "<th>variant</th><th>runtime</th><th>top-1 %</th><th>top-5 %</th><th>drop (pts)</th><th>agreement %</th>"
+        "<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>offline img/s</th><th>peak RSS MB</th><th>size MB</th>"
+        "<th>valid</th>"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgeres report: {esc(report["recipe"])}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}}
+table{{border-collapse:collapse;margin:1em 0;font-size:14px}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}}
+.meta{{color:#555;font-size:13px}}
+</style></head><body>
+<h1>edgeres report: {esc(report["recipe"])}</h1>
+<p class="meta">Created {esc(report["created"])} on {esc(str(env["cpu"]))} ({env["threads"]} threads,
+{env["cores"]} cores), Python {esc(env["python"])}. Accuracy on the {esc(report["data"]["split"])} split; drop and
+agreement against variant <code>{esc(report["baseline"])}</code> on the same runtime.<br>{esc(versions)}</p>
+{plot}
+<h2>Measurements</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{"".join(rows)}
+</tbody></table>
+<p class="meta">★ on the Pareto front of accuracy against p50 latency. Single-stream: batch 1. Peak RSS: the inference
+process alone (interpreter and runtime libraries included).</p>
+<h2>Stages</h2>
+<table><thead><tr><th>variant</th><th>stage</th><th>seconds</th><th>numbers</th><th>cache key</th></tr></thead>
+<tbody>{"".join(stage_html)}</tbody></table>
+</body></html>
+"""

@@ -31,7 +31,7 @@ def register(name: str, spec: StageSpec) -> None:
 
 register("finetune", StageSpec("edgeres.stages.finetune", "train", 1, ("torch", "torchvision")))
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
-register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 1, ("onnx", "onnxruntime", "openvino", "torch")))
+register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 2, ("onnx", "onnxruntime", "openvino", "torch")))
 
 
 class StageModule(Protocol):

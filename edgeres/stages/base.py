@@ -31,6 +31,7 @@ class StageContext:
     reporter: Reporter
     load_data: Callable[[], DataBundle]
     variants: dict[str, Artifact] = field(default_factory=dict)  # benchmark: each variant's deliverable
+    lineage: dict[str, list[Artifact]] = field(default_factory=dict)  # benchmark: each variant's stage outputs
 
     @property
     def data(self) -> DataBundle:

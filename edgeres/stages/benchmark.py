@@ -1,8 +1,9 @@
 """Stage `benchmark`: measure every variant's deliverable on the recipe's runtimes, and write the reports.
 
-For each variant and each runtime that can run its format: accuracy on the chosen split (top-1, top-5, drop and
-top-1 agreement against the baseline variant on the same runtime) and single-stream latency. Writes report.json
-(versioned schema, environment recorded) and report.md.
+For each variant and each runtime that can run its format, in a child process of its own: single-stream latency,
+peak resident memory, offline throughput, and accuracy on the chosen split (top-1, top-5, and drop and top-1
+agreement against the baseline variant on the same runtime). Writes report.json (versioned schema, environment
+recorded), report.md and report.html (accuracy against latency, Pareto front marked, per-stage table).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any
 
 from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_text_atomic
 from edgeres.deps import require
-from edgeres.measure import environment, measure_accuracy, measure_latency
+from edgeres.measure import environment
 from edgeres.recipe import BenchmarkStage
-from edgeres.report import REPORT_SCHEMA, render_markdown
-from edgeres.runtimes import open_runner, runs
-from edgeres.stages.base import StageContext, StageOutput
+from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, stage_rows
+from edgeres.runtimes import runs
+from edgeres.stages.base import SCRATCH, StageContext, StageOutput
+from edgeres.worker import measure_artifact
 
 ACCURACY_BATCH = 64
 
@@ -26,53 +28,69 @@ def _batch_size(art: Artifact) -> int:
     return ACCURACY_BATCH if shape and shape[0] == "batch" else 1
 
 
+def result_row(vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str) -> dict[str, Any]:
+    """One row of report.json: what was measured, on which artifact (hash, size) and runtime."""
+    return {
+        "variant": vname,
+        "runtime": runtime,
+        "runtime_version": measured.get("runtime_version"),
+        "artifact": {
+            "stage": art.stage,
+            "format": art.format,
+            "file": art.primary,
+            "sha256": art.files[art.primary],
+            "bytes": art.primary_path.stat().st_size,
+        },
+        "accuracy": {"split": split, **measured.get("accuracy", {})},
+        "latency": measured["latency"],
+        "offline": measured.get("offline"),
+        "memory": {**measured.get("memory", {}), "artifact_mb": round(art.primary_path.stat().st_size / 1e6, 2)},
+    }
+
+
 def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     np = require("numpy")
     data = ctx.data
     split = data.split(cfg.accuracy_split)
+    scratch = ctx.workdir / SCRATCH
+    scratch.mkdir(exist_ok=True)
+    xs, ys = zip(*data.numpy_batches(split, 256), strict=True)
+    npz = scratch / "eval.npz"
+    np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
     baseline = cfg.baseline or next(iter(ctx.variants))
     order = [baseline, *(v for v in ctx.variants if v != baseline)]
-    samples = [x for x, _ in data.numpy_batches(split, 1, limit=64)]
     rows: list[dict[str, Any]] = []
     base_preds: dict[str, Any] = {}
-    base_top1: dict[str, float] = {}
     for vname in order:
         art = ctx.variants[vname]
         for runtime in cfg.runtimes:
             if not runs(runtime, art.format):
                 continue
-            ctx.reporter.log(f"benchmark {vname} on {runtime}: accuracy on {len(split)} {cfg.accuracy_split} images")
-            t0 = time.monotonic()
-            with open_runner(runtime, art.primary_path, fmt=art.format, threads=ctx.threads) as runner:
-                acc, preds = measure_accuracy(runner, data.numpy_batches(split, _batch_size(art)))
-                ctx.reporter.log(f"benchmark {vname} on {runtime}: single-stream latency")
-                lat = measure_latency(runner, samples, cfg.latency)
-                rt_version = runner.version()
+            ctx.reporter.log(f"benchmark {vname} on {runtime}: {len(split)} {cfg.accuracy_split} images")
+            spec = {
+                "runtime": runtime,
+                "path": str(art.primary_path),
+                "format": art.format,
+                "threads": ctx.threads,
+                "data": str(npz),
+                "batch": _batch_size(art),
+                "latency": cfg.latency.model_dump(),
+                "offline": cfg.offline.model_dump() if cfg.offline else None,
+            }
+            measured = measure_artifact(spec, isolate=cfg.isolate)
+            preds = np.asarray(measured.pop("predictions"))
+            row = result_row(vname, runtime, art, measured, cfg.accuracy_split)
+            acc = row["accuracy"]
             if vname == baseline:
-                base_preds[runtime], base_top1[runtime] = preds, acc["top1"]
+                base_preds[runtime] = (preds, acc["top1"])
             if runtime in base_preds:
-                acc["top1_drop"] = base_top1[runtime] - acc["top1"]
-                acc["top1_agreement"] = float(np.mean(preds == base_preds[runtime]))
-            rows.append(
-                {
-                    "variant": vname,
-                    "runtime": runtime,
-                    "runtime_version": rt_version,
-                    "artifact": {
-                        "stage": art.stage,
-                        "format": art.format,
-                        "file": art.primary,
-                        "sha256": art.files[art.primary],
-                        "bytes": art.primary_path.stat().st_size,
-                    },
-                    "accuracy": {"split": cfg.accuracy_split, **acc},
-                    "latency": lat,
-                    "seconds": round(time.monotonic() - t0, 2),
-                }
-            )
+                acc["top1_drop"] = base_preds[runtime][1] - acc["top1"]
+                acc["top1_agreement"] = float(np.mean(preds == base_preds[runtime][0]))
+            rows.append(row)
+            lat = row["latency"]
             ctx.reporter.log(
-                f"{vname} on {runtime}: top-1 {acc['top1']:.4f}, p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms"
-                + ("" if lat["valid"] else f" (INVALID: {lat['invalid_reason']})")
+                f"{vname} on {runtime}: top-1 {acc['top1']:.4f}, p50 {lat['p50_ms']:.2f} ms, "
+                f"peak RSS {row['memory']['peak_rss_mb']} MB" + ("" if lat["valid"] else " (latency run INVALID)")
             )
     report = {
         "schema": REPORT_SCHEMA,
@@ -81,7 +99,12 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(ctx.threads),
         "data": {"type": ctx.recipe.data.type, "fingerprint": data.fingerprint, "split": cfg.accuracy_split},
-        "settings": {"latency": cfg.latency.model_dump(mode="json"), "runtimes": cfg.runtimes},
+        "settings": {
+            "latency": cfg.latency.model_dump(mode="json"),
+            "offline": cfg.offline.model_dump(mode="json") if cfg.offline else None,
+            "runtimes": cfg.runtimes,
+            "isolated_processes": cfg.isolate,
+        },
         "baseline": baseline,
         "variants": {
             name: {
@@ -90,13 +113,15 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
             }
             for name, art in ctx.variants.items()
         },
+        "stages": stage_rows(ctx.lineage),
         "results": rows,
     }
     write_json_atomic(ctx.workdir / "report.json", report)
     write_text_atomic(ctx.workdir / "report.md", render_markdown(report))
+    write_text_atomic(ctx.workdir / "report.html", render_html(report))
     return StageOutput(
         format="report",
         primary="report.json",
-        deliverables=["report.json", "report.md"],
+        deliverables=["report.json", "report.md", "report.html"],
         metrics={"results": len(rows), "all_valid": all(r["latency"]["valid"] for r in rows)},
     )

@@ -116,7 +116,7 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
                 loss.backward()
                 opt.step()
                 sched.step()
-                total_loss += float(loss) * int(y.numel())
+                total_loss += float(loss.detach()) * int(y.numel())
                 seen += int(y.numel())
                 task.advance(status=f"loss {total_loss / seen:.3f}")
         val = evaluate(model, data.batches(data.val, EVAL_BATCH))

@@ -1,0 +1,91 @@
+"""`edgeres compare`: the CI gate. Compares two report.json files row by row (variant, runtime) and lists every
+regression beyond the thresholds: latency (p50, relative), accuracy (top-1, absolute points), memory (peak RSS,
+relative), a row that disappeared, and (unless allowed) a measurement that is not valid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeres.errors import RecipeError
+from edgeres.report import REPORT_SCHEMA
+
+
+@dataclass
+class Comparison:
+    lines: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"report {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"report {str(path)!r} is not readable JSON: {exc}") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        seen = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise RecipeError(f"{str(path)!r} has schema {seen!r}; edgeres compare reads {REPORT_SCHEMA!r} reports")
+    return report
+
+
+def _rel(new: float | None, base: float | None) -> float | None:
+    if new is None or base is None or base <= 0:
+        return None
+    return new / base - 1.0
+
+
+def compare_reports(
+    base: dict[str, Any],
+    new: dict[str, Any],
+    *,
+    max_latency_regression: float,
+    max_accuracy_drop: float,
+    max_memory_growth: float,
+    allow_invalid: bool = False,
+) -> Comparison:
+    out = Comparison()
+    new_rows = {(r["variant"], r["runtime"]): r for r in new["results"]}
+    for b in base["results"]:
+        key = (b["variant"], b["runtime"])
+        name = f"{key[0]} on {key[1]}"
+        n = new_rows.pop(key, None)
+        if n is None:
+            out.regressions.append(f"{name}: measured in the base report, missing in the new one")
+            continue
+        lat = _rel(n["latency"]["p50_ms"], b["latency"]["p50_ms"])
+        b_top1, n_top1 = b["accuracy"].get("top1"), n["accuracy"].get("top1")
+        drop = None if b_top1 is None or n_top1 is None else b_top1 - n_top1
+        mem = _rel((n.get("memory") or {}).get("peak_rss_mb"), (b.get("memory") or {}).get("peak_rss_mb"))
+        out.lines.append(
+            f"{name}: p50 {b['latency']['p50_ms']:.3f} -> {n['latency']['p50_ms']:.3f} ms "
+            f"({'n/a' if lat is None else f'{100 * lat:+.1f}%'}), top-1 "
+            f"{'n/a' if drop is None else f'{100 * b_top1:.2f} -> {100 * n_top1:.2f} ({-100 * drop:+.2f} pts)'}, "
+            f"peak RSS {'n/a' if mem is None else f'{100 * mem:+.1f}%'}"
+        )
+        if lat is not None and lat > max_latency_regression:
+            out.regressions.append(
+                f"{name}: p50 latency {100 * lat:+.1f}% exceeds --max-latency-regression "
+                f"{100 * max_latency_regression:g}%"
+            )
+        if drop is not None and drop > max_accuracy_drop:
+            out.regressions.append(
+                f"{name}: top-1 dropped {100 * drop:.2f} pts, more than --max-accuracy-drop "
+                f"{100 * max_accuracy_drop:g} pts"
+            )
+        if mem is not None and mem > max_memory_growth:
+            out.regressions.append(
+                f"{name}: peak RSS {100 * mem:+.1f}% exceeds --max-memory-growth {100 * max_memory_growth:g}%"
+            )
+        if not allow_invalid and not n["latency"].get("valid", False):
+            out.regressions.append(
+                f"{name}: the new latency run is invalid ({n['latency'].get('invalid_reason')}); "
+                "raise the run's minimums or pass --allow-invalid"
+            )
+    for variant, runtime in new_rows:
+        out.lines.append(f"{variant} on {runtime}: new (not in the base report)")
+    return out

@@ -1,0 +1,100 @@
+"""Measure one artifact on one runtime, in a child process of its own.
+
+`measure_artifact(...)` runs `python -m edgeres.worker SPEC OUT` so each runtime gets the machine's threads to itself
+and the peak resident memory measured is that of the inference process alone. The same function runs in-process
+when isolation is off (and in tests). The child reads preprocessed images from an .npz file and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeres.deps import require
+from edgeres.errors import StageError
+from edgeres.measure import (
+    gpu_memory_used_bytes,
+    measure_accuracy,
+    measure_latency,
+    measure_offline,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+from edgeres.recipe import Latency, Offline
+from edgeres.runtimes import open_runner
+
+MB = 1e6
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load the artifact, then: single-stream latency, peak memory, offline throughput, accuracy (in that order)."""
+    np = require("numpy")
+    data = np.load(spec["data"])
+    x, y = data["x"], data["y"]
+    base_rss = peak_rss_bytes()
+    reset_peak_rss()
+    gpu_before = gpu_memory_used_bytes()
+    out: dict[str, Any] = {}
+    with open_runner(spec["runtime"], Path(spec["path"]), fmt=spec["format"], threads=spec["threads"]) as runner:
+        out["runtime_version"] = runner.version()
+        samples = [x[i : i + 1] for i in range(min(len(x), 64))]
+        out["latency"] = measure_latency(runner, samples, Latency(**spec["latency"]))
+        peak = peak_rss_bytes()
+        gpu_after = gpu_memory_used_bytes()
+        out["memory"] = {
+            "peak_rss_mb": None if peak is None else round(peak / MB, 1),
+            "process_base_rss_mb": None if base_rss is None else round(base_rss / MB, 1),
+            "gpu_used_mb": None if gpu_after is None or gpu_before is None else round((gpu_after - gpu_before) / MB, 1),
+            "note": "peak resident set of the inference process while loading and running single-stream "
+            "(interpreter and runtime libraries included)",
+        }
+        if spec.get("offline"):
+            off = Offline(**spec["offline"])
+            if spec["batch"] >= off.batch:
+                batches = [x[i : i + off.batch] for i in range(0, len(x) - off.batch + 1, off.batch)][:16] or [x]
+                out["offline"] = measure_offline(runner, batches, off)
+            else:
+                out["offline"] = {"scenario": "offline", "skipped": "the model has a fixed batch size of 1"}
+        if spec.get("accuracy", True):
+            bs = spec["batch"]
+            acc, preds = measure_accuracy(runner, ((x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)))
+            out["accuracy"] = acc
+            out["predictions"] = preds.tolist()
+    return out
+
+
+def measure_artifact(spec: dict[str, Any], *, isolate: bool, timeout_s: float = 3600) -> dict[str, Any]:
+    if not isolate:
+        return run_spec(spec)
+    with tempfile.TemporaryDirectory(prefix="edgeres-measure-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgeres.worker", str(spec_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0 or not out_path.is_file():
+            tail = (proc.stderr or proc.stdout).strip()[-1500:]
+            killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+            raise StageError(
+                f"measuring {spec['path']} on {spec['runtime']} failed in its child process with exit code "
+                f"{proc.returncode}{killed}:\n{tail}"
+            )
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    result = run_spec(spec)
+    Path(sys.argv[2]).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

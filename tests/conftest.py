@@ -1,0 +1,206 @@
+"""Shared helpers and fixtures for the edgeres test suite.
+
+Every build runs on the CPU on a tiny synthetic data set (16x16 images, 64/32/32 images, 4 classes) with a
+ResNet-18, in a cache and an output folder under pytest's tmp_path. Nothing touches the user's cache, the network
+or ../shared. Expensive builds are shared through session-scoped fixtures; tests that change a cache work on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import shutil
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TINY_DATA: dict[str, Any] = {
+    "type": "synthetic",
+    "image_size": 16,
+    "train_size": 64,
+    "val_size": 32,
+    "test_size": 32,
+    "num_classes": 4,
+}
+TINY_LATENCY: dict[str, Any] = {"warmup": 1, "min_queries": 5, "min_duration_s": 0}
+
+_TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "data": TINY_DATA,
+    "model": {"arch": "resnet18"},
+    "stages": [
+        {"type": "finetune", "epochs": 1, "batch_size": 32},
+        {"type": "export", "opset": 18},
+        {"type": "benchmark", "runtimes": ["onnxruntime", "openvino"], "latency": TINY_LATENCY},
+    ],
+}
+
+
+def tiny_recipe(**changes: Any) -> dict[str, Any]:
+    """A fresh copy of the tiny three-stage recipe as a mapping, with top-level keys replaced by `changes`."""
+    d = copy.deepcopy(_TINY)
+    d.update(copy.deepcopy(changes))
+    return d
+
+
+def finetune_only(**finetune: Any) -> dict[str, Any]:
+    """The tiny recipe with only a finetune stage (the cheapest complete build)."""
+    stage = {"type": "finetune", "epochs": 1, "batch_size": 32, **finetune}
+    return tiny_recipe(stages=[stage])
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def as_recipe(d: dict[str, Any]) -> Any:
+    from edgeres.recipe import recipe_from_text
+
+    return recipe_from_text(yaml.safe_dump(d, sort_keys=False), source="test-recipe")
+
+
+def quiet_reporter() -> Any:
+    from edgeres.progress import Reporter
+
+    return Reporter(stream=io.StringIO(), rich=False)
+
+
+def run_pipeline(recipe: Any, cache: Path, out: Path | None = None, **kw: Any) -> tuple[Any, str]:
+    """Run a Pipeline in-process; returns (BuildResult, log text)."""
+    from edgeres.pipeline import Pipeline
+
+    if isinstance(recipe, dict):
+        recipe = as_recipe(recipe)
+    reporter = quiet_reporter()
+    result = Pipeline(recipe, cache_dir=cache, out_dir=out, reporter=reporter, **kw).run()
+    return result, reporter.stream.getvalue()
+
+
+def statuses(result: Any) -> list[tuple[str, str, str]]:
+    """(variant, stage, status) of every record of a build, in order."""
+    return [(r.variant, r.stage, r.status) for r in result.records]
+
+
+@dataclass
+class CliResult:
+    code: int | None
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Call edgeres.cli.main in-process (it always ends in sys.exit) and capture its output."""
+    from edgeres.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int | None = None
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code  # type: ignore[assignment]
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def entries(cache: Path) -> set[str]:
+    """Names in a cache folder, lock files left out."""
+    if not cache.is_dir():
+        return set()
+    return {p.name for p in cache.iterdir() if not p.name.endswith(".lock")}
+
+
+def committed(cache: Path, stage_type: str) -> list[Path]:
+    from edgeres.artifact import read_artifact
+
+    return sorted(
+        p
+        for p in cache.glob(f"{stage_type}-*")
+        if p.is_dir() and "." not in p.name and read_artifact(p) is not None
+    )
+
+
+def subprocess_env(tmp: Path) -> dict[str, str]:
+    """Environment for `python -m edgeres` subprocesses: default cache pointed into tmp, no user site."""
+    env = dict(os.environ)
+    env["EDGERES_CACHE"] = str(tmp / "default-cache-must-not-be-used")
+    env["XDG_CACHE_HOME"] = str(tmp / "xdg-cache")
+    env["PYTHONNOUSERSITE"] = "1"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Point the default cache (used only when a test forgets --cache) into tmp, and check nothing used it."""
+    root = tmp_path_factory.mktemp("default-cache")
+    saved = {k: os.environ.get(k) for k in ("EDGERES_CACHE", "XDG_CACHE_HOME", "TORCH_HOME")}
+    os.environ["EDGERES_CACHE"] = str(root / "edgeres")
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
+    os.environ["TORCH_HOME"] = str(root / "torch")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert not (root / "edgeres").exists(), "a test used the default cache instead of its own tmp cache"
+
+
+@dataclass
+class Build:
+    recipe: dict[str, Any]
+    recipe_path: Path
+    cache: Path
+    out: Path
+    cli: CliResult
+
+
+@pytest.fixture(scope="session")
+def base_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """The tiny recipe built once through the CLI (finetune -> export -> benchmark on ORT and OpenVINO)."""
+    root = tmp_path_factory.mktemp("base")
+    recipe = tiny_recipe()
+    path = write_recipe(root / "tiny.yaml", recipe)
+    cache, out = root / "cache", root / "out"
+    res = run_cli("build", str(path), "--cache", str(cache), "--out", str(out))
+    assert res.code == 0, res.stderr[-3000:]
+    return Build(recipe, path, cache, out, res)
+
+
+@pytest.fixture
+def base_cache_copy(base_build: Build, tmp_path: Path) -> Path:
+    """A private copy of the base build's cache, for tests that change or damage entries."""
+    dst = tmp_path / "cache"
+    shutil.copytree(base_build.cache, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def finetune_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A cache holding only the committed finetune entry of the finetune-only tiny recipe; returns (cache, result)."""
+    cache = tmp_path_factory.mktemp("ft") / "cache"
+    result, _ = run_pipeline(finetune_only(), cache)
+    assert statuses(result) == [("main", "finetune", "ran")]
+    return cache, result
+
+
+@pytest.fixture
+def finetune_cache_copy(finetune_cache: tuple[Path, Any], tmp_path: Path) -> Path:
+    dst = tmp_path / "cache"
+    shutil.copytree(finetune_cache[0], dst)
+    return dst
+
+
+PYTHON = sys.executable
