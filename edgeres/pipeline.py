@@ -155,6 +155,8 @@ class Pipeline:
             "seed": recipe.seed,
             "tools": versions(*spec.tools),
         }
+        if stage.type == "compile":
+            material["target"] = recipe.target_spec().model_dump(mode="json")
         if stage.type == "finetune":
             # What the model is and how the data is fed shape its weights.
             material["model"] = recipe.model.model_dump(mode="json")
@@ -300,10 +302,19 @@ class Pipeline:
         out = self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
+        # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
+        staging = out / f".models-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
         for vname, art in result.variants.items():
-            for rel in art.metadata.get("deliverables", [art.primary]):
-                write_bytes_atomic(out / "models" / vname / rel, (art.path / rel).read_bytes())
-            write_bytes_atomic(out / "models" / vname / SIDECAR, (art.path / SIDECAR).read_bytes())
+            for rel in [*art.metadata.get("deliverables", [art.primary]), SIDECAR]:
+                dest = staging / vname / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(art.path / rel, dest)
+        old = out / f".models-old-{os.getpid()}"
+        if (out / "models").exists():
+            os.rename(out / "models", old)
+        os.rename(staging, out / "models")
+        shutil.rmtree(old, ignore_errors=True)
         if result.report is not None:
             for rel in result.report.metadata.get("deliverables", [result.report.primary]):
                 write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeres.errors import RecipeError
+from edgeres.targets import Target, builtin_targets
 
 ARCHS = (
     "resnet18",
@@ -177,11 +178,47 @@ class Latency(Strict):
     )
 
 
-RuntimeName = Literal["onnxruntime", "openvino", "torch"]
+class OnnxRuntimeCompile(Strict):
+    optimization_level: Literal["basic", "extended", "all"] = Field(
+        "extended",
+        description="Graph optimisations saved into the engine: extended is portable across CPUs; all adds layout "
+        "transforms tied to this CPU's instruction set (build on the target).",
+    )
 
 
-def _default_runtimes() -> list[RuntimeName]:
-    return ["onnxruntime"]
+class OpenVinoCompile(Strict):
+    hint: Literal["latency", "throughput"] = Field("latency", description="Performance hint recorded for loading.")
+    fp16_weights: bool = Field(False, description="Store FP32 weights as FP16 in the IR (halves its size).")
+
+
+class TensorRTCompile(Strict):
+    workspace_mb: int = Field(1024, ge=16, description="Builder workspace limit (MiB); Jetson builds need headroom.")
+    opt_level: int = Field(3, ge=0, le=5, description="Builder optimisation level (higher: longer build).")
+    min_batch: int = Field(1, ge=1, description="Optimisation profile: smallest batch.")
+    opt_batch: int = Field(1, ge=1, description="Optimisation profile: batch tuned for.")
+    max_batch: int = Field(8, ge=1, description="Optimisation profile: largest batch.")
+    fp16_baseline: bool = Field(True, description="Also build an FP16 engine as the baseline users compare against.")
+    dla_core: int | None = Field(None, ge=0, le=1, description="DLA core (Jetson), with GPU fallback; null: GPU only.")
+    kit_val_images: int = Field(500, ge=1, description="Labelled val images shipped in a device build kit.")
+
+    @model_validator(mode="after")
+    def _profile(self) -> TensorRTCompile:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"the profile needs min_batch <= opt_batch <= max_batch; got {self.min_batch}, {self.opt_batch}, "
+                f"{self.max_batch}"
+            )
+        return self
+
+
+class CompileStage(StageBase):
+    type: Literal["compile"] = Field(description="Build the deployable engine for the recipe's target.")
+    onnxruntime: OnnxRuntimeCompile = Field(default_factory=OnnxRuntimeCompile, description="ONNX Runtime targets.")
+    openvino: OpenVinoCompile = Field(default_factory=OpenVinoCompile, description="OpenVINO targets.")
+    tensorrt: TensorRTCompile = Field(default_factory=TensorRTCompile, description="TensorRT targets.")
+
+
+RuntimeName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
 
 
 class Offline(Strict):
@@ -195,9 +232,9 @@ class Offline(Strict):
 class BenchmarkStage(StageBase):
     type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
     runtimes: list[RuntimeName] = Field(
-        default_factory=_default_runtimes,
-        min_length=1,
-        description="Runtimes to measure ONNX deliverables on (torch measures torch models only).",
+        default_factory=list,
+        description="Runtimes to measure each deliverable on, where they can run it (ONNX runs on onnxruntime and "
+        "openvino); empty: each deliverable on the runtime of its format (its target's).",
     )
     accuracy_split: Literal["test", "val"] = Field("test", description="Split accuracy is reported on.")
     latency: Latency = Field(default_factory=Latency, description="Single-stream (batch 1) settings.")
@@ -215,12 +252,13 @@ class BenchmarkStage(StageBase):
     )
 
 
-StageConfig = Annotated[FinetuneStage | ExportStage | BenchmarkStage, Field(discriminator="type")]
+StageConfig = Annotated[FinetuneStage | ExportStage | CompileStage | BenchmarkStage, Field(discriminator="type")]
 
 # What each stage type consumes and produces, so impossible orders fail at validation.
 STAGE_IO: dict[str, tuple[str | None, str]] = {
     "finetune": (None, "torch"),
     "export": ("torch", "onnx"),
+    "compile": ("onnx", "engine"),
     "benchmark": ("any", "report"),
 }
 
@@ -238,6 +276,11 @@ class Recipe(Strict):
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
     )
+    target: str = Field(
+        "cpu-onnxruntime",
+        description="Deployment target: cpu-onnxruntime, cpu-openvino, nvidia-gpu, jetson-orin, or one under targets.",
+    )
+    targets: dict[str, Target] = Field(default_factory=dict, description="Extra targets (same fields as built-ins).")
     data: DataConfig = Field(description="The data set and its train/val/test roles.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     stages: list[StageConfig] = Field(min_length=1, description="Stages, run in this order.")
@@ -249,6 +292,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _check_stages(self) -> Recipe:
+        known = {**builtin_targets(), **self.targets}
+        if self.target not in known:
+            raise ValueError(f"target {self.target!r} is not known; targets: {', '.join(sorted(known))}")
         ids = [s.id for s in self.stages]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -288,6 +334,9 @@ class Recipe(Strict):
                     f"benchmark.baseline is {b.baseline!r}, not a variant; variants: {', '.join(self.variant_names())}"
                 )
         return self
+
+    def target_spec(self) -> Target:
+        return {**builtin_targets(), **self.targets}[self.target]
 
     def variant_names(self) -> list[str]:
         return list(self.variants) or ["main"]

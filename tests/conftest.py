@@ -29,6 +29,7 @@ TINY_DATA: dict[str, Any] = {
     "num_classes": 4,
 }
 TINY_LATENCY: dict[str, Any] = {"warmup": 1, "min_queries": 5, "min_duration_s": 0}
+TINY_OFFLINE: dict[str, Any] = {"batch": 8, "warmup": 1, "min_queries": 2, "min_duration_s": 0}
 
 _TINY: dict[str, Any] = {
     "name": "tiny",
@@ -38,7 +39,12 @@ _TINY: dict[str, Any] = {
     "stages": [
         {"type": "finetune", "epochs": 1, "batch_size": 32},
         {"type": "export", "opset": 18},
-        {"type": "benchmark", "runtimes": ["onnxruntime", "openvino"], "latency": TINY_LATENCY},
+        {
+            "type": "benchmark",
+            "runtimes": ["onnxruntime", "openvino"],
+            "latency": TINY_LATENCY,
+            "offline": TINY_OFFLINE,
+        },
     ],
 }
 

@@ -45,6 +45,7 @@ def test_out_folder_layout(base_build: Build) -> None:
         "models/main/model.json",
         "models/main/model.onnx",
         "recipe.resolved.yaml",
+        "report.html",
         "report.json",
         "report.md",
     ]
@@ -59,6 +60,8 @@ def test_report_json(base_build: Build) -> None:
     assert report["data"]["split"] == "test"
     assert report["variants"]["main"]["stages"] == ["finetune", "export"]
     assert report["settings"]["runtimes"] == RUNTIMES
+    assert report["settings"]["isolated_processes"] is True
+    assert [(s["variant"], s["stage"]) for s in report["stages"]] == [("main", "finetune"), ("main", "export")]
     results = report["results"]
     assert [(r["variant"], r["runtime"]) for r in results] == [("main", rt) for rt in RUNTIMES]
     onnx_sha = sha256(base_build.out / "models" / "main" / "model.onnx")
@@ -74,6 +77,9 @@ def test_report_json(base_build: Build) -> None:
         assert lat["queries"] >= 5
         assert lat["valid"] is True
         assert lat["invalid_reason"] is None
+        assert r["offline"]["valid"] is True
+        assert r["offline"]["samples_per_s"] > 0
+        assert r["memory"]["peak_rss_mb"] > 0
         assert r["artifact"]["format"] == "onnx"
         assert r["artifact"]["sha256"] == onnx_sha
     # Both runtimes run the same FP32 graph on the same images.
@@ -84,9 +90,17 @@ def test_report_md(base_build: Build) -> None:
     md = (base_build.out / "report.md").read_text(encoding="utf-8")
     lines = md.splitlines()
     assert lines[0] == "# edgeres report: tiny"
-    rows = [line for line in lines if line.startswith("| main |")]
-    assert [row.split("|")[2].strip() for row in rows] == RUNTIMES
-    assert all(row.rstrip().endswith("| yes |") for row in rows)
+    rows = [line.split("|") for line in lines if line.startswith("| main")]
+    assert [row[2].strip() for row in rows[: len(RUNTIMES)]] == RUNTIMES
+    assert all(row[-2].strip() == "yes" for row in rows[: len(RUNTIMES)])
+
+
+def test_report_html(base_build: Build) -> None:
+    page = (base_build.out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>")
+    assert "<h1>edgeres report: tiny</h1>" in page
+    for rt in RUNTIMES:
+        assert f"</td><td>{rt}</td>" in page
 
 
 def test_resolved_recipe_is_the_recipe(base_build: Build) -> None:

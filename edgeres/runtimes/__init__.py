@@ -17,7 +17,10 @@ RUNTIMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "onnxruntime": ("edgeres.runtimes.onnxruntime", "OnnxRuntimeRunner", ("onnx",)),
     "openvino": ("edgeres.runtimes.openvino", "OpenVinoRunner", ("onnx", "openvino")),
     "torch": ("edgeres.runtimes.torch", "TorchRunner", ("torch",)),
+    "tensorrt": ("edgeres.tensorrt.runner", "TensorRTRunner", ("tensorrt",)),
 }
+# The runtime that runs a format when the recipe lists none that can.
+NATIVE = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
 
 
 def runs(runtime: str, fmt: str) -> bool:

@@ -1,11 +1,40 @@
-"""The Runner interface: load an artifact once, run NCHW float32 batches, return logits as numpy."""
+"""The Runner interface: load an artifact once, run NCHW float32 batches, return logits as numpy.
+
+Before a runner loads a compiled engine that has a `manifest.json` beside it, `check_manifest` re-hashes the engine
+files and refuses any that differ from the manifest: what ships must be what was built.
+"""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from edgeres.errors import StageError
+
+MANIFEST = "manifest.json"
+
+
+def check_manifest(path: Path) -> dict[str, Any] | None:
+    """Verify the files listed in the manifest beside `path`; returns the manifest, or None when there is none."""
+    manifest_path = path.parent / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    from edgeres.artifact import sha256_file
+
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for name, expected in manifest.get("sha256", {}).items():
+        f = path.parent / name
+        actual = sha256_file(f) if f.is_file() else "missing"
+        if actual != expected:
+            raise StageError(
+                f"{f} does not match its manifest (sha256 {actual[:16]}..., manifest says {expected[:16]}...): "
+                "it changed after it was built. Refusing to load it; rebuild it with "
+                "`edgeres build RECIPE --force compile`"
+            )
+    return manifest
 
 
 class Runner(ABC):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.deps import require
-from edgeres.runtimes.base import Runner
+from edgeres.runtimes.base import Runner, check_manifest
 
 
 class OnnxRuntimeRunner(Runner):
@@ -14,6 +14,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: Path, *, threads: int, providers: list[str] | None = None) -> None:
         super().__init__(path, threads=threads)
+        check_manifest(path)
         ort = require("onnxruntime", purpose="run ONNX models")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

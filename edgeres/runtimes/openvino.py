@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.deps import require
-from edgeres.runtimes.base import Runner
+from edgeres.runtimes.base import Runner, check_manifest
 
 
 class OpenVinoRunner(Runner):
@@ -14,6 +14,7 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, path: Path, *, threads: int, hint: str = "LATENCY") -> None:
         super().__init__(path, threads=threads)
+        check_manifest(path)
         ov = require("openvino", purpose="run models on OpenVINO")
         self._ov = ov
         core = ov.Core()

@@ -16,7 +16,7 @@ from edgeres.deps import require
 from edgeres.measure import environment
 from edgeres.recipe import BenchmarkStage
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, stage_rows
-from edgeres.runtimes import runs
+from edgeres.runtimes import NATIVE, runs
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.worker import measure_artifact
 
@@ -61,11 +61,15 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     order = [baseline, *(v for v in ctx.variants if v != baseline)]
     rows: list[dict[str, Any]] = []
     base_preds: dict[str, Any] = {}
+    unmeasured: list[dict[str, Any]] = []
     for vname in order:
         art = ctx.variants[vname]
-        for runtime in cfg.runtimes:
-            if not runs(runtime, art.format):
-                continue
+        native = [NATIVE[art.format]] if art.format in NATIVE else []
+        candidates = [r for r in cfg.runtimes if runs(r, art.format)] or native
+        if not candidates:
+            ctx.reporter.log(f"benchmark {vname}: a {art.format} artifact cannot be measured on this host")
+            unmeasured.append({"variant": vname, "format": art.format, "reason": "no runtime on this host runs it"})
+        for runtime in candidates:
             ctx.reporter.log(f"benchmark {vname} on {runtime}: {len(split)} {cfg.accuracy_split} images")
             spec = {
                 "runtime": runtime,
@@ -115,6 +119,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         },
         "stages": stage_rows(ctx.lineage),
         "results": rows,
+        "unmeasured": unmeasured,
     }
     write_json_atomic(ctx.workdir / "report.json", report)
     write_text_atomic(ctx.workdir / "report.md", render_markdown(report))
