@@ -178,6 +178,26 @@ class Latency(Strict):
     )
 
 
+class QuantizeStage(StageBase):
+    type: Literal["quantize"] = Field(description="INT8 post-training quantization of the ONNX, to a budget.")
+    calibration_size: int | None = Field(
+        None, ge=1, description="Calibration images from val; default data.calibration_size (300)."
+    )
+    preset: Literal["auto", "mixed", "performance"] = Field(
+        "auto",
+        description="NNCF preset: mixed (asymmetric activations where allowed), performance (all symmetric), or "
+        "auto: performance for TensorRT targets (they accept only zero point 0), mixed for CPU targets.",
+    )
+    fast_bias_correction: bool = Field(True, description="NNCF's fast bias correction after quantizing.")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Largest allowed top-1 drop on val, absolute (0.005 = 0.5 points). Beyond it, the most "
+        "sensitive layers stay in FP32 until it holds; null: plain PTQ, drop only reported.",
+    )
+
+
 class OnnxRuntimeCompile(Strict):
     optimization_level: Literal["basic", "extended", "all"] = Field(
         "extended",
@@ -252,12 +272,15 @@ class BenchmarkStage(StageBase):
     )
 
 
-StageConfig = Annotated[FinetuneStage | ExportStage | CompileStage | BenchmarkStage, Field(discriminator="type")]
+StageConfig = Annotated[
+    FinetuneStage | ExportStage | QuantizeStage | CompileStage | BenchmarkStage, Field(discriminator="type")
+]
 
 # What each stage type consumes and produces, so impossible orders fail at validation.
 STAGE_IO: dict[str, tuple[str | None, str]] = {
     "finetune": (None, "torch"),
     "export": ("torch", "onnx"),
+    "quantize": ("onnx", "onnx"),
     "compile": ("onnx", "engine"),
     "benchmark": ("any", "report"),
 }

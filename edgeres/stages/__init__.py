@@ -31,6 +31,7 @@ def register(name: str, spec: StageSpec) -> None:
 
 register("finetune", StageSpec("edgeres.stages.finetune", "train", 1, ("torch", "torchvision")))
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
+register("quantize", StageSpec("edgeres.stages.quantize", "train", 1, ("onnx", "nncf", "onnxruntime", "openvino")))
 register("compile", StageSpec("edgeres.stages.compile", "cpu", 1, ("onnx", "onnxruntime", "openvino", "tensorrt")))
 register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 2, ("onnx", "onnxruntime", "openvino", "torch")))
 
