@@ -77,7 +77,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Created {report['created']} on {env['cpu']} ({env['threads']} threads, {env['cores']} cores), "
         f"Python {env['python']}. Accuracy on the {report['data']['split']} split; drop and agreement against "
-        f"variant `{report['baseline']}` on the same runtime. Single-stream: batch 1. Offline: batch "
+        f"variant `{report['baseline']}` on the same runtime (else on the runtime it ran on first). "
+        "Single-stream: batch 1. Offline: batch "
         f"{(report['settings'].get('offline') or {}).get('batch', '-')}.",
         "",
         "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
@@ -209,7 +210,8 @@ th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}}
 <h1>edgeres report: {esc(report["recipe"])}</h1>
 <p class="meta">Created {esc(report["created"])} on {esc(str(env["cpu"]))} ({env["threads"]} threads,
 {env["cores"]} cores), Python {esc(env["python"])}. Accuracy on the {esc(report["data"]["split"])} split; drop and
-agreement against variant <code>{esc(report["baseline"])}</code> on the same runtime.<br>{esc(versions)}</p>
+agreement against variant <code>{esc(report["baseline"])}</code> on the same runtime (else on the runtime it ran on
+first).<br>{esc(versions)}</p>
 {plot}
 <h2>Measurements</h2>
 <table><thead><tr>{head}</tr></thead><tbody>

@@ -28,6 +28,11 @@ def _batch_size(art: Artifact) -> int:
     return ACCURACY_BATCH if shape and shape[0] == "batch" else 1
 
 
+def engine_bytes(art: Artifact) -> int:
+    """Size on disk of what ships: every file of the artifact but its JSON descriptions (an IR is .xml + .bin)."""
+    return sum((art.path / f).stat().st_size for f in art.files if not f.endswith(".json"))
+
+
 def result_row(vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str) -> dict[str, Any]:
     """One row of report.json: what was measured, on which artifact (hash, size) and runtime."""
     return {
@@ -39,12 +44,12 @@ def result_row(vname: str, runtime: str, art: Artifact, measured: dict[str, Any]
             "format": art.format,
             "file": art.primary,
             "sha256": art.files[art.primary],
-            "bytes": art.primary_path.stat().st_size,
+            "bytes": engine_bytes(art),
         },
         "accuracy": {"split": split, **measured.get("accuracy", {})},
         "latency": measured["latency"],
         "offline": measured.get("offline"),
-        "memory": {**measured.get("memory", {}), "artifact_mb": round(art.primary_path.stat().st_size / 1e6, 2)},
+        "memory": {**measured.get("memory", {}), "artifact_mb": round(engine_bytes(art) / 1e6, 2)},
     }
 
 
@@ -87,9 +92,12 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
             acc = row["accuracy"]
             if vname == baseline:
                 base_preds[runtime] = (preds, acc["top1"])
-            if runtime in base_preds:
-                acc["top1_drop"] = base_preds[runtime][1] - acc["top1"]
-                acc["top1_agreement"] = float(np.mean(preds == base_preds[runtime][0]))
+            # Against the baseline on the same runtime where it ran there, else on the runtime it ran first on.
+            ref_rt = runtime if runtime in base_preds else next(iter(base_preds), None)
+            if ref_rt is not None:
+                acc["reference"] = f"{baseline} on {ref_rt}"
+                acc["top1_drop"] = base_preds[ref_rt][1] - acc["top1"]
+                acc["top1_agreement"] = float(np.mean(preds == base_preds[ref_rt][0]))
             rows.append(row)
             lat = row["latency"]
             ctx.reporter.log(

@@ -4,7 +4,8 @@
 each fact came from; nothing heavy is imported at module import time, and a probe runs only while facts it can
 give are still missing. Sources, in order: /etc/nv_tegra_release and dpkg (Jetson), TensorRT (version, DLA cores),
 cuda-python (CUDA runtime, GPU, compute capability, memory), pynvml, nvidia-smi, /sys and /proc (driver version),
-torch (last: importing it takes seconds). On Jetson, CPU and GPU share memory, so total and free memory come from
+torch (late: importing it takes seconds), and on Jetson the device tree (Orin 8.7, Xavier 7.2) for the compute
+capability when nothing else could read it. On Jetson, CPU and GPU share memory, so total and free memory come from
 /proc/meminfo (NVML reads N/A there before JetPack 7).
 
 `DeviceFacts` round-trips through JSON, so tests and the compile stage can use facts recorded on a device.
@@ -28,7 +29,7 @@ Run = Callable[[list[str]], str | None]
 @dataclass(frozen=True)
 class DeviceFacts:
     trt_version: str | None = None
-    cuda_version: str | None = None  # CUDA runtime version ("12.6")
+    cuda_version: str | None = None  # CUDA runtime as cuda-python reports it ("12.6"); recorded, not checked
     driver_version: str | None = None  # NVIDIA driver ("560.35.03"; on Jetson the L4T kernel module's)
     gpu_name: str | None = None
     compute_capability: str | None = None  # "8.7"
@@ -99,6 +100,19 @@ def parse_driver_version(text: str) -> str | None:
         r"\s*(\d+(?:\.\d+)+)\s*", text
     )
     return m.group(1) if m else None
+
+
+# Jetson SoCs (/proc/device-tree/compatible) -> their integrated GPU's compute capability
+TEGRA_COMPUTE_CAPABILITY = {"nvidia,tegra234": "8.7", "nvidia,tegra194": "7.2"}  # Orin, Xavier
+
+
+def compute_capability_from_device_tree(raw: bytes) -> str | None:
+    """Compute capability of a Jetson's GPU from its device tree's NUL-separated `compatible` strings."""
+    for entry in raw.split(b"\0"):
+        cc = TEGRA_COMPUTE_CAPABILITY.get(entry.decode(errors="replace").strip())
+        if cc:
+            return cc
+    return None
 
 
 def cuda_version_string(code: int) -> str:
@@ -262,4 +276,10 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
             put({"driver_version": parse_driver_version(_read(root / path) or "")}, f"/{path}")
     if cuda_context and missing("gpu_name", "compute_capability"):
         put(_probe_torch(), "torch")
+    if "l4t" in facts and missing("compute_capability"):
+        try:
+            raw = (root / "proc/device-tree/compatible").read_bytes()
+        except OSError:
+            raw = b""
+        put({"compute_capability": compute_capability_from_device_tree(raw)}, "/proc/device-tree/compatible")
     return DeviceFacts(**facts, sources=sources)

@@ -258,7 +258,7 @@ def check_compatible(
             f"{'no TensorRT' if facts.trt_version is None else facts.trt_version} "
             f"(engines run only on the exact TensorRT version that built them)"
         )
-    if manifest.compute_capability != facts.compute_capability:
+    if manifest.compute_capability is not None and manifest.compute_capability != facts.compute_capability:
         differences.append(
             f"compute capability: engine built for {manifest.compute_capability}, "
             f"this device has {_device(facts.compute_capability)}"

@@ -1,0 +1,651 @@
+"""ONNX to TensorRT engine, with the TensorRT 10 and 11 Python API, in a child process.
+
+`engine_from_onnx` is the build itself (run it on the device): strongly typed network where the plan says so
+(always on TensorRT 11, and for Q/DQ INT8 ONNX on 10), BuilderFlag.FP16 for FP16 on TensorRT 10, and on TensorRT 11
+(no precision flags) an ONNX cast to float16 first (`fp16_onnx_from_fp32`, inputs and outputs kept float32). Parse
+errors are reported node by node; the optimisation profile covers min/opt/max batch; the workspace pool is limited;
+the timing cache is loaded from and saved to a file; progress is reported through an IProgressMonitor; DLA with GPU
+fallback on Jetson. It writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector)
+and, last, its manifest (`<stem>.manifest.json`).
+
+`build_in_subprocess` runs that in `python -m edgeres.tensorrt.build`, so that a build killed for memory (exit 137
+on Jetson) or failing with TensorRT's out-of-memory symptoms ("Could not find any implementation for node") becomes
+one clear error naming the workspace limit and the free memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edgeres.artifact import write_bytes_atomic, write_json_atomic, write_text_atomic
+from edgeres.deps import require
+from edgeres.errors import EdgeresError, MissingDependencyError, RecipeError, StageError
+from edgeres.tensorrt import require_tensorrt, tensorrt_major
+from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
+from edgeres.tensorrt.manifest import (
+    EngineManifest,
+    EngineSettings,
+    make_manifest,
+    manifest_path,
+    plan_build,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+Progress = Callable[[str], None]
+PROGRESS_PREFIX = "edgeres-progress\t"
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+FP16_MAX = 65504.0
+# (op, input index) that must stay float32 when a model is cast to float16
+_FLOAT32_SLOTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
+OOM_PATTERNS = (
+    r"Could not find any implementation for node",
+    r"out of memory",
+    r"cudaErrorMemoryAllocation",
+    r"Requested amount of GPU memory",
+    r"std::bad_alloc",
+    r"\bMemoryError\b",
+)
+KILLED_CODES = (137, -9)
+
+
+class EngineBuildError(StageError):
+    """TensorRT could not parse the ONNX or build an engine. `log` holds TensorRT's error messages."""
+
+    def __init__(self, message: str, *, log: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.log = list(log)
+
+
+# ---------------------------------------------------------------------------------------------------------- ONNX
+
+
+def _onnx() -> Any:
+    return require("onnx", purpose="read and convert ONNX models")
+
+
+def _load_graph_only(path: Path) -> Any:
+    return _onnx().load(str(path), load_external_data=False)
+
+
+def _nodes(graph: Any) -> Iterable[Any]:
+    """Every node of a graph and of its subgraphs (If/Loop/Scan bodies)."""
+    onnx = _onnx()
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _nodes(g)
+
+
+def count_qdq(onnx_path: Path) -> int:
+    """Number of QuantizeLinear/DequantizeLinear nodes (graph, subgraphs and local functions)."""
+    model = _load_graph_only(onnx_path)
+    nodes = [*_nodes(model.graph), *(n for f in model.functions for n in f.node)]
+    return sum(n.op_type in QDQ_OPS for n in nodes)
+
+
+def onnx_input(onnx_path: Path) -> tuple[str, list[int | str]]:
+    """Name and shape of the model's one input (a named or unknown dimension is a str, e.g. 'batch')."""
+    graph = _load_graph_only(onnx_path).graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise StageError(
+            f"{onnx_path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a classifier engine takes "
+            f"exactly one image batch. Export the model with a single NCHW input."
+        )
+    dims: list[int | str] = []
+    for d in inputs[0].type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return inputs[0].name, dims
+
+
+def fp16_onnx_from_fp32(src: Path, dst: Path) -> Path:
+    """Write `src` with float32 weights and compute cast to float16 (TensorRT 11's FP16: no builder flag exists).
+
+    Float initializers, Constant/ConstantOfShape values, Cast(to=float) and dtype attributes become float16; the
+    graph's float inputs and outputs stay float32 through Cast nodes at the edges, so callers feed and read float32
+    as before. Values beyond the float16 range are clipped to +-65504. Resize/Upsample scales stay float32. Refuses
+    Q/DQ models (already quantized). The result passes onnx.checker with full (strict) shape inference.
+    """
+    onnx = _onnx()
+    np = require("numpy")
+    from onnx import TensorProto, helper, numpy_helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.load(str(src))
+    graph = model.graph
+    qdq = sum(n.op_type in QDQ_OPS for n in _nodes(graph))
+    if qdq:
+        raise StageError(
+            f"{src} has {qdq} Q/DQ nodes: it is already quantized and is not cast to float16. Build it with "
+            f"precision int8 (strongly typed), or cast the unquantized ONNX."
+        )
+    keep = {n for node in _nodes(graph) for i, n in enumerate(node.input) if (node.op_type, i) in _FLOAT32_SLOTS and n}
+
+    def half_tensor(t: Any) -> None:
+        if t.data_type == FLOAT:
+            arr = np.clip(numpy_helper.to_array(t), -FP16_MAX, FP16_MAX).astype(np.float16)
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+    def half_node(node: Any) -> None:
+        kept = bool(set(node.output) & keep)
+        for attr in list(node.attribute):
+            if attr.i == FLOAT and (attr.name == "dtype" or (attr.name == "to" and node.op_type == "Cast")):
+                attr.i = HALF
+            elif attr.name == "value" and node.op_type in ("Constant", "ConstantOfShape") and not kept:
+                half_tensor(attr.t)
+            elif attr.name in ("value_float", "value_floats") and node.op_type == "Constant" and not kept:
+                values = [attr.f] if attr.name == "value_float" else list(attr.floats)
+                data = np.clip(np.asarray(values, dtype=np.float32), -FP16_MAX, FP16_MAX).astype(np.float16)
+                shape = [] if attr.name == "value_float" else [len(values)]
+                node.attribute.remove(attr)
+                node.attribute.append(helper.make_attribute("value", helper.make_tensor("value", HALF, shape, data)))
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                half_graph(attr.g, top=False)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    half_graph(sub, top=False)
+
+    def half_graph(g: Any, *, top: bool) -> None:
+        converted = set()
+        for init in g.initializer:
+            if init.data_type == FLOAT and init.name not in keep:
+                half_tensor(init)
+                converted.add(init.name)
+        # a subgraph's declared inputs and outputs follow its compute; the top graph keeps float32 edges (below)
+        for vi in g.input if top else [*g.input, *g.output]:
+            tt = vi.type.tensor_type
+            if tt.elem_type == FLOAT and (not top or vi.name in converted):
+                tt.elem_type = HALF
+        for node in g.node:
+            half_node(node)
+        del g.value_info[:]  # re-inferred by the checker below
+
+    half_graph(graph, top=True)
+    for fn in model.functions:
+        for node in fn.node:
+            half_node(node)
+
+    inits = {i.name for i in graph.initializer}
+    head, tail = [], []
+    for vi in graph.input:
+        if vi.name not in inits and vi.type.tensor_type.elem_type == FLOAT:
+            inner = f"{vi.name}__fp16"
+            _rename_uses(graph, vi.name, inner)
+            head.append(helper.make_node("Cast", [vi.name], [inner], to=HALF, name=f"{vi.name}__to_fp16"))
+    for vi in graph.output:
+        if vi.type.tensor_type.elem_type == FLOAT:
+            inner = f"{vi.name}__fp16"
+            for node in graph.node:
+                node.output[:] = [inner if o == vi.name else o for o in node.output]
+            _rename_uses(graph, vi.name, inner)
+            tail.append(helper.make_node("Cast", [inner], [vi.name], to=FLOAT, name=f"{vi.name}__to_fp32"))
+    nodes = [*head, *graph.node, *tail]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    props = {p.key: p.value for p in model.metadata_props}
+    props["edgeres.fp16"] = "float16 weights and compute; float32 inputs and outputs"
+    helper.set_model_props(model, props)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise StageError(
+            f"casting {src} to float16 gave a model that fails onnx.checker ({exc}). An operator in it needs a "
+            f"float32 input this cast does not know about; build with TensorRT 10 (BuilderFlag.FP16), or convert the "
+            f"model with NVIDIA ModelOpt AutoCast (python -m modelopt.onnx.autocast) and build that as fp32."
+        ) from exc
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 2**31 - 2**20:  # protobuf's 2 GiB limit
+        onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(model, str(dst))
+    return dst
+
+
+def _rename_uses(graph: Any, old: str, new: str) -> None:
+    """Point every consumer of value `old` (subgraphs included) at `new`."""
+    for node in _nodes(graph):
+        node.input[:] = [new if i == old else i for i in node.input]
+
+
+# ---------------------------------------------------------------------------------------------------- the build
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine_path: Path
+    manifest_path: Path
+    layer_info_path: Path | None  # None when the engine inspector could not run
+    timing_cache_path: Path | None
+    seconds: float
+    manifest: EngineManifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine_path": str(self.engine_path),
+            "manifest_path": str(self.manifest_path),
+            "layer_info_path": None if self.layer_info_path is None else str(self.layer_info_path),
+            "timing_cache_path": None if self.timing_cache_path is None else str(self.timing_cache_path),
+            "seconds": self.seconds,
+            "manifest": self.manifest.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildResult:
+        return cls(
+            engine_path=Path(d["engine_path"]),
+            manifest_path=Path(d["manifest_path"]),
+            layer_info_path=None if d["layer_info_path"] is None else Path(d["layer_info_path"]),
+            timing_cache_path=None if d["timing_cache_path"] is None else Path(d["timing_cache_path"]),
+            seconds=float(d["seconds"]),
+            manifest=EngineManifest.from_dict(d["manifest"]),
+        )
+
+
+class ParserErrorLike(Protocol):
+    def code(self) -> object: ...
+    def desc(self) -> str: ...
+    def node(self) -> int: ...
+    def node_name(self) -> str: ...
+    def node_operator(self) -> str: ...
+
+
+def format_parser_errors(errors: Iterable[ParserErrorLike]) -> list[str]:
+    """One line per ONNX parser error: the node (index, operator, name), the description and the error code."""
+    lines = []
+    for e in errors:
+        where = "model" if e.node() < 0 else f"node {e.node()} ({e.node_operator() or '?'} {e.node_name()!r})"
+        lines.append(f"{where}: {e.desc()} [{e.code()}]")
+    return lines
+
+
+def _new_logger(errors: list[str], report: Progress) -> trt.ILogger:
+    import tensorrt as trt
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity <= trt.ILogger.Severity.ERROR:
+                errors.append(msg)
+            if severity <= trt.ILogger.Severity.WARNING:
+                with contextlib.suppress(Exception):
+                    report(f"TensorRT: {msg}")
+
+    return Logger()
+
+
+def _new_progress_monitor(report: Progress, *, every_s: float = 5.0) -> trt.IProgressMonitor:
+    import tensorrt as trt
+
+    class Monitor(trt.IProgressMonitor):
+        """Reports top-level phases and, at most every `every_s` seconds, step counts. Never cancels."""
+
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+            self.last = 0.0
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.steps[phase_name] = num_steps
+            if parent_phase is None:
+                with contextlib.suppress(Exception):
+                    report(f"{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            now = time.monotonic()
+            if now - self.last >= every_s:
+                self.last = now
+                with contextlib.suppress(Exception):
+                    report(f"{phase_name}: step {step + 1} of {self.steps.get(phase_name, '?')}")
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.steps.pop(phase_name, None)
+
+    return Monitor()
+
+
+def engine_from_onnx(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    settings: EngineSettings,
+    timing_cache: Path | None = None,
+    progress: Progress | None = None,
+    facts: DeviceFacts | None = None,
+) -> BuildResult:
+    """Build `engine_path` from `onnx_path` on this device; writes the engine, its layer info and its manifest."""
+    require_tensorrt(purpose="build TensorRT engines")
+    import tensorrt as trt
+
+    report: Progress = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    version = str(trt.__version__)
+    plan = plan_build(settings, qdq_nodes=count_qdq(onnx_path), trt_major=tensorrt_major(version))
+    _, input_shape = onnx_input(onnx_path)
+    report(
+        f"TensorRT {version}: {settings.precision} ("
+        + ", ".join(k for k, v in plan.to_dict().items() if v)
+        + f"), workspace {settings.workspace_mb} MiB, optimisation level {settings.opt_level}"
+        + ("" if settings.dla_core is None else f", DLA core {settings.dla_core}")
+    )
+    errors: list[str] = []
+    logger = _new_logger(errors, report)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
+        parse_path = onnx_path
+        if plan.cast_onnx_to_fp16:
+            report("casting the ONNX to float16 (TensorRT 11 has no FP16 builder flag)")
+            parse_path = fp16_onnx_from_fp32(onnx_path, Path(tmp) / "model.fp16.onnx")
+        if not parser.parse_from_file(str(parse_path)):
+            lines = format_parser_errors(parser.get_error(i) for i in range(parser.num_errors))
+            raise EngineBuildError(
+                f"TensorRT {version}'s ONNX parser refused {onnx_path} ({len(lines)} error(s)):\n  "
+                + "\n  ".join(lines or errors or ["no detail reported"])
+                + "\nFix: re-export with an opset this TensorRT supports (TensorRT 10 parses opsets up to 20-22), "
+                "or replace the operators named above.",
+                log=errors,
+            )
+
+    if network.num_inputs != 1:
+        raise StageError(f"TensorRT sees {network.num_inputs} inputs in {onnx_path}; a classifier engine takes one.")
+    tensor = network.get_input(0)
+    shape = [int(tensor.shape[i]) for i in range(len(tensor.shape))]
+    if len(shape) != 4 or any(d < 0 for d in shape[1:]):
+        raise StageError(
+            f"input {tensor.name!r} of {onnx_path} has shape {shape}; edgeres builds NCHW image models where only "
+            f"the batch may be dynamic (-1). Export with fixed channels and image size."
+        )
+    config = builder.create_builder_config()
+    batches = (settings.min_batch, settings.opt_batch, settings.max_batch)
+    if shape[0] < 0:
+        profile = builder.create_optimization_profile()
+        dims = [trt.Dims([b, *shape[1:]]) for b in batches]
+        profile.set_shape(tensor.name, dims[0], dims[1], dims[2])
+        config.add_optimization_profile(profile)
+    elif batches != (shape[0],) * 3:
+        raise RecipeError(
+            f"{onnx_path} has a fixed batch of {shape[0]}, but min/opt/max_batch are {batches}. Set all three to "
+            f"{shape[0]}, or export with dynamic_batch: true."
+        )
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
+    config.builder_optimization_level = settings.opt_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    monitor = _new_progress_monitor(report)
+    config.progress_monitor = monitor
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if settings.dla_core is not None:
+        if settings.dla_core >= builder.num_DLA_cores:
+            raise StageError(
+                f"dla_core {settings.dla_core} was asked for, but this device has {builder.num_DLA_cores} DLA "
+                f"core(s). Use a core index below that, or dla_core: null to build for the GPU."
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings.dla_core
+        if settings.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache = None
+    if timing_cache is not None and timing_cache.is_file():
+        try:
+            cache = config.create_timing_cache(timing_cache.read_bytes())
+        except Exception:  # unreadable or corrupt: TensorRT raises or returns None
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            report(f"timing cache {timing_cache} is unreadable or from another device/TensorRT; starting a new one")
+            cache = None
+    if cache is None:
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+    report("building the engine (TensorRT times kernels for this GPU: minutes on a Jetson)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT {version} could not build an engine from {onnx_path}: "
+            + (" | ".join(errors[-5:]) or "no error was logged")
+            + ". The TensorRT messages above name the layer; see also the precision plan and the DLA settings.",
+            log=errors,
+        )
+    data = bytes(memoryview(serialized))
+    manifest_path(engine_path).unlink(missing_ok=True)  # the manifest is written last: none means unfinished
+    write_bytes_atomic(engine_path, data)
+    cache_path = None
+    if timing_cache is not None:
+        write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        cache_path = timing_cache
+    runtime = trt.Runtime(logger)
+    if settings.dla_core is not None:
+        runtime.DLA_core = settings.dla_core
+    layer_info = _write_layer_info(runtime, data, engine_path, report)
+    facts = facts or probe_device_facts()
+    if facts.compute_capability is None:
+        report(
+            "warning: could not read this GPU's compute capability (install cuda-python, or torch with CUDA): the "
+            "manifest cannot tell a device with another GPU, and TensorRT itself refuses such engines less clearly"
+        )
+    manifest = make_manifest(
+        engine_path,
+        onnx_path=onnx_path,
+        timing_cache=cache_path,
+        facts=facts,
+        trt_version=version,
+        settings=settings,
+        plan=plan,
+        input_name=tensor.name,
+        input_shape=input_shape,
+    )
+    written = write_manifest(engine_path, manifest)
+    seconds = round(time.perf_counter() - started, 1)
+    report(f"engine {engine_path.name}: {len(data) / 1e6:.1f} MB in {seconds:.0f} s")
+    return BuildResult(engine_path, written, layer_info, cache_path, seconds, manifest)
+
+
+def _write_layer_info(runtime: trt.Runtime, data: bytes, engine_path: Path, report: Progress) -> Path | None:
+    """Layer information JSON from the engine inspector (the engine was just built here from these bytes)."""
+    import tensorrt as trt
+
+    try:
+        engine = runtime.deserialize_cuda_engine(data)
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    except Exception as exc:  # diagnostics only: the engine itself is fine
+        report(f"could not write the engine's layer information: {exc}")
+        return None
+    path = engine_path.with_name(engine_path.stem + ".layers.json")
+    write_text_atomic(path, info)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- the child process
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """What a build child left: its exit code, the last lines it printed, and its JSON result (None if none)."""
+
+    returncode: int
+    output_tail: list[str]
+    payload: dict[str, Any] | None
+    timed_out: bool = False
+
+
+def out_of_memory_evidence(lines: Iterable[str]) -> str | None:
+    """The first line that shows a build ran out of memory, or None."""
+    for line in lines:
+        if any(re.search(p, line, re.IGNORECASE) for p in OOM_PATTERNS):
+            return line.strip()[:300]
+    return None
+
+
+def _mib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def out_of_memory_error(evidence: str, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts) -> StageError:
+    memory = "shared CPU/GPU memory" if facts.is_jetson else "GPU memory"
+    jetson = (
+        " (on a Jetson also the desktop: `sudo systemctl isolate multi-user.target`; or add swap)"
+        if facts.is_jetson
+        else ""
+    )
+    return EngineBuildError(
+        f"the TensorRT engine build of {onnx_path} ran out of memory: {evidence}. "
+        f"Workspace limit: {settings.workspace_mb} MiB; free {memory} before the build: "
+        f"{_mib(facts.free_memory_bytes)} of {_mib(facts.total_memory_bytes)}. "
+        f"Fix: if free memory is near or below the workspace limit, lower workspace_mb (now "
+        f"{settings.workspace_mb}) and max_batch (now {settings.max_batch}) and stop other processes using the "
+        f"GPU{jetson}; if plenty is free, 'Could not find any implementation' means no kernel fits in the "
+        f"workspace: raise workspace_mb. Then rebuild.",
+        log=[evidence],
+    )
+
+
+_ERROR_TYPES: dict[str, type[EdgeresError]] = {
+    "MissingDependencyError": MissingDependencyError,
+    "RecipeError": RecipeError,
+}
+
+
+def raise_for_child(
+    child: ChildResult, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """The child's result on success; otherwise the one clear error it amounts to."""
+    payload = child.payload or {}
+    if child.timed_out:
+        raise EngineBuildError(
+            f"the TensorRT engine build of {onnx_path} did not finish within {timeout_s} s and was stopped. "
+            f"Builds take minutes on a Jetson: allow more time, or lower opt_level (now {settings.opt_level})."
+        )
+    if child.returncode in KILLED_CODES:
+        killed = (
+            f"the build process was killed with SIGKILL (exit code {child.returncode}), as the kernel's "
+            f"out-of-memory killer does"
+        )
+        raise out_of_memory_error(killed, onnx_path=onnx_path, settings=settings, facts=facts)
+    if payload.get("ok") and child.returncode == 0:
+        result: dict[str, Any] = payload["result"]
+        return result
+    lines = [*payload.get("log", []), str(payload.get("error", "")), *child.output_tail]
+    evidence = out_of_memory_evidence(lines)
+    if evidence is not None:
+        raise out_of_memory_error(f"TensorRT reported: {evidence}", onnx_path=onnx_path, settings=settings, facts=facts)
+    if payload.get("error"):
+        cls = _ERROR_TYPES.get(str(payload.get("error_type")), EngineBuildError)
+        raise cls(str(payload["error"]))
+    tail = "\n  ".join(child.output_tail[-20:]) or "(no output)"
+    raise EngineBuildError(
+        f"the TensorRT engine build of {onnx_path} failed: the build process exited with code {child.returncode} "
+        f"without a result. Its last output:\n  {tail}"
+    )
+
+
+def build_in_subprocess(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    settings: EngineSettings,
+    timing_cache: Path | None = None,
+    progress: Progress | None = None,
+    timeout_s: float | None = None,
+    facts: DeviceFacts | None = None,
+) -> BuildResult:
+    """Run `engine_from_onnx` in `python -m edgeres.tensorrt.build`; progress lines are passed to `progress`."""
+    report: Progress = progress or (lambda _msg: None)
+    facts = facts or probe_device_facts(cuda_context=False)  # no CUDA context here: the child needs the memory
+    with tempfile.TemporaryDirectory(prefix="edgeres-trt-build-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "edgeres.tensorrt.build", "--onnx", str(onnx_path), "--engine", str(engine_path)]
+        cmd += ["--settings", json.dumps(settings.to_dict()), "--result", str(result_path)]
+        if timing_cache is not None:
+            cmd += ["--timing-cache", str(timing_cache)]
+        tail: deque[str] = deque(maxlen=200)
+        timed_out = threading.Event()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+
+        def stop() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = None
+        if timeout_s is not None:
+            timer = threading.Timer(timeout_s, stop)
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(PROGRESS_PREFIX):
+                    report(line[len(PROGRESS_PREFIX) :].rstrip("\n"))
+                else:
+                    tail.append(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        payload = None
+        if result_path.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                payload = json.loads(result_path.read_text(encoding="utf-8"))
+    child = ChildResult(returncode, list(tail), payload, timed_out=timed_out.is_set())
+    data = raise_for_child(child, onnx_path=onnx_path, settings=settings, facts=facts, timeout_s=timeout_s)
+    return BuildResult.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgeres.tensorrt.build", description="Build a TensorRT engine.")
+    ap.add_argument("--onnx", type=Path, required=True)
+    ap.add_argument("--engine", type=Path, required=True)
+    ap.add_argument("--settings", default="{}", help="EngineSettings as JSON")
+    ap.add_argument("--timing-cache", type=Path, default=None)
+    ap.add_argument("--result", type=Path, default=None, help="write the result JSON here (else print it)")
+    args = ap.parse_args(argv)
+
+    def progress(msg: str) -> None:
+        print(PROGRESS_PREFIX + msg.replace("\n", " "), flush=True)
+
+    try:
+        settings = EngineSettings.from_dict(json.loads(args.settings))
+        result = engine_from_onnx(
+            args.onnx, args.engine, settings=settings, timing_cache=args.timing_cache, progress=progress
+        )
+        payload: dict[str, Any] = {"ok": True, "result": result.to_dict()}
+        code = 0
+    except EdgeresError as exc:
+        payload = {"ok": False, "error": str(exc), "error_type": type(exc).__name__, "log": getattr(exc, "log", [])}
+        code = exc.exit_code
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if args.result is not None:
+        write_json_atomic(args.result, payload)
+    else:
+        print(json.dumps(payload))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""Device build kits: what to copy to a device when the build host has no TensorRT (the normal case).
+
+`write_device_kit(folder, ...)` writes the ONNX, `kit.json` (engine settings and the target facts expected), a small
+labelled val subset (`val.npz`: float32 NCHW preprocessed images, int64 labels), `build.sh` and `README.txt`. On the
+device, `bash build.sh` runs `python -m edgeres.tensorrt.kit run .` where edgeres is installed: the same code the
+compile stage uses on a device (build.py in a child process, then runner.py), which builds the engine and its
+manifest, measures single-stream latency and accuracy on val.npz, and writes `device-report.json` (schema
+edgeres.report/1). Without edgeres it falls back to `trtexec` with the matching flags for TensorRT 10 or 11
+(engine and layer info only: no manifest, no accuracy).
+
+`compile_for_target` is the compile stage's TensorRT branch: it builds on a host that has TensorRT and a GPU, and
+writes a kit into the stage's folder everywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeres.artifact import sha256_file, write_json_atomic, write_text_atomic
+from edgeres.deps import available, require
+from edgeres.errors import DataError, EdgeresError, RecipeError, StageError
+from edgeres.recipe import Latency
+from edgeres.report import REPORT_SCHEMA
+from edgeres.tensorrt import tensorrt_major
+from edgeres.tensorrt.build import build_in_subprocess, count_qdq, fp16_onnx_from_fp32, onnx_input
+from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
+from edgeres.tensorrt.manifest import EngineSettings, plan_build
+
+if TYPE_CHECKING:
+    from edgeres.artifact import Artifact
+    from edgeres.recipe import CompileStage
+    from edgeres.stages.base import StageContext
+    from edgeres.targets import Target
+
+KIT_SCHEMA = "edgeres.device-kit/1"
+ONNX, ONNX_FP16, VAL, KIT_JSON = "model.onnx", "model.fp16.onnx", "val.npz", "kit.json"
+ENGINE, LAYERS, TIMING_CACHE, REPORT = "engine.plan", "engine.layers.json", "timing.cache", "device-report.json"
+TRTEXEC_MAJORS = (10, 11)
+ACCURACY_BATCH = 64
+
+
+# ------------------------------------------------------------------------------------------------- val subset
+
+
+def save_val(path: Path, x: Any, y: Any) -> None:
+    """Write the labelled val subset: float32 NCHW images and int64 labels."""
+    np = require("numpy")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+        raise DataError(
+            f"val_subset images must be finite float NCHW (N, C, H, W) preprocessed arrays; got shape {x.shape}, "
+            f"dtype {x.dtype}. Pass the images after normalisation, as the model takes them."
+        )
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"val_subset labels must be {len(x)} integers; got shape {y.shape}, dtype {y.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, x=x.astype(np.float32), y=y.astype(np.int64))
+
+
+def load_val(path: Path) -> tuple[Any, Any]:
+    np = require("numpy")
+    with np.load(path, allow_pickle=False) as data:
+        return data["x"], data["y"]
+
+
+# ------------------------------------------------------------------------------------------------------ trtexec
+
+
+def trtexec_flags(
+    settings: EngineSettings, *, trt_major: int, input_name: str, input_shape: list[int | str], qdq_nodes: int
+) -> list[str]:
+    """trtexec arguments that build the same engine as engine_from_onnx, run in the kit folder."""
+    plan = plan_build(settings, qdq_nodes=qdq_nodes, trt_major=trt_major)
+    flags = [f"--onnx={ONNX_FP16 if plan.cast_onnx_to_fp16 else ONNX}", f"--saveEngine={ENGINE}"]
+    if plan.fp16_flag:
+        flags.append("--fp16")
+    if plan.strongly_typed:
+        flags.append("--stronglyTyped")
+    chw = "x".join(str(d) for d in input_shape[1:])
+    if isinstance(input_shape[0], str):  # dynamic batch: the profile, and batch 1 for trtexec's own timing
+        for flag, batch in (("min", settings.min_batch), ("opt", settings.opt_batch), ("max", settings.max_batch)):
+            flags.append(f"--{flag}Shapes={input_name}:{batch}x{chw}")
+        flags.append(f"--shapes={input_name}:1x{chw}")
+    flags += [
+        f"--memPoolSize=workspace:{settings.workspace_mb}M",
+        f"--builderOptimizationLevel={settings.opt_level}",
+        f"--timingCacheFile={TIMING_CACHE}",
+    ]
+    if settings.dla_core is not None:
+        flags.append(f"--useDLACore={settings.dla_core}")
+        if settings.gpu_fallback:
+            flags.append("--allowGPUFallback")
+    flags += [f"--exportLayerInfo={LAYERS}", "--profilingVerbosity=detailed"]
+    return flags
+
+
+def build_script(flags_by_major: Mapping[int, list[str]], *, workspace_mb: int) -> str:
+    """build.sh: edgeres where it is importable, else trtexec with the flags for the TensorRT major found."""
+    cases = "\n".join(
+        f"    {major}) FLAGS=({' '.join(shlex.quote(f) for f in flags)}) ;;" for major, flags in flags_by_major.items()
+    )
+    newest = max(flags_by_major)
+    return f"""#!/usr/bin/env bash
+# edgeres device kit: build the TensorRT engine on this device and measure it. See README.txt.
+set -euo pipefail
+cd "$(dirname "${{BASH_SOURCE[0]}}")"
+PYTHON="${{PYTHON:-python3}}"
+
+if [ "${{EDGERES_KIT_TRTEXEC:-0}}" != 1 ] && "$PYTHON" -c "import edgeres, tensorrt; tensorrt.Builder" >/dev/null 2>&1
+then
+    exec "$PYTHON" -m edgeres.tensorrt.kit run .
+fi
+
+echo "edgeres and TensorRT's Python bindings are not both importable with $PYTHON: building with trtexec" >&2
+echo "(engine and layer info only: no manifest, no accuracy check)." >&2
+TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
+if [ ! -x "$TRTEXEC" ]; then
+    echo "error: trtexec not found on PATH or at /usr/src/tensorrt/bin/trtexec. Set TRTEXEC=/path/to/trtexec," >&2
+    echo "or install edgeres and TensorRT's Python bindings here (see README.txt)." >&2
+    exit 4
+fi
+
+trt_major() {{
+    # the banner of any trtexec run says "[TensorRT v100300]" (10.3.0); older builds "v8601" (8.6.1)
+    local code version pkg
+    code="$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\).*/\\1/p' | head -n 1 || true)"
+    if [ -n "$code" ]; then
+        if [ "$code" -ge 100000 ]; then echo $((code / 10000)); else echo $((code / 1000)); fi
+        return
+    fi
+    for pkg in libnvinfer-bin tensorrt libnvinfer11 libnvinfer10; do
+        version="$(dpkg-query -W -f='${{Version}}' "$pkg" 2>/dev/null || true)"
+        if [ -n "$version" ]; then echo "${{version%%.*}}"; return; fi
+    done
+}}
+
+MAJOR="${{TRT_MAJOR:-$(trt_major)}}"
+if [ -z "$MAJOR" ]; then
+    echo "error: cannot tell the TensorRT version from '$TRTEXEC --version' or dpkg; set TRT_MAJOR=10 or 11" >&2
+    exit 3
+fi
+if [ "$MAJOR" -gt {newest} ]; then MAJOR={newest}; fi
+case "$MAJOR" in
+{cases}
+    *) echo "error: TensorRT $MAJOR is not supported by this kit (it needs TensorRT 10 or 11)" >&2; exit 3 ;;
+esac
+
+echo "TensorRT $MAJOR: $TRTEXEC ${{FLAGS[*]}}"
+set +e +o pipefail
+"$TRTEXEC" "${{FLAGS[@]}}" 2>&1 | tee trtexec.log
+status=${{PIPESTATUS[0]}}
+set -e -o pipefail
+if [ "$status" -ne 0 ]; then
+    if [ "$status" -eq 137 ] || grep -qiE "Could not find any implementation for node|out of memory" trtexec.log; then
+        echo "error: the build ran out of memory (workspace limit {workspace_mb} MiB). Free memory (stop other GPU" >&2
+        echo "processes; on Jetson the desktop: sudo systemctl isolate multi-user.target), or lower" >&2
+        echo "--memPoolSize / --maxShapes in this script, then run it again." >&2
+    fi
+    exit "$status"
+fi
+sha256sum {ENGINE} > {ENGINE}.sha256
+{{ echo "trtexec: $TRTEXEC (TensorRT $MAJOR)"; cat /etc/nv_tegra_release 2>/dev/null || true
+  nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv 2>/dev/null || true; }} > device-facts.txt
+echo "done: {ENGINE}, {LAYERS}, trtexec.log, device-facts.txt (see README.txt)"
+"""
+
+
+README = """edgeres device kit
+==================
+
+This folder builds a TensorRT engine for {target} on the device it runs on, and measures it there.
+TensorRT engines are tied to the TensorRT version and the GPU that built them, so they are built on the device.
+
+1. Copy this folder to the device (e.g. `scp -r {folder} device:`).
+2. On the device: `bash build.sh`
+   - Where python3 imports edgeres and TensorRT, it builds {engine} with its manifest, then measures
+     single-stream latency and top-1 on {val} ({images} labelled images) and writes {report}. On a Jetson, use
+     JetPack's TensorRT: `python3 -m venv --system-site-packages venv` then `venv/bin/pip install edgeres
+     cuda-python` (cuda-python, or JetPack's torch, provides the CUDA buffers); elsewhere
+     `pip install 'edgeres[tensorrt]' cuda-python`. Run with PYTHON=venv/bin/python bash build.sh.
+   - Otherwise it builds {engine} with trtexec (TensorRT 10 or 11, detected) and writes {layers},
+     trtexec.log and device-facts.txt: no manifest and no accuracy check.
+3. Copy {report} (or trtexec.log) back and compare it with the report of the build host.
+
+Settings ({kit_json}): precision {precision}, workspace {workspace} MiB, optimisation level {opt_level},
+batch {min_batch}/{opt_batch}/{max_batch} (min/opt/max){dla}.
+Environment: PYTHON=python3.10 to choose the interpreter, TRTEXEC=/path/to/trtexec, TRT_MAJOR=10|11 if the
+version cannot be detected, EDGERES_KIT_TRTEXEC=1 to force the trtexec path.
+A build killed for memory (exit 137 on Jetson): stop other processes, or lower the workspace and max batch.
+"""
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+
+
+def write_device_kit(
+    folder: Path,
+    *,
+    onnx_path: Path,
+    target: Mapping[str, Any],
+    settings: EngineSettings,
+    val_subset: tuple[Any, Any],
+    latency: Latency | None = None,
+    name: str = "kit",
+    variant: str = "main",
+) -> Path:
+    """Write the kit into `folder`; returns the path of build.sh.
+
+    target: the facts the kit expects of its device, e.g. {"name": "jetson-orin", "device": "jetson",
+    "tensorrt_major": [10], "compute_capability": "8.7"}; a device that differs gets a warning in its report.
+    val_subset: (images, labels) as numpy arrays, float32 NCHW preprocessed and integer labels.
+    """
+    if settings.min_batch != 1:
+        raise RecipeError(
+            f"a device kit measures single-stream latency at batch 1, but min_batch is {settings.min_batch}; "
+            f"set min_batch: 1"
+        )
+    unknown = sorted(set(target) - set(TARGET_KEYS))
+    if unknown:
+        raise RecipeError(f"unknown device kit target keys {unknown}; allowed: {sorted(TARGET_KEYS)}")
+    np = require("numpy")
+    onnx = require("onnx", purpose="write a device kit")
+    input_name, input_shape = onnx_input(onnx_path)
+    if len(input_shape) != 4 or not all(isinstance(d, int) and d > 0 for d in input_shape[1:]):
+        raise StageError(f"{onnx_path} has input shape {input_shape}; a kit needs NCHW with fixed C, H and W")
+    x, y = np.asarray(val_subset[0]), np.asarray(val_subset[1])
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape[1:]):
+        raise DataError(f"val_subset images have shape {x.shape}; the model takes (N, {input_shape[1:]})")
+    folder.mkdir(parents=True, exist_ok=True)
+    qdq = count_qdq(onnx_path)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    if any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer):
+        onnx.save_model(onnx.load(str(onnx_path)), str(folder / ONNX))  # one self-contained file to copy
+    else:
+        shutil.copyfile(onnx_path, folder / ONNX)
+    flags = {}
+    for major in TRTEXEC_MAJORS:
+        flags[major] = trtexec_flags(
+            settings, trt_major=major, input_name=input_name, input_shape=input_shape, qdq_nodes=qdq
+        )
+    if plan_build(settings, qdq_nodes=qdq, trt_major=11).cast_onnx_to_fp16:
+        fp16_onnx_from_fp32(folder / ONNX, folder / ONNX_FP16)  # for trtexec on TensorRT 11 (no --fp16)
+    save_val(folder / VAL, x, y)
+    kit = {
+        "schema": KIT_SCHEMA,
+        "name": name,
+        "variant": variant,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "onnx": {"file": ONNX, "sha256": sha256_file(folder / ONNX), "input": input_name, "shape": input_shape},
+        "qdq_nodes": qdq,
+        "settings": settings.to_dict(),
+        "target": dict(target),
+        "val": {"file": VAL, "sha256": sha256_file(folder / VAL), "images": len(x)},
+        "latency": (latency or Latency()).model_dump(mode="json"),
+        "trtexec_flags": {str(k): v for k, v in flags.items()},
+    }
+    write_json_atomic(folder / KIT_JSON, kit)
+    script = folder / "build.sh"
+    write_text_atomic(script, build_script(flags, workspace_mb=settings.workspace_mb))
+    script.chmod(0o755)
+    fallback = "with" if settings.gpu_fallback else "without"
+    dla = "" if settings.dla_core is None else f", DLA core {settings.dla_core} {fallback} GPU fallback"
+    readme = README.format(
+        target=target.get("name", "the target"),
+        folder=folder.name,
+        engine=ENGINE,
+        val=VAL,
+        images=len(x),
+        report=REPORT,
+        layers=LAYERS,
+        kit_json=KIT_JSON,
+        precision=settings.precision,
+        workspace=settings.workspace_mb,
+        opt_level=settings.opt_level,
+        min_batch=settings.min_batch,
+        opt_batch=settings.opt_batch,
+        max_batch=settings.max_batch,
+        dla=dla,
+    )
+    write_text_atomic(folder / "README.txt", readme)
+    return script
+
+
+# -------------------------------------------------------------------------------------------- running on device
+
+TARGET_KEYS = {
+    "name": "label",
+    "description": "label",
+    "device": "gpu | jetson",
+    "tensorrt_major": "list of TensorRT majors",
+    "compute_capability": "e.g. 8.7",
+    "gpu_name": "as CUDA names it",
+    "dla_core": "DLA core the engine uses",
+}
+
+
+def target_mismatches(target: Mapping[str, Any], facts: DeviceFacts) -> list[str]:
+    """How this device differs from the one the kit expects (reported, not refused: the engine is built here)."""
+    out = []
+    device = target.get("device")
+    if device in ("gpu", "jetson") and facts.is_jetson != (device == "jetson"):
+        out.append(f"device: kit expects a {device}, this is {'a Jetson' if facts.is_jetson else 'not a Jetson'}")
+    majors = target.get("tensorrt_major")
+    if majors and facts.trt_version and tensorrt_major(facts.trt_version) not in majors:
+        out.append(f"TensorRT: kit expects major {majors}, this device has {facts.trt_version}")
+    for key in ("compute_capability", "gpu_name"):
+        if target.get(key) and target[key] != getattr(facts, key):
+            out.append(f"{key}: kit expects {target[key]}, this device has {getattr(facts, key)}")
+    if target.get("dla_core") is not None and target["dla_core"] >= facts.dla_cores:
+        out.append(f"DLA: kit expects DLA core {target['dla_core']}, this device has {facts.dla_cores} core(s)")
+    return out
+
+
+def read_kit(folder: Path) -> dict[str, Any]:
+    try:
+        kit: dict[str, Any] = json.loads((folder / KIT_JSON).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder} is not an edgeres device kit: cannot read {KIT_JSON} ({exc})") from exc
+    if kit.get("schema") != KIT_SCHEMA:
+        raise DataError(f"{folder / KIT_JSON} has schema {kit.get('schema')!r}, expected {KIT_SCHEMA!r}")
+    for part in ("onnx", "val"):
+        path = folder / kit[part]["file"]
+        actual = sha256_file(path) if path.is_file() else "missing"
+        if actual != kit[part]["sha256"]:
+            raise DataError(
+                f"{path} does not match {KIT_JSON} (sha256 {actual}, expected {kit[part]['sha256']}): the kit was "
+                f"changed or copied incompletely. Copy it again from the build host."
+            )
+    return kit
+
+
+def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s: float | None = None) -> dict[str, Any]:
+    """Build, check and measure the kit's engine on this device; writes and returns device-report.json."""
+    from edgeres.measure import environment, measure_accuracy, measure_latency, peak_rss_bytes
+    from edgeres.tensorrt.runner import TensorRTRunner
+
+    np = require("numpy")
+    folder = folder.resolve()
+    kit = read_kit(folder)
+    settings = EngineSettings.from_dict(kit["settings"])
+    result = build_in_subprocess(
+        folder / ONNX,
+        folder / ENGINE,
+        settings=settings,
+        timing_cache=folder / TIMING_CACHE,
+        progress=progress,
+        timeout_s=timeout_s,
+        facts=probe_device_facts(cuda_context=False),  # no CUDA context in this process while the child builds
+    )
+    facts = probe_device_facts()
+    mismatches = target_mismatches(kit["target"], facts)
+    for m in mismatches:
+        progress(f"warning: {m}")
+    x, y = load_val(folder / VAL)
+    threads = os.cpu_count() or 1
+    bs = min(settings.max_batch, ACCURACY_BATCH)
+    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+    with TensorRTRunner(folder / ENGINE, threads=threads, facts=facts) as runner:
+        progress(f"measuring single-stream latency and top-1 on {len(x)} images")
+        latency = measure_latency(runner, [x[i : i + 1] for i in range(min(len(x), 64))], Latency(**kit["latency"]))
+        accuracy, preds = measure_accuracy(runner, batches)
+        version = runner.version()
+    peak = peak_rss_bytes()
+    accuracy = {"split": "kit-val", **accuracy}
+    if available("onnxruntime"):  # the same images through ONNX Runtime: did the engine keep the model's answers?
+        from edgeres.runtimes.onnxruntime import OnnxRuntimeRunner
+
+        with OnnxRuntimeRunner(folder / ONNX, threads=threads) as ort_runner:
+            ref, ref_preds = measure_accuracy(ort_runner, batches)
+        accuracy["onnxruntime_top1"] = ref["top1"]
+        accuracy["top1_agreement_onnxruntime"] = float(np.mean(preds == ref_preds))
+    engine = folder / ENGINE
+    row = {
+        "variant": kit["variant"],
+        "runtime": "tensorrt",
+        "runtime_version": version,
+        "artifact": {
+            "stage": "compile",
+            "format": "tensorrt",
+            "file": ENGINE,
+            "sha256": result.manifest.engine_sha256,
+            "bytes": engine.stat().st_size,
+        },
+        "accuracy": accuracy,
+        "latency": latency,
+        "offline": None,
+        "memory": {
+            "peak_rss_mb": None if peak is None else round(peak / 1e6, 1),
+            "artifact_mb": round(engine.stat().st_size / 1e6, 2),
+        },
+    }
+    report = {
+        "schema": REPORT_SCHEMA,
+        "recipe": kit["name"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment(threads),
+        "device": facts.to_dict(),
+        "target": kit["target"],
+        "target_mismatches": mismatches,
+        "data": {"type": "device-kit", "fingerprint": kit["val"]["sha256"], "split": "kit-val"},
+        "settings": {
+            "latency": kit["latency"],
+            "offline": None,
+            "runtimes": ["tensorrt"],
+            "engine": settings.to_dict(),
+            "plan": result.manifest.plan.to_dict(),
+        },
+        "baseline": kit["variant"],
+        "variants": {kit["variant"]: {"stages": ["compile"], "artifact_sha256": result.manifest.engine_sha256}},
+        "stages": [{"variant": kit["variant"], "stage": "compile", "type": "compile", "seconds": result.seconds}],
+        "results": [row],
+    }
+    write_json_atomic(folder / REPORT, report)
+    progress(
+        f"{ENGINE}: top-1 {accuracy['top1']:.4f}, p50 {latency['p50_ms']:.2f} ms"
+        + ("" if latency["valid"] else " (latency run INVALID)")
+        + f"; report: {folder / REPORT}"
+    )
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- compile stage
+
+
+def compile_for_target(
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target
+) -> tuple[str, str, dict[str, Any]]:
+    """The compile stage's TensorRT branch: (primary file, format, info for the stage manifest).
+
+    With TensorRT and a GPU here, builds `engine.plan` (+ its engine manifest and layer info) in a child process:
+    format `tensorrt`. Elsewhere writes a device kit into the stage folder: format `tensorrt-kit`, primary
+    `build.sh`, which no runtime runs (the engine is measured on the device, into device-report.json).
+    """
+    np = require("numpy")
+    trt_cfg = cfg.tensorrt
+    qdq = count_qdq(inp.primary_path)
+    dla = trt_cfg.dla_core if trt_cfg.dla_core is not None else (target.tensorrt.dla_core if target.tensorrt else None)
+    settings = EngineSettings(
+        precision="int8" if qdq else "fp16",
+        workspace_mb=trt_cfg.workspace_mb,
+        opt_level=trt_cfg.opt_level,
+        min_batch=trt_cfg.min_batch,
+        opt_batch=trt_cfg.opt_batch,
+        max_batch=trt_cfg.max_batch,
+        dla_core=dla,
+    )
+    facts = probe_device_facts(cuda_context=False)
+    here = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
+    info: dict[str, Any] = {"runtime": "tensorrt", "settings": settings.to_dict()}
+    if here:
+        result = build_in_subprocess(
+            inp.primary_path,
+            ctx.workdir / ENGINE,
+            settings=settings,
+            timing_cache=ctx.workdir / TIMING_CACHE,
+            progress=ctx.reporter.log,
+            facts=facts,
+        )
+        info.update(runtime_version=result.manifest.tensorrt_version, built="here", plan=result.manifest.plan.to_dict())
+        return ENGINE, "tensorrt", info
+    split = ctx.data.split("val")
+    xs, ys = zip(*ctx.data.numpy_batches(split, 256, limit=trt_cfg.kit_val_images), strict=True)
+    expect: dict[str, Any] = {"name": ctx.recipe.target, "description": target.description, "device": target.device}
+    if target.tensorrt is not None:
+        expect["tensorrt_major"] = list(target.tensorrt.major)
+    if dla is not None:
+        expect["dla_core"] = dla
+    write_device_kit(
+        ctx.workdir,
+        onnx_path=inp.primary_path,
+        target=expect,
+        settings=settings,
+        val_subset=(np.concatenate(xs), np.concatenate(ys)),
+        name=ctx.recipe.name,
+        variant=ctx.variant,
+    )
+    why = "TensorRT is not installed here" if facts.trt_version is None else "no NVIDIA GPU is visible here"
+    ctx.reporter.log(f"{why}: wrote a device kit; copy {ctx.workdir} to the device and run `bash build.sh` there")
+    info.update(runtime_version=None, built="kit", reason=why)
+    return "build.sh", "tensorrt-kit", info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgeres.tensorrt.kit", description="Run an edgeres device kit.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="build, check and measure the kit's engine on this device")
+    run.add_argument("folder", type=Path)
+    run.add_argument("--timeout", type=float, default=None, help="seconds the engine build may take")
+    args = ap.parse_args(argv)
+    try:
+        run_kit(args.folder, timeout_s=args.timeout)
+    except EdgeresError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
