@@ -155,7 +155,7 @@ class Pipeline:
             "seed": recipe.seed,
             "tools": versions(*spec.tools),
         }
-        if stage.type == "compile":
+        if stage.type in ("quantize", "compile"):  # per-target rules, runtime and engine
             material["target"] = recipe.target_spec().model_dump(mode="json")
         if stage.type == "finetune":
             # What the model is and how the data is fed shape its weights.
