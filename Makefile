@@ -7,8 +7,11 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= train,cpu,report,dev
 STUBS  := typings/tensorrt
+# TensorRT type stubs (TensorRT 10.13 API) for mypy. Kept out of .venv: installed there, they leave an empty
+# importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
+TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench clean
+.PHONY: install quickstart test test-slow lint format bench clean typings
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +33,16 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-lint: install
+$(STUBS): | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target typings/.site $(TRT_STUBS)
+	$(BIN)/python -m edgeres.tensorrt.stubs typings --from typings/.site
+
+typings: $(STUBS)
+
+lint: install $(STUBS)
 	$(BIN)/ruff check edgeres tests benchmarks
 	$(BIN)/ruff format --check edgeres tests benchmarks
-	$(BIN)/mypy
+	MYPYPATH=typings $(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format edgeres tests benchmarks

@@ -24,6 +24,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "cpu"),
     "openvino": ("openvino", "cpu"),
     "tensorrt": ("tensorrt", "tensorrt"),
+    "cuda": ("cuda-python", "tensorrt"),
     "matplotlib": ("matplotlib", "report"),
     "psutil": ("psutil", "cpu"),
     "onnx": ("onnx", "core"),

@@ -25,9 +25,9 @@ PACKAGES: list[tuple[str, str]] = [
     ("sklearn", "the digits data set (extra: train)"),
     ("onnxscript", "the dynamo ONNX exporter (extra: train)"),
     ("torch_pruning", "stage prune, not built yet (extra: train)"),
-    ("nncf", "stage quantize, not built yet (extra: train)"),
+    ("nncf", "stage quantize (extra: train)"),
     ("onnxruntime", "runtime onnxruntime: parity checks and benchmarks (extra: cpu, or gpu)"),
-    ("openvino", "runtime openvino (extra: cpu)"),
+    ("openvino", "runtime openvino and cpu-openvino engines (extra: cpu)"),
     ("tensorrt", "TensorRT engines on NVIDIA GPUs and Jetson (extra: tensorrt)"),
 ]
 DIST = {"yaml": "PyYAML", "sklearn": "scikit-learn"}
@@ -77,7 +77,7 @@ def report() -> str:
     if shutil.which("nvidia-smi"):
         lines.append("  nvidia-smi: " + _probe(_nvidia_smi))
     if available("tensorrt"):
-        lines.append("  tensorrt: " + _probe(lambda: __import__("tensorrt").__version__))
+        lines.append("  tensorrt: " + _probe(_tensorrt))
     else:
         lines.append("  tensorrt: not installed; TensorRT targets cannot build engines on this machine")
     if missing:
@@ -85,6 +85,12 @@ def report() -> str:
         for mod, _ in missing:
             lines.append(f"  {mod}: {install_hint(mod)}")
     return "\n".join(lines)
+
+
+def _tensorrt() -> str:
+    from edgeres.tensorrt import require_tensorrt
+
+    return str(require_tensorrt(purpose="report its version").__version__)
 
 
 def _torch_cuda() -> str:
