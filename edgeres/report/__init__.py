@@ -38,6 +38,13 @@ def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
                 for k in ("val_top1", "test_top1", "best_epoch", "epochs", "params", "exporter", "opset", "bytes")
                 if k in m
             }
+            if "test" in m and "int8_top1" in m["test"]:  # quantize
+                headline["test_fp32_top1"] = m["test"]["fp32_top1"]
+                headline["test_int8_top1"] = m["test"]["int8_top1"]
+                headline["kept_fp32_layers"] = len(m.get("kept_fp32_layers", []))
+            if "target" in m:  # compile
+                headline["target"] = m["target"]
+                headline["engine"] = m.get("engine")
             if "parity" in m:
                 headline["parity_max_abs_diff"] = m["parity"]["max_abs_diff"]
                 headline["parity_top1_agreement"] = m["parity"]["top1_agreement"]
@@ -103,6 +110,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{'NO: ' + '; '.join(invalid) if invalid else 'yes'} |"
         )
     lines += ["", "★ on the Pareto front of accuracy against p50 latency.", ""]
+    for u in report.get("unmeasured", []):
+        lines.append(f"Not measured on this host: variant `{u['variant']}` ({u['format']}): {u['reason']}.")
+    if report.get("unmeasured"):
+        lines.append("")
     if report.get("stages"):
         lines += ["## Stages", "", "| variant | stage | seconds | numbers | key |", "|---|---|---:|---|---|"]
         for s in report["stages"]:
@@ -192,6 +203,11 @@ def render_html(report: dict[str, Any]) -> str:
             f"<td>{esc(nums)}</td><td><code>{s['key'][:12]}</code></td></tr>"
         )
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "absent")
+    unmeasured_html = "".join(
+        f"<p>Not measured on this host: variant <code>{esc(u['variant'])}</code> ({esc(u['format'])}): "
+        f"{esc(u['reason'])}.</p>"
+        for u in report.get("unmeasured", [])
+    )
     plot = svg if svg else "<p><i>Plot unavailable: install the report extra (matplotlib).</i></p>"
     head = (
         "<th>variant</th><th>runtime</th><th>top-1 %</th><th>top-5 %</th><th>drop (pts)</th><th>agreement %</th>"
@@ -219,6 +235,7 @@ first).<br>{esc(versions)}</p>
 </tbody></table>
 <p class="meta">★ on the Pareto front of accuracy against p50 latency. Single-stream: batch 1. Peak RSS: the inference
 process alone (interpreter and runtime libraries included).</p>
+{unmeasured_html}
 <h2>Stages</h2>
 <table><thead><tr><th>variant</th><th>stage</th><th>seconds</th><th>numbers</th><th>cache key</th></tr></thead>
 <tbody>{"".join(stage_html)}</tbody></table>

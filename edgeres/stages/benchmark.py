@@ -73,7 +73,13 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         candidates = [r for r in cfg.runtimes if runs(r, art.format)] or native
         if not candidates:
             ctx.reporter.log(f"benchmark {vname}: a {art.format} artifact cannot be measured on this host")
-            unmeasured.append({"variant": vname, "format": art.format, "reason": "no runtime on this host runs it"})
+            reason = "no runtime on this host runs it"
+            if art.format == "tensorrt-kit":
+                reason = (
+                    "a TensorRT device build kit; run its build.sh on the device, which writes device-report.json "
+                    "for `edgeres compare`"
+                )
+            unmeasured.append({"variant": vname, "format": art.format, "reason": reason})
         for runtime in candidates:
             ctx.reporter.log(f"benchmark {vname} on {runtime}: {len(split)} {cfg.accuracy_split} images")
             spec = {

@@ -181,7 +181,7 @@ README = """edgeres device kit
 This folder builds a TensorRT engine for {target} on the device it runs on, and measures it there.
 TensorRT engines are tied to the TensorRT version and the GPU that built them, so they are built on the device.
 
-1. Copy this folder to the device (e.g. `scp -r {folder} device:`).
+1. Copy this folder to the device (e.g. `scp -r models/{folder} device:` from the build output).
 2. On the device: `bash build.sh`
    - Where python3 imports edgeres and TensorRT, it builds {engine} with its manifest, then measures
      single-stream latency and top-1 on {val} ({images} labelled images) and writes {report}. On a Jetson, use
@@ -272,7 +272,7 @@ def write_device_kit(
     dla = "" if settings.dla_core is None else f", DLA core {settings.dla_core} {fallback} GPU fallback"
     readme = README.format(
         target=target.get("name", "the target"),
-        folder=folder.name,
+        folder=str(kit.get("variant") or folder.name),
         engine=ENGINE,
         val=VAL,
         images=len(x),
