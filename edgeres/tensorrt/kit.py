@@ -485,7 +485,10 @@ def compile_for_target(
         variant=ctx.variant,
     )
     why = "TensorRT is not installed here" if facts.trt_version is None else "no NVIDIA GPU is visible here"
-    ctx.reporter.log(f"{why}: wrote a device kit; copy {ctx.workdir} to the device and run `bash build.sh` there")
+    ctx.reporter.log(
+        f"{why}: wrote a device kit; copy models/{ctx.variant} from the build output to the device and run "
+        "`bash build.sh` there"
+    )
     info.update(runtime_version=None, built="kit", reason=why)
     return "build.sh", "tensorrt-kit", info
 
