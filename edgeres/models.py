@@ -1,7 +1,8 @@
 """Building torchvision ResNets and saving/loading them without pickled modules.
 
 A torch model artifact is `model.pt` (a plain state dict, loaded with `weights_only=True`) plus `model.json` (the
-architecture: torchvision name, number of classes, and preprocessing). Checkpoints from others never run code.
+architecture: torchvision name, number of classes, preprocessing and, for a pruned model, the channel count of every
+convolution, BatchNorm and linear layer). Checkpoints from others never run code.
 """
 
 from __future__ import annotations
@@ -32,9 +33,58 @@ TORCHVISION_WEIGHTS = {
 }
 
 
-def build_model(arch: str, num_classes: int) -> torch.nn.Module:
+def build_model(arch: str, num_classes: int, *, channels: dict[str, list[int]] | None = None) -> torch.nn.Module:
+    """The torchvision network; with `channels` (from channel_spec of a pruned model), layers resized to match."""
     models = require("torchvision.models", purpose="build torchvision ResNets")
-    return models.get_model(arch, weights=None, num_classes=num_classes)
+    model = models.get_model(arch, weights=None, num_classes=num_classes)
+    if channels:
+        apply_channel_spec(model, channels)
+    return model
+
+
+def channel_spec(model: torch.nn.Module) -> dict[str, list[int]]:
+    """Per layer [in, out] channels (Conv2d: in, out, groups; BatchNorm2d: features; Linear: in, out)."""
+    torch = require("torch")
+    spec: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            spec[name] = [m.in_channels, m.out_channels, m.groups]
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            spec[name] = [m.num_features]
+        elif isinstance(m, torch.nn.Linear):
+            spec[name] = [m.in_features, m.out_features]
+    return spec
+
+
+def apply_channel_spec(model: torch.nn.Module, spec: dict[str, list[int]]) -> None:
+    """Replace each listed layer by one of the recorded size (weights are loaded afterwards)."""
+    torch = require("torch")
+    for name, dims in spec.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, attr, None)
+        if isinstance(old, torch.nn.Conv2d):
+            new: Any = torch.nn.Conv2d(
+                dims[0],
+                dims[1],
+                old.kernel_size,
+                stride=old.stride,
+                padding=old.padding,
+                dilation=old.dilation,
+                groups=dims[2],
+                bias=old.bias is not None,
+            )
+        elif isinstance(old, torch.nn.BatchNorm2d):
+            new = torch.nn.BatchNorm2d(dims[0], eps=old.eps, momentum=old.momentum)
+        elif isinstance(old, torch.nn.Linear):
+            new = torch.nn.Linear(dims[0], dims[1], bias=old.bias is not None)
+        else:
+            raise StageError(
+                f"model.json lists layer {name!r} with channels {dims}, but the architecture has "
+                f"{type(old).__name__ if old is not None else 'no such layer'} there; the model file does not "
+                "belong to this architecture"
+            )
+        setattr(parent, attr, new)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -101,7 +151,7 @@ def save_model(model: torch.nn.Module, folder: Path, spec: dict[str, Any]) -> No
 def load_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load model.pt with weights_only=True."""
     spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    model = build_model(spec["arch"], spec["num_classes"])
+    model = build_model(spec["arch"], spec["num_classes"], channels=spec.get("channels"))
     load_weights(model, read_state_dict(folder / "model.pt"), source=str(folder))
     model.eval()
     return model, spec

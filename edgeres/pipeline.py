@@ -155,9 +155,9 @@ class Pipeline:
             "seed": recipe.seed,
             "tools": versions(*spec.tools),
         }
-        if stage.type in ("quantize", "compile"):  # per-target rules, runtime and engine
+        if stage.type in ("prune", "quantize", "compile"):  # per-target rounding, rules, runtime and engine
             material["target"] = recipe.target_spec().model_dump(mode="json")
-        if stage.type == "finetune":
+        if stage.type in ("finetune", "prune"):
             # What the model is and how the data is fed shape its weights.
             material["model"] = recipe.model.model_dump(mode="json")
             material["feed"] = recipe.data.model_dump(mode="json", include={"mean", "std", "augment"})

@@ -178,6 +178,57 @@ class Latency(Strict):
     )
 
 
+class RatioBudget(Strict):
+    type: Literal["ratio"] = Field(description="Remove a fixed share of each layer's (or all) channels.")
+    ratio: float = Field(gt=0, le=0.9, description="Share of channels removed (0.5 removes half).")
+
+
+class MacBudget(Strict):
+    type: Literal["macs"] = Field(description="Prune until the MACs are at most a fraction of the original.")
+    fraction: float = Field(gt=0.05, lt=1, description="Largest allowed MACs, as a fraction of the original.")
+
+
+class LatencyBudget(Strict):
+    type: Literal["latency"] = Field(
+        description="Prune until batch-1 latency on the target's runtime (INT8 where the recipe quantizes) meets it."
+    )
+    ms: float = Field(gt=0, description="Largest allowed p50 latency in milliseconds.")
+
+
+class Recovery(Strict):
+    epochs: int = Field(1, ge=0, le=100, description="Recovery fine-tuning epochs after each pruning step.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Batch size.")
+    optimizer: Optimizer = Field(default_factory=lambda: Optimizer(lr=0.01), description="Optimizer settings.")
+    schedule: Literal["onecycle", "cosine", "constant"] = Field("cosine", description="Per-step LR schedule.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
+
+
+class Distill(Strict):
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the distillation loss.")
+    weight: float = Field(0.5, gt=0, le=1, description="Share of the loss from the unpruned teacher.")
+
+
+class PruneStage(StageBase):
+    type: Literal["prune"] = Field(description="Structured channel pruning (Torch-Pruning) with recovery.")
+    criterion: Literal["l1", "l2", "bn", "taylor"] = Field(
+        "l1", description="Channel importance: L1/L2 weight magnitude, BatchNorm scale, or first-order Taylor."
+    )
+    scope: Literal["uniform", "global"] = Field("uniform", description="Same ratio per layer, or ranked globally.")
+    budget: Annotated[RatioBudget | MacBudget | LatencyBudget, Field(discriminator="type")] = Field(
+        description="What to prune to: {type: ratio, ratio}, {type: macs, fraction} or {type: latency, ms}."
+    )
+    round_to: int | None = Field(
+        None, ge=1, le=256, description="Kept channel counts are multiples of this; default the target's (8-32)."
+    )
+    steps: int = Field(2, ge=1, le=50, description="Pruning steps, each followed by recovery.")
+    recovery: Recovery = Field(default_factory=Recovery, description="Fine-tuning after each step.")
+    distill: Distill | None = Field(None, description="Distil from the unpruned model during recovery.")
+    taylor_batches: int = Field(4, ge=1, description="Training batches whose gradients Taylor importance reads.")
+    measure_latency: bool = Field(
+        False, description="Also measure latency before and after for ratio/macs budgets (latency budgets always do)."
+    )
+
+
 class QuantizeStage(StageBase):
     type: Literal["quantize"] = Field(description="INT8 post-training quantization of the ONNX, to a budget.")
     calibration_size: int | None = Field(
@@ -273,12 +324,14 @@ class BenchmarkStage(StageBase):
 
 
 StageConfig = Annotated[
-    FinetuneStage | ExportStage | QuantizeStage | CompileStage | BenchmarkStage, Field(discriminator="type")
+    FinetuneStage | PruneStage | ExportStage | QuantizeStage | CompileStage | BenchmarkStage,
+    Field(discriminator="type"),
 ]
 
 # What each stage type consumes and produces, so impossible orders fail at validation.
 STAGE_IO: dict[str, tuple[str | None, str]] = {
     "finetune": (None, "torch"),
+    "prune": ("torch", "torch"),
     "export": ("torch", "onnx"),
     "quantize": ("onnx", "onnx"),
     "compile": ("onnx", "engine"),

@@ -30,7 +30,7 @@ def test_build_exits_0_and_lists_each_stage(base_build: Build) -> None:
         ("main", "export", "ran"),
         ("*", "benchmark", "ran"),
     ]
-    assert lines[3].startswith(f"build tiny: done in ")
+    assert lines[3].startswith("build tiny: done in ")
     assert lines[3].endswith(f"s; outputs in {base_build.out}")
     assert lines[4] == f"report: {base_build.out / 'report.md'}"
     assert "Traceback" not in res.stderr
@@ -128,7 +128,9 @@ def test_exported_model_runs_with_dynamic_batch(base_build: Build) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(base_build.out / "models" / "main" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(base_build.out / "models" / "main" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     for n in (1, 3):
         (logits,) = sess.run(None, {"input": np.zeros((n, 3, 16, 16), dtype=np.float32)})
         assert logits.shape == (n, 4)

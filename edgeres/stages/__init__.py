@@ -30,6 +30,15 @@ def register(name: str, spec: StageSpec) -> None:
 
 
 register("finetune", StageSpec("edgeres.stages.finetune", "train", 1, ("torch", "torchvision")))
+register(
+    "prune",
+    StageSpec(
+        "edgeres.stages.prune",
+        "train",
+        1,
+        ("torch", "torchvision", "torch_pruning", "onnx", "nncf", "onnxruntime", "openvino"),
+    ),
+)
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
 register("quantize", StageSpec("edgeres.stages.quantize", "train", 1, ("onnx", "nncf", "onnxruntime", "openvino")))
 register("compile", StageSpec("edgeres.stages.compile", "cpu", 1, ("onnx", "onnxruntime", "openvino", "tensorrt")))

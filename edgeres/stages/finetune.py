@@ -24,14 +24,13 @@ from edgeres.models import (
     read_state_dict,
     save_model,
 )
-from edgeres.recipe import FinetuneStage
+from edgeres.recipe import FinetuneStage, Optimizer
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 EVAL_BATCH = 256
 
 
-def _optimizer(torch: Any, model: Any, cfg: FinetuneStage) -> Any:
-    o = cfg.optimizer
+def make_optimizer(torch: Any, model: Any, o: Optimizer) -> Any:
     if o.type == "sgd":
         return torch.optim.SGD(
             model.parameters(),
@@ -43,10 +42,10 @@ def _optimizer(torch: Any, model: Any, cfg: FinetuneStage) -> Any:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _schedule(torch: Any, opt: Any, cfg: FinetuneStage, total_steps: int) -> Any:
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optimizer.lr, total_steps=max(total_steps, 1))
-    if cfg.schedule == "cosine":
+def make_schedule(torch: Any, opt: Any, schedule: str, lr: float, total_steps: int) -> Any:
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, 1))
+    if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
 
@@ -68,6 +67,53 @@ def _set_frozen(model: Any, frozen: bool) -> None:
                 m.eval()
 
 
+def train_epoch(
+    ctx: StageContext,
+    model: Any,
+    opt: Any,
+    sched: Any,
+    loss_fn: Any,
+    *,
+    batch_size: int,
+    generator: Any,
+    label: str,
+    teacher: Any = None,
+    temperature: float = 4.0,
+    distill_weight: float = 0.0,
+) -> float:
+    """One pass over the train split (shuffled and augmented by `generator`); returns the mean loss. With a teacher,
+    the loss mixes in knowledge distillation: (1 - w) * CE + w * T^2 * KL(teacher/T || student/T)."""
+    torch = require("torch")
+    F = torch.nn.functional
+    data = ctx.data
+    steps = -(-len(data.train) // batch_size)
+    total_loss, seen = 0.0, 0
+    with ctx.reporter.task(label, steps) as task:
+        for x, y in data.batches(
+            data.train, batch_size, shuffle=True, generator=generator, augment=ctx.recipe.data.augment
+        ):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                kd = F.kl_div(
+                    F.log_softmax(logits / temperature, dim=1),
+                    F.log_softmax(t_logits / temperature, dim=1),
+                    reduction="batchmean",
+                    log_target=True,
+                )
+                loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kd
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * int(y.numel())
+            seen += int(y.numel())
+            task.advance(status=f"loss {total_loss / seen:.3f}")
+    return total_loss / max(seen, 1)
+
+
 def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     torch = require("torch", purpose="fine-tune the model")
     torch.set_num_threads(ctx.threads)
@@ -87,8 +133,8 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     scratch.mkdir(exist_ok=True)
     last, best_path = scratch / "last.pt", scratch / "best.pt"
     steps = -(-len(data.train) // cfg.batch_size)
-    opt = _optimizer(torch, model, cfg)
-    sched = _schedule(torch, opt, cfg, steps * cfg.epochs)
+    opt = make_optimizer(torch, model, cfg.optimizer)
+    sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr, steps * cfg.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_top1, best_epoch, curve = 0, -1.0, 0, []
     if last.is_file():
@@ -106,23 +152,20 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
         model.train()
         _set_frozen(model, frozen)
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
-        total_loss, seen = 0.0, 0
-        with ctx.reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as task:
-            for x, y in data.batches(
-                data.train, cfg.batch_size, shuffle=True, generator=g, augment=ctx.recipe.data.augment
-            ):
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total_loss += float(loss.detach()) * int(y.numel())
-                seen += int(y.numel())
-                task.advance(status=f"loss {total_loss / seen:.3f}")
+        train_loss = train_epoch(
+            ctx,
+            model,
+            opt,
+            sched,
+            loss_fn,
+            batch_size=cfg.batch_size,
+            generator=g,
+            label=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
         val = evaluate(model, data.batches(data.val, EVAL_BATCH))
         row = {
             "epoch": epoch + 1,
-            "train_loss": round(total_loss / max(seen, 1), 5),
+            "train_loss": round(train_loss, 5),
             "val_top1": round(val["top1"], 5),
             "val_loss": round(val["loss"], 5),
             "lr": opt.param_groups[0]["lr"],

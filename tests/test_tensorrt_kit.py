@@ -1,0 +1,596 @@
+"""Device kits, trtexec flags, the float16 cast for TensorRT 11 and the build child's error mapping: all without
+TensorRT. What needs TensorRT and a GPU is in test_tensorrt_gpu.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeres.errors import DataError, MissingDependencyError, RecipeError, StageError
+from edgeres.recipe import Latency
+from edgeres.runtimes.base import Runner
+from edgeres.tensorrt import kit as kit_module
+from edgeres.tensorrt import runner as runner_module
+from edgeres.tensorrt.build import (
+    BuildResult,
+    ChildResult,
+    EngineBuildError,
+    build_in_subprocess,
+    count_qdq,
+    format_parser_errors,
+    fp16_onnx_from_fp32,
+    onnx_input,
+    raise_for_child,
+)
+from edgeres.tensorrt.facts import DeviceFacts
+from edgeres.tensorrt.kit import (
+    load_val,
+    read_kit,
+    run_kit,
+    save_val,
+    target_mismatches,
+    trtexec_flags,
+    write_device_kit,
+)
+from edgeres.tensorrt.manifest import EngineSettings, make_manifest, plan_build, write_manifest
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def has_tensorrt() -> bool:
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Builder")  # not tensorrt-stubs' empty namespace package
+
+
+HERE_WITHOUT_TENSORRT = pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here: it would really build")
+
+ORIN_NANO = DeviceFacts(
+    trt_version="10.3.0.30",
+    cuda_version="12.6",
+    gpu_name="Orin",
+    compute_capability="8.7",
+    jetpack="6.1",
+    l4t="36.4.0",
+    dla_cores=0,
+    total_memory_bytes=7_600_000_000,
+    free_memory_bytes=5_000_000_000,
+)
+
+
+def _init(name: str, arr: Any) -> Any:
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def tiny_classifier(path: Path, *, dynamic: bool = True, classes: int = 3) -> Path:
+    """Conv-BN-ReLU-pool-Gemm on 3x8x8 images: a ResNet in miniature, made with onnx.helper."""
+    rng = np.random.default_rng(0)
+    batch: int | str = "batch" if dynamic else 1
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
+            helper.make_node("Relu", ["bn"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["gp"]),
+            helper.make_node("Flatten", ["gp"], ["f"]),
+            helper.make_node("Gemm", ["f", "FW", "FB"], ["logits"], transB=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [
+            _init("W", rng.normal(size=(8, 3, 3, 3))),
+            _init("B", rng.normal(size=8)),
+            _init("s", rng.uniform(0.5, 1.5, size=8)),
+            _init("b", rng.normal(size=8)),
+            _init("m", rng.normal(size=8) * 0.1),
+            _init("v", rng.uniform(0.5, 1.5, size=8)),
+            _init("FW", rng.normal(size=(classes, 8))),
+            _init("FB", rng.normal(size=classes)),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.add(key="edgeres.mean", value="[0.5]")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_qdq(path: Path) -> Path:
+    """The input through a signed int8 QuantizeLinear/DequantizeLinear pair, then a Conv."""
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["input", "sc", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["dq"]),
+            helper.make_node("Conv", ["dq", "W"], ["c"]),
+            helper.make_node("GlobalAveragePool", ["c"], ["gp"]),
+            helper.make_node("Flatten", ["gp"], ["logits"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [
+            _init("sc", 0.05),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), "zp"),
+            _init("W", rng.normal(size=(4, 3, 3, 3))),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def run_onnx(path: Path, x: Any) -> Any:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def images(n: int, seed: int = 2) -> Any:
+    return np.random.default_rng(seed).normal(size=(n, 3, 8, 8)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ float16 cast
+
+
+def test_fp16_onnx_from_fp32_checks_and_runs_close(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "model.onnx")
+    dst = fp16_onnx_from_fp32(src, tmp_path / "model.fp16.onnx")
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model, full_check=True)
+    assert {i.data_type for i in model.graph.initializer} == {TensorProto.FLOAT16}
+    io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
+    assert io_types == [TensorProto.FLOAT, TensorProto.FLOAT]  # callers still feed and read float32
+    assert {p.key for p in model.metadata_props} >= {"edgeres.mean", "edgeres.fp16"}  # preprocessing kept
+    x = images(16)
+    ref, got = run_onnx(src, x), run_onnx(dst, x)
+    assert got.dtype == np.float32 and got.shape == ref.shape == (16, 3)
+    np.testing.assert_allclose(got, ref, rtol=1e-2, atol=1e-2)
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert onnx_input(dst) == ("input", ["batch", 3, 8, 8])
+
+
+def test_fp16_cast_handles_constants_casts_and_resize_scales(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["k"], value_float=0.5),
+            helper.make_node("Mul", ["input", "k"], ["a"]),
+            helper.make_node("Constant", [], ["scales"], value_floats=[1.0, 1.0, 2.0, 2.0]),
+            helper.make_node("Resize", ["a", "", "scales"], ["up"], mode="nearest"),
+            helper.make_node("Cast", ["up"], ["c"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["c", "big"], ["output"]),
+        ],
+        "ops",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [_init("big", np.full((1,), 1e6))],  # beyond float16: clipped to 65504, not inf
+    )
+    src = tmp_path / "ops.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    dst = fp16_onnx_from_fp32(src, tmp_path / "ops.fp16.onnx")
+    x = np.random.default_rng(0).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    got = run_onnx(dst, x)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, run_onnx(src, x).clip(max=65504 + 10), rtol=1e-3)
+
+
+def test_fp16_cast_refuses_qdq(tmp_path: Path) -> None:
+    src = tiny_qdq(tmp_path / "q.onnx")
+    assert count_qdq(src) == 2
+    with pytest.raises(StageError, match="has 2 Q/DQ nodes: it is already quantized"):
+        fp16_onnx_from_fp32(src, tmp_path / "q16.onnx")
+
+
+# ----------------------------------------------------------------------------------------------- trtexec flags
+
+PROFILE = ["--minShapes=input:1x3x8x8", "--optShapes=input:1x3x8x8", "--maxShapes=input:16x3x8x8"]
+COMMON = ["--memPoolSize=workspace:512M", "--builderOptimizationLevel=3", "--timingCacheFile=timing.cache"]
+LAYERS = ["--exportLayerInfo=engine.layers.json", "--profilingVerbosity=detailed"]
+SETTINGS = EngineSettings(precision="fp16", workspace_mb=512, max_batch=16)
+DYNAMIC: list[int | str] = ["batch", 3, 8, 8]
+
+
+def test_trtexec_flags_trt10_fp16() -> None:
+    flags = trtexec_flags(SETTINGS, trt_major=10, input_name="input", input_shape=DYNAMIC, qdq_nodes=0)
+    assert flags == [
+        "--onnx=model.onnx",
+        "--saveEngine=engine.plan",
+        "--fp16",
+        *PROFILE,
+        "--shapes=input:1x3x8x8",
+        *COMMON,
+        *LAYERS,
+    ]
+
+
+def test_trtexec_flags_trt11_fp16_is_strongly_typed_on_the_cast_onnx() -> None:
+    flags = trtexec_flags(SETTINGS, trt_major=11, input_name="input", input_shape=DYNAMIC, qdq_nodes=0)
+    assert flags == [
+        "--onnx=model.fp16.onnx",
+        "--saveEngine=engine.plan",
+        "--stronglyTyped",
+        *PROFILE,
+        "--shapes=input:1x3x8x8",
+        *COMMON,
+        *LAYERS,
+    ]
+    assert not {"--fp16", "--int8", "--best"} & set(flags)
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_trtexec_flags_qdq_int8_static_batch(major: int) -> None:
+    settings = replace(SETTINGS, precision="int8", max_batch=1)
+    flags = trtexec_flags(settings, trt_major=major, input_name="x", input_shape=[1, 3, 8, 8], qdq_nodes=40)
+    assert flags == ["--onnx=model.onnx", "--saveEngine=engine.plan", "--stronglyTyped", *COMMON, *LAYERS]
+
+
+def test_trtexec_flags_dla() -> None:
+    settings = replace(SETTINGS, dla_core=1)
+    flags = trtexec_flags(settings, trt_major=10, input_name="input", input_shape=DYNAMIC, qdq_nodes=0)
+    assert flags == [
+        "--onnx=model.onnx",
+        "--saveEngine=engine.plan",
+        "--fp16",
+        *PROFILE,
+        "--shapes=input:1x3x8x8",
+        *COMMON,
+        "--useDLACore=1",
+        "--allowGPUFallback",
+        *LAYERS,
+    ]
+    no_fallback = trtexec_flags(
+        replace(settings, gpu_fallback=False), trt_major=10, input_name="input", input_shape=DYNAMIC, qdq_nodes=0
+    )
+    assert "--useDLACore=1" in no_fallback and "--allowGPUFallback" not in no_fallback
+
+
+# ------------------------------------------------------------------------------------------------------- the kit
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    onnx_path = tiny_classifier(tmp_path / "src" / "model.onnx")
+    x, y = images(20), np.arange(20) % 3
+    write_device_kit(
+        tmp_path / "kit",
+        onnx_path=onnx_path,
+        target={"name": "jetson-orin", "device": "jetson", "tensorrt_major": [10], "compute_capability": "8.7"},
+        settings=SETTINGS,
+        val_subset=(x, y),
+        latency=Latency(warmup=1, min_queries=5, min_duration_s=0),
+        name="tiny",
+        variant="fp16",
+    )
+    return tmp_path / "kit"
+
+
+def test_kit_files(kit: Path) -> None:
+    names = sorted(p.name for p in kit.iterdir())
+    assert names == ["README.txt", "build.sh", "kit.json", "model.fp16.onnx", "model.onnx", "val.npz"]
+    assert os.access(kit / "build.sh", os.X_OK)
+    meta = read_kit(kit)
+    assert meta["schema"] == "edgeres.device-kit/1"
+    assert meta["settings"] == SETTINGS.to_dict()
+    assert meta["onnx"]["shape"] == ["batch", 3, 8, 8] and meta["qdq_nodes"] == 0
+    assert meta["target"]["compute_capability"] == "8.7"
+    assert meta["val"]["images"] == 20
+    assert meta["latency"]["min_queries"] == 5
+    assert meta["trtexec_flags"]["11"][0] == "--onnx=model.fp16.onnx"
+    readme = (kit / "README.txt").read_text()
+    assert "bash build.sh" in readme and "device-report.json" in readme and "jetson-orin" in readme
+
+
+def test_build_sh_is_valid_bash(kit: Path) -> None:
+    subprocess.run(["bash", "-n", str(kit / "build.sh")], check=True)
+    text = (kit / "build.sh").read_text()
+    assert 'exec "$PYTHON" -m edgeres.tensorrt.kit run .' in text
+    assert '"$PYTHON" -c "import edgeres, tensorrt; tensorrt.Builder"' in text
+
+
+def test_val_round_trip(tmp_path: Path) -> None:
+    x, y = images(7), np.array([0, 1, 2, 0, 1, 2, 0], dtype=np.int32)
+    save_val(tmp_path / "val.npz", x.astype(np.float64), y)
+    x2, y2 = load_val(tmp_path / "val.npz")
+    assert x2.dtype == np.float32 and y2.dtype == np.int64
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    with pytest.raises(DataError, match="finite float NCHW"):
+        save_val(tmp_path / "bad.npz", x[0], y)
+    with pytest.raises(DataError, match="must be 7 integers"):
+        save_val(tmp_path / "bad.npz", x, y.astype(np.float32))
+
+
+def test_kit_refuses_changed_files(kit: Path) -> None:
+    with open(kit / "val.npz", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(DataError, match=r"val\.npz does not match kit\.json"):
+        read_kit(kit)
+
+
+def test_kit_refuses_bad_settings(tmp_path: Path) -> None:
+    src = tiny_classifier(tmp_path / "model.onnx")
+    args: dict[str, Any] = {"onnx_path": src, "target": {}, "val_subset": (images(2), np.array([0, 1]))}
+    with pytest.raises(RecipeError, match="min_batch is 2"):
+        write_device_kit(tmp_path / "k1", settings=replace(SETTINGS, min_batch=2, opt_batch=2), **args)
+    with pytest.raises(StageError, match="precision int8 needs an ONNX with explicit"):
+        write_device_kit(tmp_path / "k2", settings=replace(SETTINGS, precision="int8"), **args)
+    with pytest.raises(RecipeError, match=r"unknown device kit target keys \['sm'\]"):
+        write_device_kit(tmp_path / "k3", settings=SETTINGS, **{**args, "target": {"sm": 87}})
+    with pytest.raises(DataError, match="val_subset images have shape"):
+        write_device_kit(tmp_path / "k4", settings=SETTINGS, **{**args, "val_subset": (images(2)[:, :1], [0, 1])})
+
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v${FAKE_TRT_CODE}] [b30] # trtexec $*"
+if [ "$1" = "--version" ]; then exit 0; fi
+printf '%s\\n' "$@" > "$FAKE_ARGS"
+if [ -n "${FAKE_EXIT:-}" ]; then
+    echo "[E] Error Code 10: Could not find any implementation for node /c."
+    exit "$FAKE_EXIT"
+fi
+echo engine > engine.plan
+"""
+
+
+def _run_build_sh(kit: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
+    (bin_dir / "trtexec").chmod(0o755)
+    full = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "args"), **env}
+    return subprocess.run(["bash", str(kit / "build.sh")], env=full, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils' sha256sum")
+@pytest.mark.parametrize(("code", "major"), [("100300", 10), ("110000", 11)])
+def test_build_sh_falls_back_to_trtexec(kit: Path, tmp_path: Path, code: str, major: int) -> None:
+    proc = _run_build_sh(kit, tmp_path, PYTHON="false", FAKE_TRT_CODE=code)
+    assert proc.returncode == 0, proc.stderr
+    assert "edgeres and TensorRT's Python bindings are not both importable" in proc.stderr
+    assert (tmp_path / "args").read_text().split() == read_kit(kit)["trtexec_flags"][str(major)]
+    assert (kit / "engine.plan.sha256").is_file() and (kit / "device-facts.txt").is_file()
+
+
+def test_build_sh_reports_out_of_memory(kit: Path, tmp_path: Path) -> None:
+    proc = _run_build_sh(kit, tmp_path, EDGERES_KIT_TRTEXEC="1", FAKE_TRT_CODE="100300", FAKE_EXIT="137")
+    assert proc.returncode == 137
+    assert "error: the build ran out of memory (workspace limit 512 MiB)" in proc.stderr
+
+
+def test_target_mismatches() -> None:
+    target = {"device": "jetson", "tensorrt_major": [10], "compute_capability": "8.7", "dla_core": 0}
+    assert target_mismatches(target, replace(ORIN_NANO, dla_cores=2)) == []
+    rtx = DeviceFacts(trt_version="11.0.0.1", gpu_name="NVIDIA RTX 6000", compute_capability="8.9")
+    assert target_mismatches(target, rtx) == [
+        "device: kit expects a jetson, this is not a Jetson",
+        "TensorRT: kit expects major [10], this device has 11.0.0.1",
+        "compute_capability: kit expects 8.7, this device has 8.9",
+        "DLA: kit expects DLA core 0, this device has 0 core(s)",
+    ]
+
+
+class OnnxStandIn(Runner):
+    """Runs the kit's ONNX on ONNX Runtime where the TensorRT runner would run the engine (no TensorRT here)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, *, threads: int, facts: DeviceFacts | None = None) -> None:
+        super().__init__(path, threads=threads)
+        self.session = ort.InferenceSession(str(path.parent / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def infer(self, batch: Any) -> Any:
+        return self.session.run(None, {"input": batch})[0]
+
+    def version(self) -> str:
+        return "10.3.0.30"
+
+
+def test_run_kit_report_shape(kit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_kit's wiring and device-report.json, with the build and the engine replaced by stand-ins."""
+
+    def fake_build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+        engine_path.write_bytes(b"engine")
+        settings = kw["settings"]
+        manifest = make_manifest(
+            engine_path,
+            onnx_path=onnx_path,
+            timing_cache=None,
+            facts=ORIN_NANO,
+            trt_version="10.3.0.30",
+            settings=settings,
+            plan=plan_build(settings, qdq_nodes=0, trt_major=10),
+            input_name="input",
+            input_shape=["batch", 3, 8, 8],
+        )
+        path = write_manifest(engine_path, manifest)
+        return BuildResult(engine_path, path, None, None, 1.5, manifest)
+
+    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", fake_build)
+    monkeypatch.setattr(runner_module, "TensorRTRunner", OnnxStandIn)
+    messages: list[str] = []
+    report = run_kit(kit, progress=messages.append)
+    assert report == json.loads((kit / "device-report.json").read_text())
+    assert report["schema"] == "edgeres.report/1"
+    assert report["device"]["compute_capability"] == "8.7" and report["target_mismatches"] == []
+    (row,) = report["results"]
+    assert set(row) == {"variant", "runtime", "runtime_version", "artifact", "accuracy", "latency", "offline", "memory"}
+    assert (row["variant"], row["runtime"], row["runtime_version"]) == ("fp16", "tensorrt", "10.3.0.30")
+    assert row["artifact"]["format"] == "tensorrt" and row["artifact"]["bytes"] == len(b"engine")
+    assert row["accuracy"]["images"] == 20 and row["accuracy"]["top1_agreement_onnxruntime"] == 1.0
+    assert row["latency"]["scenario"] == "single-stream" and row["latency"]["queries"] >= 5
+    assert report["settings"]["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False}
+    assert any("top-1" in m for m in messages)
+
+
+@HERE_WITHOUT_TENSORRT
+def test_compile_for_target_writes_a_kit_without_tensorrt(tmp_path: Path) -> None:
+    from edgeres.recipe import TensorRTCompile
+    from edgeres.targets import builtin_targets
+
+    src = tiny_classifier(tmp_path / "model.onnx")
+    x, y = images(12), np.arange(12) % 3
+    data = SimpleNamespace(
+        split=lambda name: name,
+        numpy_batches=lambda split, bs, limit=None: iter([(x[:limit], y[:limit])]),
+    )
+    logs: list[str] = []
+    ctx = SimpleNamespace(
+        workdir=tmp_path / "stage",
+        recipe=SimpleNamespace(target="jetson-orin", name="tiny"),
+        variant="main",
+        reporter=SimpleNamespace(log=logs.append),
+        data=data,
+    )
+    ctx.workdir.mkdir()
+    cfg = SimpleNamespace(tensorrt=TensorRTCompile(kit_val_images=10, max_batch=4))
+    inp = SimpleNamespace(primary_path=src)
+    from edgeres.tensorrt import compile_for_target
+
+    primary, fmt, info = compile_for_target(ctx, cfg, inp, builtin_targets()["jetson-orin"])  # type: ignore[arg-type]
+    assert (primary, fmt, info["built"]) == ("build.sh", "tensorrt-kit", "kit")
+    meta = read_kit(ctx.workdir)
+    assert meta["val"]["images"] == 10
+    assert meta["target"] == {
+        "name": "jetson-orin",
+        "description": builtin_targets()["jetson-orin"].description,
+        "device": "jetson",
+        "tensorrt_major": [10],
+    }
+    assert meta["settings"]["precision"] == "fp16" and meta["settings"]["max_batch"] == 4
+    assert "wrote a device kit" in logs[-1]
+
+
+# ------------------------------------------------------------------------------------- the build child's errors
+
+
+def _raise(child: ChildResult) -> dict[str, Any]:
+    return raise_for_child(child, onnx_path=Path("m.onnx"), settings=SETTINGS, facts=ORIN_NANO)
+
+
+OOM_TAIL = (
+    "Workspace limit: 512 MiB; free shared CPU/GPU memory before the build: 4768 MiB of 7248 MiB. Fix: if free "
+    "memory is near or below the workspace limit, lower workspace_mb (now 512) and max_batch (now 16) and stop other "
+    "processes using the GPU (on a Jetson also the desktop: `sudo systemctl isolate multi-user.target`; or add "
+    "swap); if plenty is free, 'Could not find any implementation' means no kernel fits in the workspace: raise "
+    "workspace_mb. Then rebuild."
+)
+
+
+@pytest.mark.parametrize("code", [137, -9])
+def test_killed_build_is_out_of_memory(code: int) -> None:
+    with pytest.raises(EngineBuildError) as err:
+        _raise(ChildResult(code, ["[I] Building..."], None))
+    assert str(err.value) == (
+        f"the TensorRT engine build of m.onnx ran out of memory: the build process was killed with SIGKILL (exit "
+        f"code {code}), as the kernel's out-of-memory killer does. {OOM_TAIL}"
+    )
+
+
+def test_no_implementation_is_out_of_memory() -> None:
+    payload = {
+        "ok": False,
+        "error": "TensorRT 10.3.0.30 could not build an engine from m.onnx: ...",
+        "error_type": "EngineBuildError",
+        "log": ["[E] 10: Could not find any implementation for node /layer1/conv1/Conv."],
+    }
+    with pytest.raises(EngineBuildError) as err:
+        _raise(ChildResult(3, [], payload))
+    assert str(err.value) == (
+        "the TensorRT engine build of m.onnx ran out of memory: TensorRT reported: [E] 10: Could not find any "
+        f"implementation for node /layer1/conv1/Conv.. {OOM_TAIL}"
+    )
+    with pytest.raises(EngineBuildError, match=r"TensorRT reported: .*cudaErrorMemoryAllocation"):
+        _raise(ChildResult(1, ["Traceback ...", "RuntimeError: cudaErrorMemoryAllocation"], None))
+
+
+def test_other_child_failures() -> None:
+    missing = {"ok": False, "error": "The package 'tensorrt' is not installed", "error_type": "MissingDependencyError"}
+    with pytest.raises(MissingDependencyError, match="not installed"):
+        _raise(ChildResult(4, [], missing))
+    parse = {"ok": False, "error": "TensorRT's ONNX parser refused m.onnx", "error_type": "EngineBuildError"}
+    with pytest.raises(EngineBuildError, match="parser refused"):
+        _raise(ChildResult(3, [], parse))
+    with pytest.raises(EngineBuildError) as err:
+        _raise(ChildResult(1, ["Traceback (most recent call last):", "ZeroDivisionError: division by zero"], None))
+    assert str(err.value) == (
+        "the TensorRT engine build of m.onnx failed: the build process exited with code 1 without a result. Its last "
+        "output:\n  Traceback (most recent call last):\n  ZeroDivisionError: division by zero"
+    )
+    with pytest.raises(EngineBuildError, match="did not finish within 60 s"):
+        raise_for_child(
+            ChildResult(-9, [], None, timed_out=True),
+            onnx_path=Path("m.onnx"),
+            settings=SETTINGS,
+            facts=ORIN_NANO,
+            timeout_s=60,
+        )
+    assert _raise(ChildResult(0, [], {"ok": True, "result": {"seconds": 1}})) == {"seconds": 1}
+
+
+def test_parser_errors_node_by_node() -> None:
+    class Err:
+        def __init__(self, node: int, op: str, name: str, desc: str) -> None:
+            self.n, self.op, self.name, self.d = node, op, name, desc
+
+        def code(self) -> str:
+            return "ErrorCode.UNSUPPORTED_NODE"
+
+        def desc(self) -> str:
+            return self.d
+
+        def node(self) -> int:
+            return self.n
+
+        def node_name(self) -> str:
+            return self.name
+
+        def node_operator(self) -> str:
+            return self.op
+
+    lines = format_parser_errors([Err(12, "NonMaxSuppression", "/nms", "no importer"), Err(-1, "", "", "bad model")])
+    assert lines == [
+        "node 12 (NonMaxSuppression '/nms'): no importer [ErrorCode.UNSUPPORTED_NODE]",
+        "model: bad model [ErrorCode.UNSUPPORTED_NODE]",
+    ]
+
+
+@HERE_WITHOUT_TENSORRT
+def test_build_child_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+    """The real child process (`python -m edgeres.tensorrt.build`), on a machine without TensorRT."""
+    src = tiny_classifier(tmp_path / "model.onnx")
+    with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*needed to build TensorRT engines"):
+        build_in_subprocess(src, tmp_path / "engine.plan", settings=SETTINGS, facts=ORIN_NANO)
+    assert not (tmp_path / "engine.plan").exists()
+
+
+def test_build_child_killed_by_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that dies of SIGKILL, as Jetson's out-of-memory killer does it, becomes the out-of-memory error."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\necho 'edgeres-progress\tbuilding'\nkill -9 $$\n")
+    fake.chmod(0o755)
+    from edgeres.tensorrt import build as build_module
+
+    monkeypatch.setattr(build_module.sys, "executable", str(fake))
+    progress: list[str] = []
+    with pytest.raises(EngineBuildError, match=r"killed with SIGKILL \(exit code -9\)") as err:
+        build_in_subprocess(
+            Path("m.onnx"), tmp_path / "e.plan", settings=SETTINGS, facts=ORIN_NANO, progress=progress.append
+        )
+    assert "free shared CPU/GPU memory before the build: 4768 MiB" in str(err.value)
+    assert progress == ["building"]
