@@ -111,17 +111,20 @@ def read_artifact(folder: Path) -> Artifact | None:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
         return None
-    return Artifact(
-        path=folder,
-        stage=meta["stage"],
-        stage_type=meta["stage_type"],
-        key=meta["key"],
-        format=meta["format"],
-        primary=meta["primary"],
-        files=meta["files"],
-        metadata=meta,
-    )
+    try:
+        return Artifact(
+            path=folder,
+            stage=str(meta["stage"]),
+            stage_type=str(meta["stage_type"]),
+            key=str(meta["key"]),
+            format=str(meta["format"]),
+            primary=str(meta["primary"]),
+            files=dict(meta["files"]),
+            metadata=meta,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # a sidecar missing fields is not a commit marker

@@ -157,6 +157,8 @@ class Pipeline:
         }
         if stage.type in ("prune", "quantize", "compile"):  # per-target rounding, rules, runtime and engine
             material["target"] = recipe.target_spec().model_dump(mode="json")
+        if stage.type == "benchmark":  # the report names the recipe and its variants
+            material["recipe"] = sha256_json(recipe.model_dump(mode="json"))
         if stage.type in ("finetune", "prune"):
             # What the model is and how the data is fed shape its weights.
             material["model"] = recipe.model.model_dump(mode="json")
@@ -184,8 +186,11 @@ class Pipeline:
             if art is not None:
                 result.variants[vname] = art
         until_ok = self.until_stage is None or (bench is not None and self.until_stage == bench.id)
-        if bench is not None and until_ok and not self.dry_run and len(result.variants) == len(names):
-            result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
+        if bench is not None and until_ok:
+            if len(result.variants) == len(names):
+                result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
+            elif self.dry_run:  # its key depends on outputs that do not exist yet
+                result.records.append(StageRecord("*", bench.id, bench.type, "(after the stages above)", "planned"))
         if self.out_dir is not None and not self.dry_run:
             self._deliver(result)
         return result
@@ -234,6 +239,10 @@ class Pipeline:
                 return existing
             work = final.with_name(final.name + ".partial")
             work.mkdir(parents=True, exist_ok=True)
+            # A killed run may have left outputs and temporaries: keep only the checkpoints it can resume from.
+            for leftover in work.iterdir():
+                if leftover.name != SCRATCH:
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             ctx = StageContext(
                 workdir=work,
                 recipe=recipe,

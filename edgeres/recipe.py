@@ -9,6 +9,7 @@ raw mapping before validation, so they are checked exactly like the file.
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -396,7 +397,12 @@ class Recipe(Strict):
             produced: str | None = None
             for st in chain:
                 need, out = STAGE_IO[st.type]
-                if need not in ("any", produced) and not (need is None and produced is None):
+                if need is None and produced is not None:
+                    raise ValueError(
+                        f"in variant {vname}, stage {st.id} ({st.type}) builds a new model, so it must be the first "
+                        f"stage, but it comes after a stage that made a {produced} model"
+                    )
+                if need not in ("any", None, produced):
                     raise ValueError(
                         f"in variant {vname}, stage {st.id} ({st.type}) needs a {need} model but gets "
                         f"{produced or 'nothing'}; reorder the stages or change what the variant skips"
@@ -482,45 +488,60 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 
 def _allowed_keys(loc: tuple[Any, ...], raw: Any) -> list[str]:
-    """Field names of the model at `loc` (the parent of an unknown key)."""
-    model: Any = Recipe
-    node = raw
-    for part in loc:
-        if isinstance(node, list):
-            node = node[part] if isinstance(part, int) and part < len(node) else None
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-        field = model.model_fields.get(part)
-        node = node.get(part) if isinstance(node, dict) else None
-        if field is None:
-            return []
-        model = _model_for(field.annotation, node)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _model_for(annotation: Any, node: Any) -> Any:
-    """The BaseModel class an annotation resolves to for this raw node (following unions by `type`)."""
+    """Field names of the model at `loc` (the parent of an unknown key), following the raw YAML beside the types."""
     import typing
 
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    ann: Any = Recipe
+    node = raw
+    for part in loc:
+        ann = _unwrap(ann, node)
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return []
+            ann = field.annotation
+        elif origin is list and isinstance(part, int):
+            ann = typing.get_args(ann)[0]
+        elif origin is dict:
+            ann = typing.get_args(ann)[1]
+        else:
+            return []
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    ann = _unwrap(ann, node)
+    return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+
+
+def _unwrap(annotation: Any, node: Any) -> Any:
+    """Resolve Annotated, Optional and unions (by the raw node's `type`) to one annotation; lists and dicts stay."""
+    import typing
+
+    while True:
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin is typing.Annotated:
+            annotation = args[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in args if a is not type(None)]
+            models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+            chosen = None
+            for c in models:
+                tf = c.model_fields.get("type")
+                if isinstance(node, dict) and tf is not None and node.get("type") in typing.get_args(tf.annotation):
+                    chosen = c
+            if chosen is None and len(options) == 1:
+                chosen = options[0]
+            if chosen is None:
+                return None
+            annotation = chosen
+            continue
         return annotation
-    if origin is typing.Annotated:
-        return _model_for(args[0], node)
-    if origin is list:
-        return _model_for(args[0], node[0] if isinstance(node, list) and node else node)
-    if origin is dict:
-        return _model_for(args[1], next(iter(node.values()), None) if isinstance(node, dict) else None)
-    candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-    for c in candidates:
-        tf = c.model_fields.get("type")
-        if isinstance(node, dict) and tf is not None and node.get("type") in typing.get_args(tf.annotation):
-            return c
-    return candidates[0] if len(candidates) == 1 else None
 
 
 def format_errors(err: ValidationError, raw: Any, lines: dict[tuple[Any, ...], int], source: str) -> str:

@@ -205,11 +205,6 @@ def test_cache_ls_lists_done_entries(base_build: Build) -> None:
     assert all(r[2] == "done" for r in rows)
 
 
-@pytest.mark.xfail(
-    reason="BUG: pipeline.Pipeline.stage_key leaves the recipe out of the benchmark key, so a recipe with another "
-    "name but the same stages reuses the cached report, which names the first recipe",
-    strict=True,
-)
 def test_report_names_the_recipe_that_was_built(base_build: Build, tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "other.yaml", tiny_recipe(name="other"))
     out = tmp_path / "out"
