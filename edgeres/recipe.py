@@ -248,6 +248,9 @@ class QuantizeStage(StageBase):
         description="Largest allowed top-1 drop on val, absolute (0.005 = 0.5 points). Beyond it, the most "
         "sensitive layers stay in FP32 until it holds; null: plain PTQ, drop only reported.",
     )
+    report_test: bool = Field(
+        True, description="Also measure FP32 and INT8 top-1 on the test split (reported only, never decides)."
+    )
 
 
 class OnnxRuntimeCompile(Strict):

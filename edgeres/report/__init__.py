@@ -38,7 +38,7 @@ def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
                 for k in ("val_top1", "test_top1", "best_epoch", "epochs", "params", "exporter", "opset", "bytes")
                 if k in m
             }
-            if "test" in m and "int8_top1" in m["test"]:  # quantize
+            if isinstance(m.get("test"), dict) and "int8_top1" in m["test"]:  # quantize
                 headline["test_fp32_top1"] = m["test"]["fp32_top1"]
                 headline["test_int8_top1"] = m["test"]["int8_top1"]
                 headline["kept_fp32_layers"] = len(m.get("kept_fp32_layers", []))
