@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +105,17 @@ class LatencyProbe:
             path = Path(tmp) / "m.onnx"
             model.eval()
             # The torchscript exporter: several times faster than dynamo, and only latency is read from it.
-            torch.onnx.export(
-                model,
-                (torch.zeros(1, 3, h, w),),
-                str(path),
-                dynamo=False,
-                opset_version=17,
-                input_names=["input"],
-                output_names=["logits"],
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=DeprecationWarning)
+                torch.onnx.export(
+                    model,
+                    (torch.zeros(1, 3, h, w),),
+                    str(path),
+                    dynamo=False,
+                    opset_version=17,
+                    input_names=["input"],
+                    output_names=["logits"],
+                )
             if self.int8:
                 nncf = require("nncf")
                 q = nncf.quantize(

@@ -1,0 +1,130 @@
+"""Stage `prune` on a tiny ResNet-18: each criterion and budget, round_to, and the save/reload round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_pipeline, tiny_recipe
+
+from edgeres.errors import StageError
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+
+
+def prune_recipe(prune: dict[str, Any], **top: Any) -> dict[str, Any]:
+    stage = {"type": "prune", "steps": 1, "recovery": {"epochs": 0}, **prune}
+    # epochs 0: a randomly initialised model, evaluated only; pruning itself needs no training here.
+    return tiny_recipe(stages=[{"type": "finetune", "epochs": 0}, stage], **top)
+
+
+def pruned(tmp_path: Path, prune: dict[str, Any], **top: Any) -> Any:
+    from conftest import as_recipe
+
+    result, _ = run_pipeline(as_recipe(prune_recipe(prune, **top)), tmp_path / "cache")
+    return result.variants["main"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "taylor"])
+def test_each_criterion_removes_channels(tmp_path: Path, criterion: str) -> None:
+    art = pruned(tmp_path, {"criterion": criterion, "budget": {"type": "ratio", "ratio": 0.5}, "round_to": 1})
+    m = art.metadata["metrics"]
+    assert m["criterion"] == criterion
+    assert m["macs_after"] < m["macs_before"]
+    assert m["params_after"] < m["params_before"]
+    assert m["kept_channels"]  # some layers changed
+    spec = json.loads((art.path / "model.json").read_text())
+    assert spec["channels"]["fc"][1] == 4  # the classifier's outputs are never pruned
+
+
+def test_global_scope_and_distillation_with_recovery(tmp_path: Path) -> None:
+    art = pruned(
+        tmp_path,
+        {
+            "scope": "global",
+            "budget": {"type": "ratio", "ratio": 0.3},
+            "steps": 2,
+            "recovery": {"epochs": 1, "batch_size": 32},
+            "distill": {"temperature": 2.0, "weight": 0.5},
+        },
+    )
+    m = art.metadata["metrics"]
+    assert [h["step"] for h in m["history"]] == [1, 2]
+    assert all("val_top1_recovered" in h for h in m["history"])
+    assert m["history"][1]["macs"] < m["history"][0]["macs"] < m["macs_before"]
+
+
+def test_mac_budget_is_met(tmp_path: Path) -> None:
+    art = pruned(tmp_path, {"budget": {"type": "macs", "fraction": 0.6}, "round_to": 1})
+    m = art.metadata["metrics"]
+    assert m["macs_after"] <= 0.6 * m["macs_before"]
+    assert 0 < m["ratio"] <= 0.9
+
+
+def test_round_to_makes_kept_channels_multiples(tmp_path: Path) -> None:
+    art = pruned(tmp_path, {"budget": {"type": "ratio", "ratio": 0.4}, "round_to": 8})
+    channels = json.loads((art.path / "model.json").read_text())["channels"]
+    convs = {k: v for k, v in channels.items() if len(v) == 3 and k != "conv1"}
+    assert convs and all(v[1] % 8 == 0 for v in convs.values())
+    assert art.metadata["metrics"]["round_to"] == 8
+
+
+def test_round_to_defaults_to_the_target(tmp_path: Path) -> None:
+    art = pruned(tmp_path, {"budget": {"type": "ratio", "ratio": 0.4}}, target="cpu-openvino")
+    assert art.metadata["metrics"]["round_to"] == 16
+
+
+def test_latency_budget_measures_on_the_target_runtime(tmp_path: Path) -> None:
+    # A generous budget: met at the first search step; the point is that latency is measured before and after.
+    art = pruned(tmp_path, {"budget": {"type": "latency", "ms": 1000.0}})
+    m = art.metadata["metrics"]
+    assert m["latency_runtime"] == "onnxruntime"
+    assert m["latency_int8"] is False
+    assert 0 < m["after"]["latency_ms"] <= 1000.0
+    assert m["before"]["latency_ms"] > 0 and m["speedup"] > 0
+
+
+def test_latency_budget_refused_where_the_target_cannot_be_measured(tmp_path: Path) -> None:
+    with pytest.raises(StageError) as info:
+        pruned(tmp_path, {"budget": {"type": "latency", "ms": 1.0}}, target="nvidia-gpu")
+    assert str(info.value) == (
+        "a latency budget is measured on the target's runtime, and target nvidia-gpu runs tensorrt, which cannot be "
+        "measured on this host. Use the ratio or macs budget here, or run the build on the device"
+    )
+
+
+def test_pruned_model_reloads_in_a_fresh_process_and_exports(tmp_path: Path) -> None:
+    from conftest import as_recipe
+
+    recipe = prune_recipe({"budget": {"type": "ratio", "ratio": 0.5}, "round_to": 1})
+    recipe["stages"].append({"type": "export", "parity": {"samples": 8}})
+    result, _ = run_pipeline(as_recipe(recipe), tmp_path / "cache")
+    lineage = result.lineage["main"]
+    pruned_art, onnx_art = lineage[1], lineage[2]
+    assert onnx_art.metadata["metrics"]["parity"]["top1_agreement"] == 1.0
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from edgeres.models import load_model\n"
+        "m, _ = load_model(Path(sys.argv[1]))\n"
+        "x = torch.load(sys.argv[2], weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    torch.save(m(x), sys.argv[3])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(pruned_art.path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        check=True,
+    )
+    from edgeres.models import load_model
+
+    model, _ = load_model(pruned_art.path)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
