@@ -36,6 +36,14 @@ def _locate(path: Path) -> tuple[Path, str]:
     )
 
 
+def _dynamic_batch(file: Path, fmt: str) -> bool:
+    if fmt != "onnx":
+        return True
+    onnx = require("onnx")
+    dim = onnx.load(str(file), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return not dim.HasField("dim_value")
+
+
 def _input_shape(file: Path, fmt: str) -> list[int]:
     if fmt == "torch" or (file.parent / "model.json").is_file():
         return [int(d) for d in json.loads((file.parent / "model.json").read_text())["input_shape"]]
@@ -80,7 +88,7 @@ def bench_artifact(
             "format": fmt,
             "threads": threads,
             "data": str(npz),
-            "batch": 1,
+            "batch": 64 if _dynamic_batch(file, fmt) else 1,
             "latency": latency.model_dump(),
             "offline": offline.model_dump() if offline else None,
             "accuracy": recipe_path is not None,

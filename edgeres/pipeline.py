@@ -318,7 +318,7 @@ class Pipeline:
             for rel in [*art.metadata.get("deliverables", [art.primary]), SIDECAR]:
                 dest = staging / vname / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(art.path / rel, dest)
+                shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
         old = out / f".models-old-{os.getpid()}"
         if (out / "models").exists():
             os.rename(out / "models", old)

@@ -113,6 +113,9 @@ def check_rules(model: Any, rules: str, *, exempt: list[str] | None = None) -> R
                     if c.name in report.exempt:
                         continue
                     weight = const(n.input[0])
+                    q = producers.get(n.input[0])
+                    if weight is None and q is not None and q.op_type == "QuantizeLinear":
+                        weight = const(q.input[0])  # an FP32 weight quantized in the graph
                     rank = weight.ndim if weight is not None else 4
                     axis = _attr(n, "axis", 1)
                     axis = axis + rank if axis < 0 else axis

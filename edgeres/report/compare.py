@@ -64,7 +64,7 @@ def compare_reports(
         out.lines.append(
             f"{name}: p50 {b['latency']['p50_ms']:.3f} -> {n['latency']['p50_ms']:.3f} ms "
             f"({'n/a' if lat is None else f'{100 * lat:+.1f}%'}), top-1 "
-            f"{'n/a' if drop is None else f'{100 * b_top1:.2f} -> {100 * n_top1:.2f} ({-100 * drop:+.2f} pts)'}, "
+            f"{'n/a' if drop is None else f'{100 * b_top1:.2f} -> {100 * n_top1:.2f} ({0.0 - 100 * drop:+.2f} pts)'}, "
             f"peak RSS {'n/a' if mem is None else f'{100 * mem:+.1f}%'}"
         )
         if lat is not None and lat > max_latency_regression:

@@ -91,5 +91,11 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         format=fmt,
         primary=primary,
         deliverables=[*files, MANIFEST],
-        metrics={"target": ctx.recipe.target, "runtime": target.runtime, "engine": primary, **info},
+        metrics={
+            "target": ctx.recipe.target,
+            "runtime": target.runtime,
+            "engine": primary,
+            "input": inp.metadata.get("metrics", {}).get("input"),
+            **info,
+        },
     )

@@ -1,7 +1,8 @@
 """Stage `quantize`: post-training INT8 quantization of the exported ONNX, held to an accuracy budget.
 
-- Calibration: a seeded subset of the val split (never test), checked for NaN/Inf, emptiness and constant images
-  before anything runs; its identity is hashed into the sidecar, so one recipe always gives the same scales.
+- Calibration: a seeded subset of the val split (never test), checked for NaN/Inf, emptiness and a set that is one
+  constant value before anything runs; its identity is hashed into the sidecar, so one recipe always gives the same
+  scales.
 - PTQ: NNCF on the ONNX model (the whole calibration subset, in a fixed order).
 - Accuracy budget: with `max_accuracy_drop` set and plain PTQ beyond it, NNCF's accuracy control keeps the most
   sensitive layers in FP32 until the drop on val holds; the layers kept are listed, with the latency they cost.
