@@ -138,10 +138,12 @@ def plot_svg(report: dict[str, Any]) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     runtimes = sorted({r["runtime"] for r in results})
     markers = dict(zip(runtimes, "osD^v<>", strict=False))
-    for r in results:
+    for i, r in enumerate(results):
         x, y = r["latency"]["p50_ms"], 100 * r["accuracy"].get("top1", 0.0)
         ax.scatter([x], [y], marker=markers[r["runtime"]], s=60, label=f"{r['variant']} · {r['runtime']}", zorder=3)
-        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # Alternate label sides so variants with close figures stay readable.
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -12), fontsize=8)
+    ax.margins(x=0.12, y=0.15)
     pts = sorted((results[i]["latency"]["p50_ms"], 100 * results[i]["accuracy"].get("top1", 0.0)) for i in front)
     if pts:
         ax.step(
@@ -221,6 +223,7 @@ body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}}
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}
 th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}}
+table.stages td:nth-child(4){{text-align:left}}
 .meta{{color:#555;font-size:13px}}
 </style></head><body>
 <h1>edgeres report: {esc(report["recipe"])}</h1>
@@ -237,7 +240,8 @@ first).<br>{esc(versions)}</p>
 process alone (interpreter and runtime libraries included).</p>
 {unmeasured_html}
 <h2>Stages</h2>
-<table><thead><tr><th>variant</th><th>stage</th><th>seconds</th><th>numbers</th><th>cache key</th></tr></thead>
+<table class="stages"><thead><tr><th>variant</th><th>stage</th><th>seconds</th><th>numbers</th><th>cache key</th></tr>
+</thead>
 <tbody>{"".join(stage_html)}</tbody></table>
 </body></html>
 """
