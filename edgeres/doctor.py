@@ -24,7 +24,7 @@ PACKAGES: list[tuple[str, str]] = [
     ("torchvision", "the ResNet models and image decoding (extra: train)"),
     ("sklearn", "the digits data set (extra: train)"),
     ("onnxscript", "the dynamo ONNX exporter (extra: train)"),
-    ("torch_pruning", "stage prune, not built yet (extra: train)"),
+    ("torch_pruning", "stage prune (extra: train)"),
     ("nncf", "stage quantize (extra: train)"),
     ("onnxruntime", "runtime onnxruntime: parity checks and benchmarks (extra: cpu, or gpu)"),
     ("openvino", "runtime openvino and cpu-openvino engines (extra: cpu)"),
