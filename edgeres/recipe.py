@@ -272,7 +272,6 @@ class TensorRTCompile(Strict):
     min_batch: int = Field(1, ge=1, description="Optimisation profile: smallest batch.")
     opt_batch: int = Field(1, ge=1, description="Optimisation profile: batch tuned for.")
     max_batch: int = Field(8, ge=1, description="Optimisation profile: largest batch.")
-    fp16_baseline: bool = Field(True, description="Also build an FP16 engine as the baseline users compare against.")
     dla_core: int | None = Field(None, ge=0, le=1, description="DLA core (Jetson), with GPU fallback; null: GPU only.")
     kit_val_images: int = Field(500, ge=1, description="Labelled val images shipped in a device build kit.")
 
