@@ -98,6 +98,14 @@ def measure_offline(runner: Runner, batches: list[Any], settings: Offline) -> di
     }
 
 
+def p50_ms(runtime: str, path: Any, fmt: str, samples: list[Any], settings: Latency, *, threads: int) -> float:
+    """Median single-stream latency of one model file on one runtime (quick in-process figure for stage decisions)."""
+    from edgeres.runtimes import open_runner
+
+    with open_runner(runtime, path, fmt=fmt, threads=threads) as runner:
+        return float(measure_latency(runner, samples, settings)["p50_ms"])
+
+
 def measure_accuracy(runner: Runner, batches: Any) -> tuple[dict[str, Any], Any]:
     """top-1 and top-5 over (images, labels) numpy batches; also returns the top-1 predictions."""
     np = require("numpy")

@@ -23,10 +23,9 @@ from typing import Any
 from edgeres.artifact import Artifact
 from edgeres.deps import require
 from edgeres.errors import StageError
-from edgeres.measure import measure_latency
+from edgeres.measure import p50_ms
 from edgeres.models import channel_spec, count_params, evaluate, load_model, save_model
 from edgeres.recipe import Latency, PruneStage, RatioBudget
-from edgeres.runtimes import open_runner
 from edgeres.stages.base import StageContext, StageOutput
 from edgeres.stages.finetune import make_optimizer, make_schedule, train_epoch
 
@@ -125,8 +124,7 @@ class LatencyProbe:
                     fast_bias_correction=True,
                 )
                 onnx.save(q, str(path))
-            with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.threads) as runner:
-                return float(measure_latency(runner, self.samples, QUICK_LATENCY)["p50_ms"])
+            return p50_ms(self.runtime, path, "onnx", self.samples, QUICK_LATENCY, threads=self.ctx.threads)
 
 
 def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None) -> bool:

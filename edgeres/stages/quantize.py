@@ -21,7 +21,7 @@ from typing import Any
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
-from edgeres.measure import measure_accuracy, measure_latency
+from edgeres.measure import measure_accuracy, p50_ms
 from edgeres.qdq import check_rules, float_layers, scales_digest, signed_from_unsigned
 from edgeres.recipe import Latency, QuantizeStage
 from edgeres.runtimes import open_runner
@@ -74,8 +74,7 @@ def evaluate(ctx: StageContext, path: Any, split: str, runtime: str) -> tuple[di
 
 
 def quick_latency(ctx: StageContext, path: Any, runtime: str, samples: list[Any]) -> float:
-    with open_runner(runtime, path, fmt="onnx", threads=ctx.threads) as runner:
-        return float(measure_latency(runner, samples, QUICK_LATENCY)["p50_ms"])
+    return p50_ms(runtime, path, "onnx", samples, QUICK_LATENCY, threads=ctx.threads)
 
 
 def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
