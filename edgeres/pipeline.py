@@ -208,6 +208,15 @@ class Pipeline:
         inputs = {"input": inp.content_sha256} if inp is not None else {}
         if variants is not None:
             inputs = {f"variant:{k}": a.content_sha256 for k, a in variants.items()}
+        torch_source = None
+        if getattr(st, "uses_torch_model", lambda: False)():
+            torch_source = next((a for a in reversed(result.lineage.get(vname, [])) if a.format == "torch"), None)
+            if torch_source is None:
+                raise RecipeError(
+                    f"stage {st.id} trains the torch model (qat), but variant {vname} has no torch model before it; "
+                    "keep a finetune or prune stage in the chain"
+                )
+            inputs["torch_model"] = torch_source.content_sha256
         key = self.stage_key(recipe, st, inputs)
         final = self.cache_dir / f"{st.type}-{key}"
         forced = st.id in self.force and key not in self._forced_done
@@ -253,6 +262,7 @@ class Pipeline:
                 load_data=self.data_loader(recipe),
                 variants=variants or {},
                 lineage=result.lineage if variants is not None else {},
+                torch_source=torch_source,
             )
             self.reporter.log(f"[{vname}] {st.id}: running ({key[:12]})")
             t0 = time.monotonic()

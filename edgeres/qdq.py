@@ -140,37 +140,73 @@ def check_rules(model: Any, rules: str, *, exempt: list[str] | None = None) -> R
     return report
 
 
+def constants_to_initializers(model: Any) -> int:
+    """Move the top graph's Constant nodes (torch's exporter writes Q/DQ scales and zero points so) into initializers,
+    where the rule checks, the uint8 rewrite and the scales digest read them; returns how many moved."""
+    onnx = require("onnx")
+    kept, moved = [], 0
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            model.graph.initializer.append(t)
+            moved += 1
+        else:
+            kept.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return moved
+
+
 def signed_from_unsigned(model: Any) -> int:
-    """Rewrite uint8 zero-point-0 quantizers as int8 over the same range, in place; returns how many changed."""
+    """Rewrite uint8 zero-point-0 quantizers as int8 over the same range (scale x 255/127), in place; returns how many
+    quantizers (distinct scale / zero-point pairs) changed.
+
+    Decided on the graph as it was: torch's exporter shares one zero-point constant between many quantizers with
+    different scales, so every scale read with a converted zero point is rescaled once, and a scale that a quantizer
+    left alone also reads gets a private rescaled copy."""
     onnx = require("onnx")
     np = require("numpy")
     numpy_helper = onnx.numpy_helper
     inits = {i.name: i for i in model.graph.initializer}
-    done: set[tuple[str, str]] = set()
+    qdq = [n for n in model.graph.node if n.op_type in QDQ_OPS and len(n.input) >= 3 and n.input[2] in inits]
+
+    def unsigned_zero(name: str) -> bool:
+        zp = numpy_helper.to_array(inits[name])
+        # an asymmetric quantizer (zero point not 0) has no signed equivalent; check_rules reports it
+        return zp.dtype == np.uint8 and not bool(zp.any())
+
+    convert = {n.input[2] for n in qdq if unsigned_zero(n.input[2])}
+    kept_scales = {n.input[1] for n in qdq if n.input[2] not in convert}
+    rescaled: dict[str, str] = {}  # original scale name -> name of its int8 version
+    pairs: set[tuple[str, str]] = set()
     retyped: set[str] = set()
-    changed = 0
-    for n in model.graph.node:
-        if n.op_type not in QDQ_OPS or len(n.input) < 3 or n.input[2] not in inits:
+    for n in qdq:
+        if n.input[2] not in convert or n.input[1] not in inits:
             continue
-        zp = numpy_helper.to_array(inits[n.input[2]])
-        if zp.dtype != np.uint8 or (n.input[1], n.input[2]) in done:
-            continue
-        if bool((zp != 0).any()):
-            continue  # an asymmetric quantizer has no signed equivalent; check_rules reports it
-        scale = numpy_helper.to_array(inits[n.input[1]])
-        inits[n.input[1]].CopyFrom(
-            numpy_helper.from_array((scale.astype(np.float64) * 255.0 / 127.0).astype(scale.dtype), n.input[1])
-        )
-        inits[n.input[2]].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), n.input[2]))
-        done.add((n.input[1], n.input[2]))
+        pairs.add((n.input[1], n.input[2]))
+        old = n.input[1]
+        if old not in rescaled:
+            scale = numpy_helper.to_array(inits[old])
+            new_name = f"{old}_int8" if old in kept_scales else old
+            t = numpy_helper.from_array((scale.astype(np.float64) * 255.0 / 127.0).astype(scale.dtype), new_name)
+            if new_name == old:
+                inits[old].CopyFrom(t)
+            else:
+                model.graph.initializer.append(t)
+            rescaled[old] = new_name
+        n.input[1] = rescaled[old]
         if n.op_type == "QuantizeLinear":
             retyped.add(n.output[0])
-        changed += 1
+    for name in convert:
+        zp = numpy_helper.to_array(inits[name])
+        inits[name].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), name))
     # Shape information recorded for the quantized tensors still says uint8: correct it.
     for vi in model.graph.value_info:
         if vi.name in retyped:
             vi.type.tensor_type.elem_type = onnx.TensorProto.INT8
-    return changed
+    return len(pairs)
 
 
 def scales_digest(model: Any) -> str:

@@ -230,6 +230,26 @@ class PruneStage(StageBase):
     )
 
 
+class Qat(Strict):
+    when: Literal["always", "if-ptq-misses"] = Field(
+        "if-ptq-misses",
+        description="always: train with quantization instead of plain PTQ; if-ptq-misses: only when plain PTQ "
+        "exceeds max_accuracy_drop (then QAT comes before keeping layers in FP32).",
+    )
+    epochs: int = Field(1, ge=1, le=100, description="QAT epochs over the train split.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps in all (QAT often needs a fraction of an epoch)."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Batch size.")
+    optimizer: Optimizer = Field(
+        default_factory=lambda: Optimizer(lr=0.001, weight_decay=0.0),
+        description="Optimizer; QAT wants a small LR (about 1% of the original training's).",
+    )
+    schedule: Literal["onecycle", "cosine", "constant"] = Field("cosine", description="Per-step LR schedule.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
+    distill: Distill | None = Field(None, description="Distil from the FP32 model during QAT.")
+
+
 class QuantizeStage(StageBase):
     type: Literal["quantize"] = Field(description="INT8 post-training quantization of the ONNX, to a budget.")
     calibration_size: int | None = Field(
@@ -251,6 +271,24 @@ class QuantizeStage(StageBase):
     report_test: bool = Field(
         True, description="Also measure FP32 and INT8 top-1 on the test split (reported only, never decides)."
     )
+    qat: Qat | None = Field(
+        None,
+        description="Quantization-aware training with NNCF on the torch model before export (needs the torch model "
+        "upstream of export in the chain); exported to the same Q/DQ ONNX as PTQ.",
+    )
+
+    @model_validator(mode="after")
+    def _qat_needs_budget(self) -> QuantizeStage:
+        if self.qat is not None and self.qat.when == "if-ptq-misses" and self.max_accuracy_drop is None:
+            raise ValueError(
+                "qat.when if-ptq-misses needs max_accuracy_drop (the budget PTQ is judged against); set it, or "
+                "set qat.when: always"
+            )
+        return self
+
+    def uses_torch_model(self) -> bool:
+        """QAT trains the torch model the export stage read: the pipeline hands it over and keys on it."""
+        return self.qat is not None
 
 
 class OnnxRuntimeCompile(Strict):

@@ -64,6 +64,12 @@ def test_mac_budget_is_met(tmp_path: Path) -> None:
     m = art.metadata["metrics"]
     assert m["macs_after"] <= 0.6 * m["macs_before"]
     assert 0 < m["ratio"] <= 0.9
+    # no more channels removed than the budget needs: a ratio one bisection step lower misses it
+    from edgeres.stages.prune import MAX_RATIO, REFINE_MACS, SEARCH_STEPS
+
+    lower = m["ratio"] - MAX_RATIO / SEARCH_STEPS / 2**REFINE_MACS
+    less = pruned(tmp_path / "lower", {"budget": {"type": "ratio", "ratio": lower}, "round_to": 1})
+    assert less.metadata["metrics"]["macs_after"] > 0.6 * m["macs_before"]
 
 
 def test_round_to_makes_kept_channels_multiples(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """Quantize stage: INT8 that keeps accuracy and runs on every target.
 
 Builds reuse the session's base build (finetune and export of the tiny recipe are copied from its cache), so only the
-quantize stage runs here: once for a CPU target, once for a TensorRT target, and once more for the CPU target in a
-second, separate cache (determinism). Q/DQ rules are unit-tested on hand-made ONNX graphs.
+quantize stage runs here: PTQ once for a CPU target, once for a TensorRT target, and once more for the CPU target in a
+second, separate cache (determinism); QAT likewise for the CPU and TensorRT targets and a second cache.
+Q/DQ rules are unit-tested on hand-made ONNX graphs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 import shutil
@@ -21,8 +23,14 @@ from conftest import Build, as_recipe, quiet_reporter, run_pipeline, statuses, t
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeres.artifact import Artifact, read_artifact, sha256_file
-from edgeres.errors import DataError, StageError
-from edgeres.qdq import check_rules, float_layers, scales_digest, signed_from_unsigned
+from edgeres.errors import DataError, RecipeError, StageError
+from edgeres.qdq import (
+    check_rules,
+    constants_to_initializers,
+    float_layers,
+    scales_digest,
+    signed_from_unsigned,
+)
 from edgeres.stages.quantize import validate_calibration
 
 FINETUNE = {"type": "finetune", "epochs": 1, "batch_size": 32}  # as in the base build: its entries are reused
@@ -358,6 +366,75 @@ def test_signed_from_unsigned_rewrites_a_uint8_pair() -> None:
     assert np.abs(y - relu).max() <= s / 2 + 1e-6
 
 
+def test_signed_from_unsigned_retypes_every_quantizer_sharing_constants() -> None:
+    """torch's exporter may share one scale/zero-point pair between quantizers: each Q output is retyped."""
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q1"], name="q1"),
+        helper.make_node("DequantizeLinear", ["q1", "s", "zp"], ["d1"], name="dq1"),
+        helper.make_node("Relu", ["d1"], ["r2"], name="relu2"),
+        helper.make_node("QuantizeLinear", ["r2", "s", "zp"], ["q2"], name="q2"),
+        helper.make_node("DequantizeLinear", ["q2", "s", "zp"], ["y"], name="dq2"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.array(0, dtype=np.uint8), "zp"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, 8]) for n in ("q1", "q2")]
+    model = _model(nodes, inits, [x], [y], value_info=vi)
+    assert signed_from_unsigned(model) == 1
+    assert {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info} == {
+        "q1": TensorProto.INT8,
+        "q2": TensorProto.INT8,
+    }
+    assert check_rules(model, "tensorrt").errors == []
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_signed_from_unsigned_rescales_every_scale_read_with_a_shared_zero_point() -> None:
+    """Two quantizers with their own scales share one uint8 zero-point constant (as torch's exporter writes them), and
+    a third, asymmetric one shares the first's scale: both symmetric ones convert, the third keeps its scale."""
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s1", "zp"], ["q1"], name="q1"),
+        helper.make_node("DequantizeLinear", ["q1", "s1", "zp"], ["d1"], name="dq1"),
+        helper.make_node("QuantizeLinear", ["d1", "s2", "zp"], ["q2"], name="q2"),
+        helper.make_node("DequantizeLinear", ["q2", "s2", "zp"], ["d2"], name="dq2"),
+        helper.make_node("QuantizeLinear", ["d2", "s1", "zp3"], ["q3"], name="q3"),
+        helper.make_node("DequantizeLinear", ["q3", "s1", "zp3"], ["y"], name="dq3"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s1"),
+        numpy_helper.from_array(np.array(0.04, dtype=np.float32), "s2"),
+        numpy_helper.from_array(np.array(0, dtype=np.uint8), "zp"),
+        numpy_helper.from_array(np.array(3, dtype=np.uint8), "zp3"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, 8]) for n in ("q1", "q2", "q3")]
+    model = _model(nodes, inits, [x], [y], value_info=vi)
+    assert signed_from_unsigned(model) == 2
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    assert list(by_name["q1"].input[1:]) == list(by_name["dq1"].input[1:]) == ["s1_int8", "zp"]
+    assert list(by_name["q2"].input[1:]) == ["s2", "zp"]
+    assert list(by_name["q3"].input[1:]) == ["s1", "zp3"]
+    assert float(values["s1_int8"]) == pytest.approx(0.02 * 255 / 127, rel=1e-6)
+    assert float(values["s2"]) == pytest.approx(0.04 * 255 / 127, rel=1e-6)
+    assert float(values["s1"]) == pytest.approx(0.02, rel=1e-6)
+    assert values["zp"].dtype == np.int8 and values["zp3"].dtype == np.uint8
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    assert types == {"q1": TensorProto.INT8, "q2": TensorProto.INT8, "q3": TensorProto.UINT8}
+    onnx.checker.check_model(model, full_check=True)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def test_signed_from_unsigned_is_idempotent_and_skips_signed() -> None:
     model = uint8_pair_model()
     assert signed_from_unsigned(model) == 1
@@ -582,7 +659,9 @@ def self_labelled(cpu_build: QBuild, data: Any) -> tuple[Any, Any, Any]:
     return recipe, export, bundle
 
 
-def run_quantize_stage(workdir: Path, recipe: Any, export: Artifact, bundle: Any) -> tuple[Any, str]:
+def run_quantize_stage(
+    workdir: Path, recipe: Any, export: Artifact, bundle: Any, torch_source: Artifact | None = None
+) -> tuple[Any, str]:
     from edgeres.stages import quantize
     from edgeres.stages.base import StageContext
 
@@ -596,6 +675,7 @@ def run_quantize_stage(workdir: Path, recipe: Any, export: Artifact, bundle: Any
         threads=1,
         reporter=reporter,
         load_data=lambda: bundle,
+        torch_source=torch_source,
     )
     try:
         return quantize.run(ctx, recipe.stage("quantize"), export), reporter.stream.getvalue()
@@ -659,8 +739,186 @@ def test_accuracy_budget_that_cannot_be_held_fails(
     assert ptq is not None
     assert msg == (
         f"INT8 could not be held within max_accuracy_drop 0 pts on val: the best reached is {ptq.group(2)} pts "
-        "with 0 layers kept in FP32. Raise the budget, calibrate on more images (calibration_size), or train longer "
-        "before quantizing"
+        f"(drop per method, pts: ptq {ptq.group(2)}, ptq+accuracy-control {ptq.group(2)}; accuracy control kept 0 "
+        "layers in FP32). Raise the budget, calibrate on more images (calibration_size), try QAT (qat:), or train "
+        "longer before quantizing"
     )
     assert msg.startswith("INT8 could not be held within max_accuracy_drop")
     assert exc.value.exit_code == 3
+
+
+# ---------------------------------------------------------------------------- quantization-aware training (QAT)
+# Only QAT runs in these builds (finetune and export come from the CPU build's cache): the tiny ResNet-18 on 16x16
+# synthetic images, one epoch of two steps.
+
+QAT = {"when": "always", "epochs": 1, "batch_size": 32}
+# resnet18: the stem, 16 block convolutions and 3 downsample convolutions, each with its BatchNorm
+RESNET18_BATCHNORMS = 20
+
+
+@pytest.fixture(scope="module")
+def qat_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    return _build(tmp_path_factory.mktemp("qat-cpu"), quantize_recipe(qat=QAT), cache=cpu_build.cache)
+
+
+@pytest.fixture(scope="module")
+def qat_trt_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    return _build(tmp_path_factory.mktemp("qat-trt"), quantize_recipe("nvidia-gpu", qat=QAT), cache=cpu_build.cache)
+
+
+def test_qat_runs_only_the_quantize_stage_keyed_on_the_torch_model(qat_build: QBuild) -> None:
+    records = {r.stage: r.status for r in qat_build.result.records}
+    assert records == {"finetune": "cached", "export": "cached", "quantize": "ran"}
+    finetune = qat_build.result.lineage["main"][0]
+    inputs = qat_build.artifact.metadata["inputs"]
+    assert inputs == {"input": qat_build.export.content_sha256, "torch_model": finetune.content_sha256}
+
+
+def test_qat_writes_a_qdq_onnx_like_ptq(qat_build: QBuild, cpu_build: QBuild) -> None:
+    model = qat_build.model()
+    onnx.checker.check_model(model, full_check=True)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert ops["BatchNormalization"] == 0  # folded before QAT, as in the FP32 export that PTQ reads
+    assert ops["Constant"] == 0  # scales and zero points are initializers
+    quantized, plain = float_layers(model)
+    assert (quantized, plain) == (WEIGHTED_LAYERS, [])
+    # the same interface and metadata as the PTQ model
+    ptq = cpu_build.model()
+    assert [i.name for i in model.graph.input] == [i.name for i in ptq.graph.input]
+    assert [o.name for o in model.graph.output] == [o.name for o in ptq.graph.output]
+    assert {p.key: p.value for p in model.metadata_props} == {p.key: p.value for p in ptq.metadata_props}
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 16, 16]
+
+
+def test_qat_sidecar(qat_build: QBuild) -> None:
+    m = qat_build.metrics
+    assert m["method"] == "qat"
+    assert m["rules"]["errors"] == []
+    assert m["kept_fp32_layers"] == []
+    assert m["scales_sha256"] == scales_digest(qat_build.model())
+    q = m["qat"]
+    assert q["steps"] == 2  # 64 train images, batch 32, one epoch
+    assert len(q["loss"]) == 1 and np.isfinite(q["loss"][0])
+    assert q["folded_batchnorm"] == RESNET18_BATCHNORMS
+    assert 0 <= q["torch_val_top1"] <= 1
+    assert q["runtime_val_top1"] == m["val"]["int8_top1"]
+    assert set(m["seconds"]) == {"qat"}  # plain PTQ did not run: when: always
+    assert "all_int8_ptq_p50_ms" not in m["quick_latency"]
+
+
+def test_qat_accuracy_is_that_of_the_written_model(qat_build: QBuild, data: Any) -> None:
+    x, y = split_arrays(data, "val")
+    fp32 = ort_predictions(qat_build.export.primary_path, x)
+    int8 = ort_predictions(qat_build.out / "models" / "main" / "model.onnx", x)
+    m = qat_build.metrics["val"]
+    assert m["int8_top1"] == pytest.approx(float(np.mean(int8 == y)))
+    assert m["agreement"] == pytest.approx(float(np.mean(int8 == fp32)))
+
+
+def test_qat_log(qat_build: QBuild) -> None:
+    assert f"QAT: {RESNET18_BATCHNORMS} BatchNorms folded, NNCF quantizers initialised on 32 calibration images" in (
+        qat_build.log
+    )
+    assert "QAT on onnxruntime: val top-1 " in qat_build.log
+    assert "PTQ with NNCF" not in qat_build.log
+
+
+def test_qat_for_tensorrt_passes_the_hard_rules(qat_trt_build: QBuild) -> None:
+    model = qat_trt_build.model()
+    report = check_rules(model, "tensorrt")
+    assert report.errors == []
+    m = qat_trt_build.metrics
+    assert m["method"] == "qat"
+    assert m["rules"]["errors"] == []
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            assert zp.dtype == np.int8 and not zp.any(), n.name
+
+
+def test_two_qat_builds_give_identical_scales(qat_build: QBuild, base_build: Build, tmp_path: Path) -> None:
+    again = _build(tmp_path, quantize_recipe(qat=QAT), copy_from=base_build.cache)
+    assert again.metrics["scales_sha256"] == qat_build.metrics["scales_sha256"]
+
+
+def test_qat_after_ptq_misses_the_budget(
+    self_labelled: tuple[Any, Any, Any], cpu_build: QBuild, tmp_path: Path
+) -> None:
+    """PTQ on one calibration image misses a zero budget, so QAT runs next; if it too misses, accuracy control."""
+    _, export, bundle = self_labelled
+    recipe = as_recipe(
+        quantize_recipe(calibration_size=1, max_accuracy_drop=0.0, qat={"when": "if-ptq-misses", "epochs": 1})
+    )
+    torch_model = cpu_build.result.lineage["main"][0]
+    out, log = run_quantize_stage(tmp_path / "work", recipe, export, bundle, torch_source=torch_model)
+    ptq = PTQ_LINE.search(log)
+    assert ptq is not None and float(ptq.group(2)) > 0
+    assert f"drop {ptq.group(2)} pts exceeds max_accuracy_drop 0: QAT" in log
+    assert "QAT on onnxruntime: val top-1 1.0000 -> " in log
+    m = out.metrics
+    assert m["qat"]["steps"] == 1  # 64 train images, the default batch of 64
+    assert m["method"] in ("qat", "ptq+accuracy-control")
+    assert m["val"]["drop"] <= 0.0  # held, by QAT or by layers kept in FP32 after it
+    assert set(m["seconds"]) >= {"ptq", "qat"}
+
+
+# ------------------------------------------------------------------------------------------------ recipe checks
+
+
+def test_qat_if_ptq_misses_needs_a_budget() -> None:
+    with pytest.raises(RecipeError) as exc:
+        as_recipe(quantize_recipe(qat={"when": "if-ptq-misses"}))
+    assert "qat.when if-ptq-misses needs max_accuracy_drop" in str(exc.value)
+
+
+def test_qat_always_needs_no_budget() -> None:
+    r = as_recipe(quantize_recipe(qat={"when": "always", "max_steps": 10}))
+    assert r.stage("quantize").uses_torch_model()
+    assert not as_recipe(quantize_recipe()).stage("quantize").uses_torch_model()
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def test_fold_batchnorm_keeps_the_outputs() -> None:
+    import torch
+    import torchvision
+
+    from edgeres.qat import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    for m in model.modules():  # non-trivial statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert fold_batchnorm(model) == RESNET18_BATCHNORMS
+        got = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
+
+
+def test_constants_to_initializers() -> None:
+    scale = helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array(0.5, np.float32)))
+    zp = helper.make_node("Constant", [], ["z"], value=numpy_helper.from_array(np.array(0, np.uint8)))
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])
+    dq = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])
+    graph = helper.make_graph(
+        [scale, zp, q, dq],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph)
+    assert constants_to_initializers(model) == 2
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    assert {i.name: numpy_helper.to_array(i).item() for i in model.graph.initializer} == {"s": 0.5, "z": 0}
+    onnx.checker.check_model(model)

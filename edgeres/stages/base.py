@@ -32,6 +32,7 @@ class StageContext:
     load_data: Callable[[], DataBundle]
     variants: dict[str, Artifact] = field(default_factory=dict)  # benchmark: each variant's deliverable
     lineage: dict[str, list[Artifact]] = field(default_factory=dict)  # benchmark: each variant's stage outputs
+    torch_source: Artifact | None = None  # stages that ask for it (QAT): the last torch model upstream
 
     @property
     def data(self) -> DataBundle:

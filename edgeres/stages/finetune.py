@@ -80,6 +80,7 @@ def train_epoch(
     teacher: Any = None,
     temperature: float = 4.0,
     distill_weight: float = 0.0,
+    max_steps: int | None = None,
 ) -> float:
     """One pass over the train split (shuffled and augmented by `generator`); returns the mean loss. With a teacher,
     the loss mixes in knowledge distillation: (1 - w) * CE + w * T^2 * KL(teacher/T || student/T)."""
@@ -87,7 +88,9 @@ def train_epoch(
     F = torch.nn.functional
     data = ctx.data
     steps = -(-len(data.train) // batch_size)
-    total_loss, seen = 0.0, 0
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    total_loss, seen, done = 0.0, 0, 0
     with ctx.reporter.task(label, steps) as task:
         for x, y in data.batches(
             data.train, batch_size, shuffle=True, generator=generator, augment=ctx.recipe.data.augment
@@ -111,6 +114,9 @@ def train_epoch(
             total_loss += float(loss.detach()) * int(y.numel())
             seen += int(y.numel())
             task.advance(status=f"loss {total_loss / seen:.3f}")
+            done += 1
+            if done >= steps:  # max_steps reached (a full epoch ends by itself)
+                break
     return total_loss / max(seen, 1)
 
 

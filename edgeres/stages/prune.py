@@ -32,6 +32,8 @@ from edgeres.stages.finetune import make_optimizer, make_schedule, train_epoch
 EVAL_BATCH = 256
 SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.045 of channels per step
 MAX_RATIO = 0.9
+REFINE_MACS = 6  # bisection halvings after the scan: MAC counts are cheap (0.045 / 64 = 0.0007)
+REFINE_LATENCY = 2  # each latency probe exports, quantizes and measures: 0.045 / 4 = 0.011
 QUICK_LATENCY = Latency(warmup=10, min_queries=50, min_duration_s=1.0, max_duration_s=20.0)
 QUICK_CALIBRATION = 32  # images for the quick INT8 pass of the latency mode: enough for realistic kernels
 
@@ -136,29 +138,60 @@ def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None) -> b
     return True
 
 
+def _trial(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, ratio: float) -> Any:
+    """A copy of `model` pruned to `ratio` in one shot: what a candidate ratio gives."""
+    tp = require("torch_pruning")
+    trial = copy.deepcopy(model)
+    _taylor_grads(ctx, trial, cfg)
+    _pruner(tp, trial, example, cfg, ratio, 1, round_to).step()
+    trial.zero_grad(set_to_none=True)
+    return trial
+
+
 def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, probe: Any) -> float:
-    """Smallest ratio (in SEARCH_STEPS increments) whose pruned copy meets the MAC or latency budget."""
+    """Smallest ratio that meets the MAC or latency budget: a scan in SEARCH_STEPS increments, then bisection
+    between the last ratio that missed and the first that met (REFINE_MACS / REFINE_LATENCY halvings), so that no
+    more channels are removed than the budget needs."""
     tp = require("torch_pruning")
     trial = copy.deepcopy(model)
     _taylor_grads(ctx, trial, cfg)
     pruner = _pruner(tp, trial, example, cfg, MAX_RATIO, SEARCH_STEPS, round_to)
     base_macs = macs_of(model, example)
+
+    def log(ratio: float, macs: int, latency: float | None) -> None:
+        ctx.reporter.log(
+            f"search: ratio {ratio:.3f}: MACs {macs / base_macs:.3f} of the original"
+            + (f", p50 {latency:.2f} ms" if latency is not None else "")
+        )
+
+    met_at = None
     for step in range(1, SEARCH_STEPS + 1):
         _taylor_grads(ctx, trial, cfg)
         pruner.step()
         ratio = MAX_RATIO * step / SEARCH_STEPS
         macs = macs_of(trial, example)
         latency = probe(trial) if cfg.budget.type == "latency" else None
-        ctx.reporter.log(
-            f"search: ratio {ratio:.3f}: MACs {macs / base_macs:.3f} of the original"
-            + (f", p50 {latency:.2f} ms" if latency is not None else "")
-        )
+        log(ratio, macs, latency)
         if _met(cfg, macs, base_macs, latency):
-            return ratio
-    raise StageError(
-        f"the {cfg.budget.type} budget is not met even at the largest ratio {MAX_RATIO} of channels removed; "
-        "raise the budget"
-    )
+            met_at = ratio
+            break
+    if met_at is None:
+        raise StageError(
+            f"the {cfg.budget.type} budget is not met even at the largest ratio {MAX_RATIO} of channels removed; "
+            "raise the budget"
+        )
+    low, high = met_at - MAX_RATIO / SEARCH_STEPS, met_at
+    for _ in range(REFINE_LATENCY if cfg.budget.type == "latency" else REFINE_MACS):
+        mid = (low + high) / 2
+        candidate = _trial(ctx, model, example, cfg, round_to, mid)
+        macs = macs_of(candidate, example)
+        latency = probe(candidate) if cfg.budget.type == "latency" else None
+        log(mid, macs, latency)
+        if _met(cfg, macs, base_macs, latency):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
