@@ -115,8 +115,7 @@ def train(ctx: StageContext, model: Any, cfg: Qat, teacher: Any) -> dict[str, An
                 generator=torch.Generator().manual_seed(ctx.seed * 7919 + 31 * epoch + 17),
                 label=f"QAT epoch {epoch + 1}/{cfg.epochs}",
                 teacher=teacher,
-                temperature=cfg.distill.temperature if cfg.distill else 4.0,
-                distill_weight=cfg.distill.weight if cfg.distill else 0.0,
+                distill=cfg.distill,
                 max_steps=left,
             )
         )

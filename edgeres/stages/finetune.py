@@ -24,7 +24,7 @@ from edgeres.models import (
     read_state_dict,
     save_model,
 )
-from edgeres.recipe import FinetuneStage, Optimizer
+from edgeres.recipe import Distill, FinetuneStage, Optimizer
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 EVAL_BATCH = 256
@@ -78,8 +78,7 @@ def train_epoch(
     generator: Any,
     label: str,
     teacher: Any = None,
-    temperature: float = 4.0,
-    distill_weight: float = 0.0,
+    distill: Distill | None = None,
     max_steps: int | None = None,
 ) -> float:
     """One pass over the train split (shuffled and augmented by `generator`); returns the mean loss. With a teacher,
@@ -98,7 +97,8 @@ def train_epoch(
             opt.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
-            if teacher is not None and distill_weight > 0:
+            if teacher is not None and distill is not None:
+                temperature, distill_weight = distill.temperature, distill.weight
                 with torch.no_grad():
                     t_logits = teacher(x)
                 kd = F.kl_div(

@@ -248,8 +248,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
                     generator=g,
                     label=f"recovery {step + 1}.{epoch + 1}",
                     teacher=teacher,
-                    temperature=cfg.distill.temperature if cfg.distill else 4.0,
-                    distill_weight=cfg.distill.weight if cfg.distill else 0.0,
+                    distill=cfg.distill,
                 )
             row["val_top1_recovered"] = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
         history.append(row)
