@@ -86,13 +86,44 @@ def test_round_to_defaults_to_the_target(tmp_path: Path) -> None:
 
 
 def test_latency_budget_measures_on_the_target_runtime(tmp_path: Path) -> None:
-    # A generous budget: met at the first search step; the point is that latency is measured before and after.
+    # A generous budget the unpruned model meets already: nothing is pruned, latency is measured before and after.
     art = pruned(tmp_path, {"budget": {"type": "latency", "ms": 1000.0}})
     m = art.metadata["metrics"]
     assert m["latency_runtime"] == "onnxruntime"
     assert m["latency_int8"] is False
     assert 0 < m["after"]["latency_ms"] <= 1000.0
     assert m["before"]["latency_ms"] > 0 and m["speedup"] > 0
+    assert m["ratio"] == 0.0 and m["macs_after"] == m["macs_before"] and m["history"] == []
+
+
+def test_latency_budget_search_prunes_until_the_measurement_meets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a stand-in probe whose latency is proportional to MACs (real timings are too noisy to test), the search
+    finds the smallest ratio that meets the budget and the re-measured model meets it."""
+    from edgeres.stages import prune
+
+    measured: list[float] = []
+
+    def fake_latency(self: Any, model: Any) -> float:
+        ms = prune.macs_of(model, torch.zeros(1, 3, 16, 16)) / 1e6 / 10
+        measured.append(ms)
+        return ms
+
+    monkeypatch.setattr(prune.LatencyProbe, "__call__", fake_latency)
+    from edgeres.models import build_model
+
+    dense_ms = fake_latency(None, build_model("resnet18", 4))
+    budget = 0.6 * dense_ms
+    art = pruned(tmp_path / "budget", {"budget": {"type": "latency", "ms": budget}, "round_to": 1})
+    m = art.metadata["metrics"]
+    assert m["before"]["latency_ms"] == dense_ms
+    assert m["after"]["latency_ms"] <= budget < dense_ms
+    assert m["speedup"] == pytest.approx(dense_ms / m["after"]["latency_ms"])
+    assert 0 < m["ratio"] < 0.9 and m["macs_after"] < m["macs_before"]
+    lower = m["ratio"] - prune.MAX_RATIO / prune.SEARCH_STEPS / 2**prune.REFINE_LATENCY
+    less = pruned(tmp_path / "lower", {"budget": {"type": "ratio", "ratio": lower}, "round_to": 1})
+    assert less.metadata["metrics"]["macs_after"] / 1e7 > budget  # one bisection step less pruning misses it
 
 
 def test_latency_budget_refused_where_the_target_cannot_be_measured(tmp_path: Path) -> None:
