@@ -106,6 +106,28 @@ def p50_ms(runtime: str, path: Any, fmt: str, samples: list[Any], settings: Late
         return float(measure_latency(runner, samples, settings)["p50_ms"])
 
 
+def interleaved_ratio(
+    runtime: str, reference: Any, candidate: Any, samples: list[Any], settings: Latency, *, threads: int, rounds: int
+) -> tuple[float, list[float]]:
+    """Median over `rounds` of p50(candidate) / p50(reference), the two models measured in alternation within each
+    round, so that the drift of a shared host falls on both; also returns the reference's p50 of each round."""
+    import statistics
+
+    from edgeres.runtimes import open_runner
+
+    ratios, reference_ms = [], []
+    with (
+        open_runner(runtime, reference, fmt="onnx", threads=threads) as ref,
+        open_runner(runtime, candidate, fmt="onnx", threads=threads) as cand,
+    ):
+        for _ in range(rounds):
+            r = float(measure_latency(ref, samples, settings)["p50_ms"])
+            c = float(measure_latency(cand, samples, settings)["p50_ms"])
+            ratios.append(c / r)
+            reference_ms.append(r)
+    return statistics.median(ratios), reference_ms
+
+
 def measure_accuracy(runner: Runner, batches: Any) -> tuple[dict[str, Any], Any]:
     """top-1 and top-5 over (images, labels) numpy batches; also returns the top-1 predictions."""
     np = require("numpy")
