@@ -194,6 +194,13 @@ class LatencyBudget(Strict):
         description="Prune until batch-1 latency on the target's runtime (INT8 where the recipe quantizes) meets it."
     )
     ms: float = Field(gt=0, description="Largest allowed p50 latency in milliseconds.")
+    search_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=0.5,
+        description="The search aims this share below `ms`, so the re-measurement after recovery, as noisy as the "
+        "host, still meets the budget.",
+    )
 
 
 class Recovery(Strict):

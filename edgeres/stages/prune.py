@@ -158,12 +158,13 @@ class LatencyProbe:
         return ratio * statistics.median(self.reference_ms)
 
 
-def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None) -> bool:
+def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None, *, search: bool = False) -> bool:
+    """Whether a model meets the budget; in the search, a latency budget is aimed `search_margin` below its ms."""
     t = cfg.budget
     if t.type == "macs":
         return macs <= t.fraction * base_macs
     if t.type == "latency":
-        return latency is not None and latency <= t.ms
+        return latency is not None and latency <= t.ms * ((1 - t.search_margin) if search else 1)
     return True
 
 
@@ -201,7 +202,7 @@ def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, r
         macs = macs_of(trial, example)
         latency = probe(trial) if cfg.budget.type == "latency" else None
         log(ratio, macs, latency)
-        if _met(cfg, macs, base_macs, latency):
+        if _met(cfg, macs, base_macs, latency, search=True):
             met_at = ratio
             break
     if met_at is None:
@@ -216,7 +217,7 @@ def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, r
         macs = macs_of(candidate, example)
         latency = probe(candidate) if cfg.budget.type == "latency" else None
         log(mid, macs, latency)
-        if _met(cfg, macs, base_macs, latency):
+        if _met(cfg, macs, base_macs, latency, search=True):
             high = mid
         else:
             low = mid
@@ -251,7 +252,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     budget = cfg.budget
     if isinstance(budget, RatioBudget):
         ratio = budget.ratio
-    elif _met(cfg, base_macs, base_macs, before["latency_ms"]):
+    elif _met(cfg, base_macs, base_macs, before["latency_ms"], search=True):
         ratio = 0.0
         ctx.reporter.log(f"the unpruned model already meets the {budget.type} budget: nothing pruned")
     else:
