@@ -91,37 +91,21 @@ def insert_quantizers(model: Any, calibration: list[Any], *, symmetric: bool, fa
 
 def train(ctx: StageContext, model: Any, cfg: Qat, teacher: Any) -> dict[str, Any]:
     """QAT epochs over the train split; returns what the sidecar records."""
-    torch = require("torch")
-    from edgeres.stages.finetune import make_optimizer, make_schedule, train_epoch
+    from edgeres.stages.finetune import train_epochs
 
-    per_epoch = -(-len(ctx.data.train) // cfg.batch_size)
-    total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
-    opt = make_optimizer(torch, model, cfg.optimizer)
-    sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr, total)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    losses, left, t0 = [], total, time.monotonic()
-    for epoch in range(cfg.epochs):
-        if left <= 0:
-            break
-        model.train()
-        losses.append(
-            train_epoch(
-                ctx,
-                model,
-                opt,
-                sched,
-                loss_fn,
-                batch_size=cfg.batch_size,
-                generator=torch.Generator().manual_seed(ctx.seed * 7919 + 31 * epoch + 17),
-                label=f"QAT epoch {epoch + 1}/{cfg.epochs}",
-                teacher=teacher,
-                distill=cfg.distill,
-                max_steps=left,
-            )
-        )
-        left -= per_epoch
+    t0 = time.monotonic()
+    losses, steps = train_epochs(
+        ctx,
+        model,
+        cfg,
+        seeds=[ctx.seed * 7919 + 31 * e + 17 for e in range(cfg.epochs)],
+        labels=[f"QAT epoch {e + 1}/{cfg.epochs}" for e in range(cfg.epochs)],
+        teacher=teacher,
+        distill=cfg.distill,
+        max_steps=cfg.max_steps,
+    )
     model.eval()
-    return {"steps": total, "loss": losses, "seconds": round(time.monotonic() - t0, 1)}
+    return {"steps": steps, "loss": losses, "seconds": round(time.monotonic() - t0, 1)}
 
 
 def export(model: Any, export_cfg: ExportStage, fp32_onnx: Any, path: Path, image_shape: tuple[int, ...]) -> Any:

@@ -24,7 +24,7 @@ from edgeres.models import (
     read_state_dict,
     save_model,
 )
-from edgeres.recipe import Distill, FinetuneStage, Optimizer
+from edgeres.recipe import Distill, FinetuneStage, Optimizer, Qat, Recovery
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 EVAL_BATCH = 256
@@ -118,6 +118,52 @@ def train_epoch(
             if done >= steps:  # max_steps reached (a full epoch ends by itself)
                 break
     return total_loss / max(seen, 1)
+
+
+def train_epochs(
+    ctx: StageContext,
+    model: Any,
+    plan: Recovery | Qat,
+    *,
+    seeds: list[int],
+    labels: list[str],
+    teacher: Any = None,
+    distill: Distill | None = None,
+    max_steps: int | None = None,
+) -> tuple[list[float], int]:
+    """`plan.epochs` epochs (at most `max_steps` optimizer steps in all) with the plan's optimizer, loss and per-step
+    schedule over the whole run; epoch e is shuffled by `seeds[e]` and shown as `labels[e]`. Returns each epoch's
+    mean loss and the number of optimizer steps. Pruning's recovery
+    and QAT train this way; finetune has its own loop (resume, freezing, best epoch)."""
+    torch = require("torch")
+    per_epoch = -(-len(ctx.data.train) // plan.batch_size)
+    total = per_epoch * plan.epochs if max_steps is None else min(max_steps, per_epoch * plan.epochs)
+    opt = make_optimizer(torch, model, plan.optimizer)
+    sched = make_schedule(torch, opt, plan.schedule, plan.optimizer.lr, total)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
+    losses, left = [], total
+    for epoch in range(plan.epochs):
+        if left <= 0:
+            break
+        model.train()
+        generator = torch.Generator().manual_seed(seeds[epoch])
+        losses.append(
+            train_epoch(
+                ctx,
+                model,
+                opt,
+                sched,
+                loss_fn,
+                batch_size=plan.batch_size,
+                generator=generator,
+                label=labels[epoch],
+                teacher=teacher,
+                distill=distill,
+                max_steps=left,
+            )
+        )
+        left -= per_epoch
+    return losses, total
 
 
 def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:

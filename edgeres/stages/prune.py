@@ -30,7 +30,7 @@ from edgeres.measure import interleaved_ratio
 from edgeres.models import channel_spec, count_params, evaluate, load_model, save_model
 from edgeres.recipe import Latency, PruneStage, RatioBudget
 from edgeres.stages.base import StageContext, StageOutput
-from edgeres.stages.finetune import make_optimizer, make_schedule, train_epoch
+from edgeres.stages.finetune import train_epochs
 
 EVAL_BATCH = 256
 SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.045 of channels per step
@@ -260,8 +260,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     steps = cfg.steps if ratio > 0 else 0
     if steps:
         ctx.reporter.log(f"pruning {ratio:.3f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
-    pruner = _pruner(tp, model, example, cfg, ratio, max(steps, 1), round_to)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.recovery.label_smoothing)
+    pruner: Any = _pruner(tp, model, example, cfg, ratio, steps, round_to) if steps else None
     history = []
     after_prune_val = None
     for step in range(steps):
@@ -271,26 +270,15 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
         after_prune_val = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
         row: dict[str, Any] = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
         if cfg.recovery.epochs > 0:
-            opt = make_optimizer(torch, model, cfg.recovery.optimizer)
-            steps_per_epoch = -(-len(data.train) // cfg.recovery.batch_size)
-            sched = make_schedule(
-                torch, opt, cfg.recovery.schedule, cfg.recovery.optimizer.lr, steps_per_epoch * cfg.recovery.epochs
+            train_epochs(
+                ctx,
+                model,
+                cfg.recovery,
+                seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
+                labels=[f"recovery {step + 1}.{e + 1}" for e in range(cfg.recovery.epochs)],
+                teacher=teacher,
+                distill=cfg.distill,
             )
-            for epoch in range(cfg.recovery.epochs):
-                model.train()
-                g = torch.Generator().manual_seed(ctx.seed * 7919 + step * 101 + epoch)
-                train_epoch(
-                    ctx,
-                    model,
-                    opt,
-                    sched,
-                    loss_fn,
-                    batch_size=cfg.recovery.batch_size,
-                    generator=g,
-                    label=f"recovery {step + 1}.{epoch + 1}",
-                    teacher=teacher,
-                    distill=cfg.distill,
-                )
             row["val_top1_recovered"] = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
         history.append(row)
         ctx.reporter.log(

@@ -128,14 +128,11 @@ def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
     budget = cfg.max_accuracy_drop
     tries: dict[str, float] = {}  # method -> val drop, for the failure message
 
-    def finish(model: Any, name: str) -> tuple[Any, Any]:
+    def judge(model: Any, name: str, method: str) -> tuple[Any, Any, dict[str, Any], Any, float]:
+        """Write the quantized model (int8 for TensorRT targets) and measure its val top-1 on the runtime."""
         converted = signed_from_unsigned(model) if target.qdq_rules == "tensorrt" else 0
         path = scratch / name
         write_bytes_atomic(path, model.SerializeToString())
-        return path, converted
-
-    def judge(model: Any, name: str, method: str) -> tuple[Any, Any, dict[str, Any], Any, float]:
-        path, converted = finish(model, name)
         q_val, q_val_pred = evaluate(ctx, path, "val", runtime)
         drop = fp32_val["top1"] - q_val["top1"]
         tries[method] = drop
