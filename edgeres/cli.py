@@ -76,9 +76,12 @@ def build(
     )
     result = pipe.run()
     for rec in result.records:
-        click.echo(f"{rec.variant:>12}  {rec.stage:<12} {rec.status:<8} {rec.seconds:7.1f}s  {rec.key[:16]}")
+        click.echo(f"{rec.variant:>14}  {rec.stage:<12} {rec.status:<8} {rec.seconds:7.1f}s  {rec.key[:16]}")
     if dry_run:
-        click.echo("dry run: nothing was run; stages after a 'planned' one have keys that depend on its output")
+        click.echo(
+            "dry run: nothing was run. A planned stage after one that would run is keyed here by that stage's key; "
+            "once its input exists the key hashes the input's content instead"
+        )
         return
     click.echo(f"build {r.name}: done in {time.monotonic() - t0:.1f}s; outputs in {out_dir}")
     if result.report is not None:

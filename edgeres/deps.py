@@ -6,6 +6,7 @@ stage pastes its own import guard. Nothing here imports a heavy package at modul
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -63,8 +64,9 @@ def available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+@functools.cache
 def version_of(module: str) -> str | None:
-    """The installed distribution version of an import name, or None; reads metadata, imports nothing."""
+    """The installed distribution version of an import name, or None; reads metadata (once), imports nothing."""
     dist = OPTIONAL.get(module, (module, ""))[0]
     candidates = [dist, "onnxruntime-gpu"] if module == "onnxruntime" else [dist]
     for name in candidates:

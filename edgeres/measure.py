@@ -18,6 +18,7 @@ from typing import Any
 from edgeres.deps import require, versions
 from edgeres.recipe import Latency, Offline
 from edgeres.runtimes.base import Runner
+from edgeres.runtimes.settings import RuntimeSettings
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -98,16 +99,33 @@ def measure_offline(runner: Runner, batches: list[Any], settings: Offline) -> di
     }
 
 
-def p50_ms(runtime: str, path: Any, fmt: str, samples: list[Any], settings: Latency, *, threads: int) -> float:
-    """Median single-stream latency of one model file on one runtime (quick in-process figure for stage decisions)."""
+def p50_ms(
+    runtime: str,
+    path: Any,
+    fmt: str,
+    samples: list[Any],
+    latency: Latency,
+    *,
+    threads: int,
+    settings: RuntimeSettings,
+) -> float:
+    """Median single-stream latency of one model file on one runtime (quick in-process figure for stage decisions),
+    loaded with the settings it ships with."""
     from edgeres.runtimes import open_runner
 
-    with open_runner(runtime, path, fmt=fmt, threads=threads) as runner:
-        return float(measure_latency(runner, samples, settings)["p50_ms"])
+    with open_runner(runtime, path, fmt=fmt, threads=threads, settings=settings) as runner:
+        return float(measure_latency(runner, samples, latency)["p50_ms"])
 
 
 def interleaved_ratio(
-    runtime: str, reference: Any, candidate: Any, samples: list[Any], settings: Latency, *, threads: int, rounds: int
+    reference: Any,
+    candidate: Any,
+    samples: list[Any],
+    latency: Latency,
+    *,
+    threads: int,
+    rounds: int,
+    settings: RuntimeSettings,
 ) -> tuple[float, list[float]]:
     """Median over `rounds` of p50(candidate) / p50(reference), the two models measured in alternation within each
     round, so that the drift of a shared host falls on both; also returns the reference's p50 of each round."""
@@ -116,13 +134,14 @@ def interleaved_ratio(
     from edgeres.runtimes import open_runner
 
     ratios, reference_ms = [], []
+    rt = settings.runtime
     with (
-        open_runner(runtime, reference, fmt="onnx", threads=threads) as ref,
-        open_runner(runtime, candidate, fmt="onnx", threads=threads) as cand,
+        open_runner(rt, reference, fmt="onnx", threads=threads, settings=settings) as ref,
+        open_runner(rt, candidate, fmt="onnx", threads=threads, settings=settings) as cand,
     ):
         for _ in range(rounds):
-            r = float(measure_latency(ref, samples, settings)["p50_ms"])
-            c = float(measure_latency(cand, samples, settings)["p50_ms"])
+            r = float(measure_latency(ref, samples, latency)["p50_ms"])
+            c = float(measure_latency(cand, samples, latency)["p50_ms"])
             ratios.append(c / r)
             reference_ms.append(r)
     return statistics.median(ratios), reference_ms

@@ -36,8 +36,9 @@ from edgeres.artifact import (
 )
 from edgeres.deps import versions
 from edgeres.errors import CacheError, RecipeError, StageError
+from edgeres.keys import host_facts, key_material, reads_data, stage_key
 from edgeres.progress import Reporter
-from edgeres.recipe import Recipe, dump_recipe, variant_recipe
+from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
 from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
@@ -64,6 +65,26 @@ def entry_lock(path: Path, reporter: Reporter) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A stage output that a dry run (or a stage after one that would run) has not made: known by its key."""
+
+    key: str
+    format: str
+
+    @property
+    def content_sha256(self) -> str:
+        return f"planned:{self.key}"
+
+
+Input = Artifact | Planned
+
+
+def identity(inp: Input) -> str:
+    """How a stage input enters a key: the content hash of a made artifact, the upstream key of a planned one."""
+    return inp.content_sha256
 
 
 @dataclass
@@ -143,27 +164,20 @@ class Pipeline:
 
         return load
 
-    def stage_key(self, recipe: Recipe, stage: Any, inputs: dict[str, str]) -> str:
+    def stage_key(self, recipe: Recipe, variant: str, stage: Any, inputs: dict[str, str]) -> str:
+        """The stage's cache key: its declared reads, inputs, data fingerprint, tools and version (edgeres.keys)."""
         spec = REGISTRY[stage.type]
-        cfg = stage.model_dump(mode="json", exclude={"name"})
-        material: dict[str, Any] = {
-            "stage": stage.type,
-            "impl": spec.version,
-            "config": cfg,
-            "inputs": inputs,
-            "data": self.fingerprint(recipe),
-            "seed": recipe.seed,
-            "tools": versions(*spec.tools),
-        }
-        if stage.type in ("prune", "quantize", "compile"):  # per-target rounding, rules, runtime and engine
-            material["target"] = recipe.target_spec().model_dump(mode="json")
-        if stage.type == "benchmark":  # the report names the recipe and its variants
-            material["recipe"] = sha256_json(recipe.model_dump(mode="json"))
-        if stage.type in ("finetune", "prune"):
-            # What the model is and how the data is fed shape its weights.
-            material["model"] = recipe.model.model_dump(mode="json")
-            material["feed"] = recipe.data.model_dump(mode="json", include={"mean", "std", "augment"})
-        return sha256_json(material)
+        reads = stage.reads(recipe, variant)
+        material = key_material(
+            recipe,
+            variant,
+            stage,
+            version=spec.version,
+            tools=spec.tools,
+            inputs=inputs,
+            data_fingerprint=self.fingerprint(recipe) if reads_data(reads) else None,
+        )
+        return stage_key(material)
 
     # ------------------------------------------------------------------------------------------------------ run
 
@@ -171,26 +185,29 @@ class Pipeline:
         result = BuildResult()
         names = self.recipe.variant_names()
         bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
+        planned: dict[str, Input] = {}
         for vname in names:
             vrecipe = variant_recipe(self.recipe, vname)
-            art: Artifact | None = None
+            made: list[Input] = []
             for st in vrecipe.chain(vname):
                 if st.type == "benchmark":
                     continue
-                art = self._stage(result, vname, vrecipe, st, art)
-                if art is None:
+                out = self._stage(result, vname, vrecipe, st, made)
+                if out is None:
                     break
-                result.lineage.setdefault(vname, []).append(art)
+                made.append(out)
+                if isinstance(out, Artifact):
+                    result.lineage.setdefault(vname, []).append(out)
                 if st.id == self.until_stage:
                     break
-            if art is not None:
-                result.variants[vname] = art
+            if made and len(made) == len(result.lineage.get(vname, [])):
+                result.variants[vname] = result.lineage[vname][-1]
+            if made:
+                planned[vname] = made[-1]
         until_ok = self.until_stage is None or (bench is not None and self.until_stage == bench.id)
-        if bench is not None and until_ok:
-            if len(result.variants) == len(names):
-                result.report = self._stage(result, "*", self.recipe, bench, None, variants=result.variants)
-            elif self.dry_run:  # its key depends on outputs that do not exist yet
-                result.records.append(StageRecord("*", bench.id, bench.type, "(after the stages above)", "planned"))
+        if bench is not None and until_ok and len(planned) == len(names):
+            report = self._stage(result, "*", self.recipe, bench, [], variants=planned)
+            result.report = report if isinstance(report, Artifact) else None
         if self.out_dir is not None and not self.dry_run:
             self._deliver(result)
         return result
@@ -201,113 +218,154 @@ class Pipeline:
         vname: str,
         recipe: Recipe,
         st: Any,
-        inp: Artifact | None,
+        made: list[Input],
         *,
-        variants: dict[str, Artifact] | None = None,
-    ) -> Artifact | None:
-        inputs = {"input": inp.content_sha256} if inp is not None else {}
+        variants: dict[str, Input] | None = None,
+    ) -> Input | None:
+        """One stage: look its key up in the cache, else (unless a dry run) execute it and commit its output.
+        A dry run returns a Planned input for a stage that would run, so the stages after it get planned keys."""
+        inp = made[-1] if made else None
+        inputs = {"input": identity(inp)} if inp is not None else {}
         if variants is not None:
-            inputs = {f"variant:{k}": a.content_sha256 for k, a in variants.items()}
-        torch_source = None
+            inputs = {f"variant:{k}": identity(a) for k, a in variants.items()}
+        torch_source: Input | None = None
         if getattr(st, "uses_torch_model", lambda: False)():
-            torch_source = next((a for a in reversed(result.lineage.get(vname, [])) if a.format == "torch"), None)
+            torch_source = next((a for a in reversed(made) if a.format == "torch"), None)
             if torch_source is None:
                 raise RecipeError(
                     f"stage {st.id} trains the torch model (qat), but variant {vname} has no torch model before it; "
                     "keep a finetune or prune stage in the chain"
                 )
-            inputs["torch_model"] = torch_source.content_sha256
-        key = self.stage_key(recipe, st, inputs)
+            inputs["torch_model"] = identity(torch_source)
+        key = self.stage_key(recipe, vname, st, inputs)
         final = self.cache_dir / f"{st.type}-{key}"
-        forced = st.id in self.force and key not in self._forced_done
-        before_from = self.from_stage is not None and self._is_before(st.id, self.from_stage)
         rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final))
         result.records.append(rec)
-
-        existing = read_artifact(final)
-        if existing is not None and not forced:
-            existing.verify()
-            self.reporter.log(f"[{vname}] {st.id}: cached ({key[:12]})")
+        forced = st.id in self.force and key not in self._forced_done
+        existing = self._look_up(final, forced=forced, vname=vname, st=st, rec=rec)
+        if existing is not None:
             return existing
-        if before_from:
-            rec.status = "missing"
-            raise CacheError(
-                f"--from {self.from_stage} needs {st.id}'s output in the cache for variant {vname}, but there is "
-                f"no entry {final.name}; run the build once without --from (or from an earlier stage)"
-            )
-        if self.dry_run:
+        if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in (variants or {}).values()):
             rec.status = "planned"
             self.reporter.log(f"[{vname}] {st.id}: would run ({key[:12]})")
-            return None
-
-        spec = REGISTRY[st.type]
+            return Planned(key, STAGE_IO[st.type][1])
         with entry_lock(final.with_name(final.name + ".lock"), self.reporter):
             existing = read_artifact(final)
             if existing is not None and not forced:
                 existing.verify()
                 return existing
-            work = final.with_name(final.name + ".partial")
-            work.mkdir(parents=True, exist_ok=True)
-            # A killed run may have left outputs and temporaries: keep only the checkpoints it can resume from.
-            for leftover in work.iterdir():
-                if leftover.name != SCRATCH:
-                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            ctx = StageContext(
-                workdir=work,
-                recipe=recipe,
-                variant=vname,
-                seed=recipe.seed,
-                threads=self.threads,
-                reporter=self.reporter,
-                load_data=self.data_loader(recipe),
-                variants=variants or {},
-                lineage=result.lineage if variants is not None else {},
-                torch_source=torch_source,
-            )
-            self.reporter.log(f"[{vname}] {st.id}: running ({key[:12]})")
-            t0 = time.monotonic()
-            out: StageOutput = load_stage(st.type).run(ctx, st, inp)
-            rec.seconds = round(time.monotonic() - t0, 2)
-            shutil.rmtree(work / SCRATCH, ignore_errors=True)
-            if not (work / out.primary).is_file():
-                raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
-            files = hash_files(work)
-            sidecar = {
-                "schema": SCHEMA_VERSION,
-                "edgeres": __version__,
-                "stage": st.id,
-                "stage_type": st.type,
-                "stage_version": spec.version,
-                "key": key,
-                "format": out.format,
-                "primary": out.primary,
-                "deliverables": out.deliverables or [out.primary],
-                "files": files,
-                "inputs": inputs,
-                "config": st.model_dump(mode="json"),
-                "data_fingerprint": self.fingerprint(recipe),
-                "seed": recipe.seed,
-                "tools": versions(*spec.tools),
-                "metrics": out.metrics,
-                "seconds": rec.seconds,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            write_json_atomic(work / SIDECAR, sidecar)  # the commit marker, written last
-            if final.exists():  # --force over a committed entry: swap, then drop the old one
-                old = final.with_name(f"{final.name}.old-{os.getpid()}")
-                os.rename(final, old)
-                os.rename(work, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(work, final)
+            assert inp is None or isinstance(inp, Artifact)
+            assert torch_source is None or isinstance(torch_source, Artifact)
+            real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
+            work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+            self._commit(work, final, out, st, recipe, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
-            rec.status = "ran"
-            self.reporter.log(f"[{vname}] {st.id}: done in {rec.seconds:.1f}s")
         art = read_artifact(final)
         if art is None:
             raise CacheError(f"the entry {final} vanished right after it was written; is another process cleaning?")
         return art
+
+    def _look_up(self, final: Path, *, forced: bool, vname: str, st: Any, rec: StageRecord) -> Artifact | None:
+        """The committed entry for this key (re-hashed before use), or None; --from needs earlier entries."""
+        existing = read_artifact(final)
+        if existing is not None and not forced:
+            existing.verify()
+            self.reporter.log(f"[{vname}] {st.id}: cached ({rec.key[:12]})")
+            return existing
+        if self.from_stage is not None and self._is_before(st.id, self.from_stage):
+            rec.status = "missing"
+            raise CacheError(
+                f"--from {self.from_stage} needs {st.id}'s output in the cache for variant {vname}, but there is "
+                f"no entry {final.name}; run the build once without --from (or from an earlier stage)"
+            )
+        return None
+
+    def _execute(
+        self,
+        vname: str,
+        recipe: Recipe,
+        st: Any,
+        inp: Artifact | None,
+        rec: StageRecord,
+        variants: dict[str, Artifact],
+        result: BuildResult,
+        torch_source: Artifact | None,
+    ) -> tuple[Path, StageOutput]:
+        """Run the stage in `<entry>.partial/`, keeping only the checkpoints a killed run left to resume from."""
+        work = Path(rec.path).with_name(Path(rec.path).name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)
+        for leftover in work.iterdir():
+            if leftover.name != SCRATCH:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        ctx = StageContext(
+            workdir=work,
+            recipe=recipe,
+            variant=vname,
+            seed=recipe.seed,
+            threads=self.threads,
+            reporter=self.reporter,
+            load_data=self.data_loader(recipe),
+            variants=variants,
+            lineage=result.lineage if variants else {},
+            torch_source=torch_source,
+            data_of=lambda r: self.data_loader(r)(),
+        )
+        self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
+        t0 = time.monotonic()
+        out: StageOutput = load_stage(st.type).run(ctx, st, inp)
+        rec.seconds = round(time.monotonic() - t0, 2)
+        shutil.rmtree(work / SCRATCH, ignore_errors=True)
+        if not (work / out.primary).is_file():
+            raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
+        return work, out
+
+    def _commit(
+        self,
+        work: Path,
+        final: Path,
+        out: StageOutput,
+        st: Any,
+        recipe: Recipe,
+        key: str,
+        inputs: dict[str, str],
+        rec: StageRecord,
+    ) -> None:
+        """Hash the files, write the sidecar last (the commit marker), then rename the folder into place."""
+        spec = REGISTRY[st.type]
+        reads = st.reads(recipe, rec.variant)
+        sidecar = {
+            "schema": SCHEMA_VERSION,
+            "edgeres": __version__,
+            "stage": st.id,
+            "stage_type": st.type,
+            "stage_version": spec.version,
+            "key": key,
+            "format": out.format,
+            "primary": out.primary,
+            "deliverables": out.deliverables or [out.primary],
+            "files": hash_files(work),
+            "inputs": inputs,
+            "reads": reads,
+            "config": st.model_dump(mode="json"),
+            "data_fingerprint": self.fingerprint(recipe) if reads_data(reads) else None,
+            "seed": recipe.seed,
+            "tools": versions(*spec.tools),
+            "host": host_facts(),
+            "metrics": out.metrics,
+            "seconds": rec.seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json_atomic(work / SIDECAR, sidecar)
+        if final.exists():  # --force over a committed entry: swap, then drop the old one
+            old = final.with_name(f"{final.name}.old-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(work, final)
+        rec.status = "ran"
+        self.reporter.log(f"[{rec.variant}] {st.id}: done in {rec.seconds:.1f}s")
 
     def _is_before(self, stage_id: str, ref: str) -> bool:
         ids = [s.id for s in self.recipe.stages]

@@ -23,7 +23,7 @@ from typing import Any
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.recipe import ExportStage, Qat
-from edgeres.stages.base import StageContext
+from edgeres.training import Feed, train_epochs
 
 CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
@@ -89,16 +89,14 @@ def insert_quantizers(model: Any, calibration: list[Any], *, symmetric: bool, fa
     )
 
 
-def train(ctx: StageContext, model: Any, cfg: Qat, teacher: Any) -> dict[str, Any]:
+def train(feed: Feed, model: Any, cfg: Qat, teacher: Any, *, seed: int) -> dict[str, Any]:
     """QAT epochs over the train split; returns what the sidecar records."""
-    from edgeres.stages.finetune import train_epochs
-
     t0 = time.monotonic()
     losses, steps = train_epochs(
-        ctx,
+        feed,
         model,
         cfg,
-        seeds=[ctx.seed * 7919 + 31 * e + 17 for e in range(cfg.epochs)],
+        seeds=[seed * 7919 + 31 * e + 17 for e in range(cfg.epochs)],
         labels=[f"QAT epoch {e + 1}/{cfg.epochs}" for e in range(cfg.epochs)],
         teacher=teacher,
         distill=cfg.distill,
@@ -115,7 +113,7 @@ def export(model: Any, export_cfg: ExportStage, fp32_onnx: Any, path: Path, imag
     from nncf.torch.quantization.layers import BaseQuantizer, QuantizerExportMode
 
     from edgeres.qdq import constants_to_initializers
-    from edgeres.stages.export import onnx_from_torch
+    from edgeres.torch_to_onnx import onnx_from_torch
 
     model.eval()
     quantizers = [m for m in model.modules() if isinstance(m, BaseQuantizer)]

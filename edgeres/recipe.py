@@ -117,6 +117,29 @@ class StageBase(Strict):
     def id(self) -> str:
         return self.name or self.type  # type: ignore[attr-defined]
 
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        """The recipe paths this stage's output depends on, in the variant's recipe: its cache key hashes exactly
+        their values (edgeres.keys). `stages.<id>` is a whole stage config; a stage absent from the variant's chain
+        reads as null. Each stage type declares its own; see the README (cache keys) for when to bump a version."""
+        raise NotImplementedError
+
+    def own(self) -> str:
+        return f"stages.{self.id}"
+
+
+def data_reads(recipe: Recipe, *, augment: bool = False, calibration: bool = False) -> list[str]:
+    """The data settings a stage reads when it reads images: which images land in which split (and the seed that
+    draws the split) and their preprocessing; the training augmentation and calibration size only when asked. The
+    images' content is keyed by the data fingerprint beside these; `root` (where they lie) and `max_memory_gb` (a
+    guard) shape no output."""
+    skip = {"root", "max_memory_gb", "augment", "calibration_size"}
+    paths = ["seed", *(f"data.{f}" for f in type(recipe.data).model_fields if f not in skip)]
+    return paths + (["data.augment"] if augment else []) + (["data.calibration_size"] if calibration else [])
+
+
+def chain_ids(recipe: Recipe, variant: str, stage_type: str) -> list[str]:
+    return [s.id for s in recipe.chain(variant) if s.type == stage_type]
+
 
 class Optimizer(Strict):
     type: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.")
@@ -141,6 +164,9 @@ class FinetuneStage(StageBase):
     freeze_backbone_epochs: int = Field(
         0, ge=0, description="Train only the classifier for this many first epochs, then unfreeze everything."
     )
+
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        return [self.own(), "model", *data_reads(recipe, augment=True)]
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneStage:
@@ -168,6 +194,9 @@ class ExportStage(StageBase):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset.")
     dynamic_batch: bool = Field(True, description="Make the batch axis dynamic (needed for offline batches).")
     parity: Parity = Field(default_factory=Parity, description="Parity check on real val images.")
+
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        return [self.own(), *data_reads(recipe)]  # parity on val images
 
 
 class Latency(Strict):
@@ -236,6 +265,28 @@ class PruneStage(StageBase):
         False, description="Also measure latency before and after for ratio/macs budgets (latency budgets always do)."
     )
 
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        paths = [self.own(), "target", *data_reads(recipe, augment=True)]  # target: round_to, probe runtime
+        if self.budget.type == "latency" or self.measure_latency:
+            # The probe times the graph that ships: the variant's export, its PTQ settings, the engine's runtime
+            # settings, on this many threads.
+            from edgeres.runtimes.settings import SETTINGS_READS
+
+            paths += ["threads", *(f"stages.{i}" for i in chain_ids(recipe, variant, "export"))]
+            paths += [f"stages.{i}.{f}" for i in chain_ids(recipe, variant, "quantize") for f in PROBE_PTQ_FIELDS]
+            paths += ["@quantizes", *settings_paths(recipe, variant, SETTINGS_READS)]
+        return paths
+
+
+# What prune's latency probe reads of a quantize stage (it runs PTQ the way that stage does).
+PROBE_PTQ_FIELDS = ("preset", "fast_bias_correction")
+
+
+def settings_paths(recipe: Recipe, variant: str, templates: tuple[str, ...]) -> list[str]:
+    """Runtime-settings paths (runtimes.settings.SETTINGS_READS) with the variant's compile stage filled in."""
+    compile_ids = chain_ids(recipe, variant, "compile") or ["compile"]
+    return [t.format(compile=compile_ids[0]) for t in templates]
+
 
 class Qat(Strict):
     when: Literal["always", "if-ptq-misses"] = Field(
@@ -293,6 +344,16 @@ class QuantizeStage(StageBase):
             )
         return self
 
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        from edgeres.runtimes.settings import SETTINGS_READS
+
+        paths = [self.own(), "target"]
+        paths += data_reads(recipe, augment=self.qat is not None, calibration=self.calibration_size is None)
+        if self.qat is not None:  # QAT exports with the variant's export settings
+            paths += [f"stages.{i}" for i in chain_ids(recipe, variant, "export")]
+        # Judged with the settings the engine ships with (threads only time the quick latency: not keyed).
+        return paths + [p for p in settings_paths(recipe, variant, SETTINGS_READS) if p != "threads"]
+
     def uses_torch_model(self) -> bool:
         """QAT trains the torch model the export stage read: the pipeline hands it over and keys on it."""
         return self.qat is not None
@@ -332,9 +393,24 @@ class TensorRTCompile(Strict):
 
 class CompileStage(StageBase):
     type: Literal["compile"] = Field(description="Build the deployable engine for the recipe's target.")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None,
+        description="Precision of the engine's float compute (an INT8 model's non-quantized parts too): fp32; bf16 "
+        "on OpenVINO where the CPU has AVX512_BF16 or AMX; fp16 on TensorRT. Null: the target's float_precision "
+        "(fp32 on CPU targets). Passed to the runtime explicitly and recorded in the manifest.",
+    )
     onnxruntime: OnnxRuntimeCompile = Field(default_factory=OnnxRuntimeCompile, description="ONNX Runtime targets.")
     openvino: OpenVinoCompile = Field(default_factory=OpenVinoCompile, description="OpenVINO targets.")
     tensorrt: TensorRTCompile = Field(default_factory=TensorRTCompile, description="TensorRT targets.")
+
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        paths = [self.own(), "target"]
+        spec = recipe.target_spec()
+        if spec.runtime == "tensorrt":
+            paths += data_reads(recipe)  # a device kit ships labelled val images
+        if spec.runtime == "onnxruntime" and self.onnxruntime.optimization_level == "all":
+            paths.append("@host")  # level all writes layouts for this CPU's instruction set
+        return paths
 
 
 RuntimeName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
@@ -369,6 +445,10 @@ class BenchmarkStage(StageBase):
     baseline: str | None = Field(
         None, description="Variant that accuracy drop and agreement are measured against; default the first."
     )
+
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        # The report names the whole recipe and measures on this host with this code: never reused elsewhere.
+        return ["*", "@host", "@source"]
 
 
 StageConfig = Annotated[
@@ -455,6 +535,14 @@ class Recipe(Strict):
                         f"{produced or 'nothing'}; reorder the stages or change what the variant skips"
                     )
                 produced = out
+        compile_cfg = next((s for s in self.stages if s.type == "compile"), None)
+        spec = self.target_spec()
+        wanted = getattr(compile_cfg, "precision", None) or spec.float_precision
+        if compile_cfg is not None and wanted not in spec.precisions:
+            raise ValueError(
+                f"stages.{compile_cfg.id}.precision {wanted} is not run by target {self.target} (it runs "
+                f"{', '.join(spec.precisions)}); pick one of those or another target"
+            )
         if bench:
             b = bench[0]
             assert isinstance(b, BenchmarkStage)

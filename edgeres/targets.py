@@ -27,7 +27,15 @@ class Target(BaseModel):
     description: str = Field(description="What the device is.")
     runtime: Literal["onnxruntime", "openvino", "tensorrt"] = Field(description="Runtime that runs the engine.")
     device: Literal["cpu", "gpu", "jetson"] = Field(description="Device class.")
-    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(description="Precisions the runtime runs here.")
+    precisions: list[Literal["fp32", "bf16", "fp16", "int8"]] = Field(
+        description="Precisions the runtime can run on this kind of device (bf16 and fp16 only where the CPU or GPU "
+        "has them; a stage checks the host)."
+    )
+    float_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Precision of the float (non-quantized) compute when the recipe's compile stage sets none: fp32 "
+        "on CPUs, whatever their defaults; fp16 for TensorRT's float engines.",
+    )
     qdq_rules: Literal["cpu", "tensorrt"] = Field(description="Q/DQ rules an INT8 model must follow.")
     round_to: int = Field(8, ge=1, le=256, description="Channel multiple that suits the target's kernels.")
     tensorrt: TensorRTTarget | None = Field(None, description="TensorRT specifics.")

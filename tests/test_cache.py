@@ -92,8 +92,8 @@ def test_seed_is_in_every_stage_key(base_build: Build) -> None:
     r0, r1 = as_recipe(tiny_recipe()), as_recipe(tiny_recipe(seed=1))
     for st0, st1 in zip(r0.stages, r1.stages, strict=True):
         inputs = {"input": "0" * 64}
-        assert pipe.stage_key(r0, st0, inputs) != pipe.stage_key(r1, st1, inputs)
-        assert pipe.stage_key(r0, st0, inputs) == pipe.stage_key(as_recipe(tiny_recipe()), st0, inputs)
+        assert pipe.stage_key(r0, "main", st0, inputs) != pipe.stage_key(r1, "main", st1, inputs)
+        assert pipe.stage_key(r0, "main", st0, inputs) == pipe.stage_key(as_recipe(tiny_recipe()), "main", st0, inputs)
 
 
 def test_stage_name_does_not_change_the_key(base_build: Build) -> None:

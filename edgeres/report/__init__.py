@@ -88,9 +88,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Single-stream: batch 1. Offline: batch "
         f"{(report['settings'].get('offline') or {}).get('batch', '-')}.",
         "",
-        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
-        "| offline img/s | peak RSS MB | size MB | valid |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | runtime | precision | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
+        "| offline img/s | load ms | first ms | peak RSS MB | size MB | valid |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     front = set(pareto(report["results"]))
     for i, r in enumerate(report["results"]):
@@ -101,17 +101,28 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{k}: {s['invalid_reason']}" for k, s in (("latency", lat), ("offline", off)) if s.get("valid") is False
         ]
         star = " ★" if i in front else ""
+        cold = r.get("cold_start") or {}
         lines.append(
-            f"| {r['variant']}{star} | {r['runtime']} | {_pct(a.get('top1'))} | {_pct(a.get('top5'))} | "
+            f"| {r['variant']}{star} | {r['runtime']} | {r.get('precision') or '-'} | {_pct(a.get('top1'))} | "
+            f"{_pct(a.get('top5'))} | "
             f"{'-' if drop is None else f'{100 * drop:+.2f}'} | {_pct(a.get('top1_agreement'))} | "
             f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
-            f"{_num(off.get('samples_per_s'), '.1f')} | {_num(mem.get('peak_rss_mb'), '.0f')} | "
+            f"{_num(off.get('samples_per_s'), '.1f')} | {_num(cold.get('load_ms'), '.0f')} | "
+            f"{_num(cold.get('first_inference_ms'), '.1f')} | {_num(mem.get('peak_rss_mb'), '.0f')} | "
             f"{r['artifact']['bytes'] / 1e6:.1f} | "
             f"{'NO: ' + '; '.join(invalid) if invalid else 'yes'} |"
         )
-    lines += ["", "★ on the Pareto front of accuracy against p50 latency.", ""]
+    lines += [
+        "",
+        "★ on the Pareto front of accuracy against p50 latency. precision: what the runtime was told to run "
+        "(int8: Q/DQ layers INT8, the rest fp32; int8+bf16: the rest bf16). load ms: opening the engine (OpenVINO "
+        "compiles for this CPU, ONNX Runtime optimises the graph); first ms: the first inference after it — together "
+        "the cold start of a device that must answer at once.",
+        "",
+    ]
     for u in report.get("unmeasured", []):
-        lines.append(f"Not measured on this host: variant `{u['variant']}` ({u['format']}): {u['reason']}.")
+        on = f" on {u['runtime']} ({u['precision']})" if u.get("runtime") else ""
+        lines.append(f"Not measured on this host: variant `{u['variant']}` ({u['format']}){on}: {u['reason']}.")
     if report.get("unmeasured"):
         lines.append("")
     if report.get("stages"):
@@ -184,6 +195,7 @@ def render_html(report: dict[str, Any]) -> str:
         cells = [
             esc(r["variant"]) + (" ★" if i in front else ""),
             esc(r["runtime"]),
+            esc(r.get("precision") or "-"),
             _pct(a.get("top1")),
             _pct(a.get("top5")),
             "-" if drop is None else f"{100 * drop:+.2f}",
@@ -192,6 +204,8 @@ def render_html(report: dict[str, Any]) -> str:
             f"{lat['p90_ms']:.2f}",
             f"{lat['p99_ms']:.2f}",
             _num(off.get("samples_per_s"), ".1f"),
+            _num((r.get("cold_start") or {}).get("load_ms"), ".0f"),
+            _num((r.get("cold_start") or {}).get("first_inference_ms"), ".1f"),
             _num(mem.get("peak_rss_mb"), ".0f"),
             f"{r['artifact']['bytes'] / 1e6:.1f}",
             "yes" if valid else f"<b>NO</b>: {esc(reasons)}",
@@ -212,8 +226,9 @@ def render_html(report: dict[str, Any]) -> str:
     )
     plot = svg if svg else "<p><i>Plot unavailable: install the report extra (matplotlib).</i></p>"
     head = (
-        "<th>variant</th><th>runtime</th><th>top-1 %</th><th>top-5 %</th><th>drop (pts)</th><th>agreement %</th>"
-        "<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>offline img/s</th><th>peak RSS MB</th><th>size MB</th>"
+        "<th>variant</th><th>runtime</th><th>precision</th><th>top-1 %</th><th>top-5 %</th><th>drop (pts)</th>"
+        "<th>agreement %</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>offline img/s</th><th>load ms</th>"
+        "<th>first ms</th><th>peak RSS MB</th><th>size MB</th>"
         "<th>valid</th>"
     )
     return f"""<!doctype html>
@@ -222,7 +237,7 @@ def render_html(report: dict[str, Any]) -> str:
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}}
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}
 th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-th{{background:#f3f3f3}} td:first-child,td:nth-child(2){{text-align:left}}
+th{{background:#f3f3f3}} td:first-child,td:nth-child(2),td:nth-child(3){{text-align:left}}
 table.stages td:nth-child(4){{text-align:left}}
 .meta{{color:#555;font-size:13px}}
 </style></head><body>

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from edgeres.errors import StageError
+from edgeres.runtimes.settings import RuntimeSettings
 
 MANIFEST = "manifest.json"
 
@@ -40,9 +41,10 @@ def check_manifest(path: Path) -> dict[str, Any] | None:
 class Runner(ABC):
     name: str = "base"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, settings: RuntimeSettings | None = None) -> None:
         self.path = path
         self.threads = threads
+        self.settings = settings or RuntimeSettings(self.name)
 
     @abstractmethod
     def infer(self, batch: Any) -> Any:
@@ -50,6 +52,10 @@ class Runner(ABC):
 
     def version(self) -> str:
         return "unknown"
+
+    def effective(self) -> dict[str, Any]:
+        """What the runtime actually runs with, read back from it where it can say (reports record it)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

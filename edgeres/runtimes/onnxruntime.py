@@ -1,4 +1,4 @@
-"""ONNX Runtime runner (CPU execution provider; the CUDA provider where onnxruntime-gpu is installed)."""
+"""ONNX Runtime runner (CPU execution provider), loading with the graph optimisation level compile used."""
 
 from __future__ import annotations
 
@@ -6,23 +6,36 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.deps import require
-from edgeres.runtimes.base import Runner, check_manifest
+from edgeres.runtimes.base import Runner
+from edgeres.runtimes.settings import RuntimeSettings
+
+
+def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
+    """ONNX Runtime session options for `settings`: what compile saves the engine with and what runners load it with."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings.ort_optimization_level]
+    return opts
 
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int, providers: list[str] | None = None) -> None:
-        super().__init__(path, threads=threads)
-        check_manifest(path)
+    def __init__(
+        self, path: Path, *, threads: int, settings: RuntimeSettings, providers: list[str] | None = None
+    ) -> None:
+        super().__init__(path, threads=threads, settings=settings)
         ort = require("onnxruntime", purpose="run ONNX models")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._ort = ort
         self.session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            str(path),
+            sess_options=session_options(ort, settings, threads),
+            providers=providers or ["CPUExecutionProvider"],
         )
         self.input_name = self.session.get_inputs()[0].name
 
@@ -31,3 +44,6 @@ class OnnxRuntimeRunner(Runner):
 
     def version(self) -> str:
         return str(self._ort.__version__)
+
+    def effective(self) -> dict[str, Any]:
+        return {"optimization_level": self.settings.ort_optimization_level, "providers": self.session.get_providers()}

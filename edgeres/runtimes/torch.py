@@ -8,13 +8,14 @@ from typing import Any
 from edgeres.deps import require
 from edgeres.models import load_model
 from edgeres.runtimes.base import Runner
+from edgeres.runtimes.settings import RuntimeSettings
 
 
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
-        super().__init__(path, threads=threads)
+    def __init__(self, path: Path, *, threads: int, settings: RuntimeSettings | None = None) -> None:
+        super().__init__(path, threads=threads, settings=settings)
         self._torch = require("torch")
         self._torch.set_num_threads(threads)
         folder = path if path.is_dir() else path.parent

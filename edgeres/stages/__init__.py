@@ -35,14 +35,14 @@ register(
     StageSpec(
         "edgeres.stages.prune",
         "train",
-        2,
+        3,
         ("torch", "torchvision", "torch_pruning", "onnx", "nncf", "onnxruntime", "openvino"),
     ),
 )
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
-register("quantize", StageSpec("edgeres.stages.quantize", "train", 2, ("onnx", "nncf", "onnxruntime", "openvino")))
-register("compile", StageSpec("edgeres.stages.compile", "cpu", 1, ("onnx", "onnxruntime", "openvino", "tensorrt")))
-register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 2, ("onnx", "onnxruntime", "openvino", "torch")))
+register("quantize", StageSpec("edgeres.stages.quantize", "train", 3, ("onnx", "nncf", "onnxruntime", "openvino")))
+register("compile", StageSpec("edgeres.stages.compile", "cpu", 2, ("onnx", "onnxruntime", "openvino", "tensorrt")))
+register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 3, ("onnx", "onnxruntime", "openvino", "torch")))
 
 
 class StageModule(Protocol):

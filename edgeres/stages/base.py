@@ -33,6 +33,8 @@ class StageContext:
     variants: dict[str, Artifact] = field(default_factory=dict)  # benchmark: each variant's deliverable
     lineage: dict[str, list[Artifact]] = field(default_factory=dict)  # benchmark: each variant's stage outputs
     torch_source: Artifact | None = None  # stages that ask for it (QAT): the last torch model upstream
+    # benchmark: the data as another variant's recipe sets it (each variant is measured with its own preprocessing)
+    data_of: Callable[[Recipe], DataBundle] | None = None
 
     @property
     def data(self) -> DataBundle:

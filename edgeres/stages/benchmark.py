@@ -8,15 +8,19 @@ recorded), report.md and report.html (accuracy against latency, Pareto front mar
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_text_atomic
 from edgeres.deps import require
 from edgeres.measure import environment
-from edgeres.recipe import BenchmarkStage
+from edgeres.recipe import BenchmarkStage, variant_recipe
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, stage_rows
 from edgeres.runtimes import NATIVE, runs
+from edgeres.runtimes.base import MANIFEST
+from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for, settings_from_manifest
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.worker import measure_artifact
 
@@ -33,12 +37,17 @@ def engine_bytes(art: Artifact) -> int:
     return sum((art.path / f).stat().st_size for f in art.files if not f.endswith(".json"))
 
 
-def result_row(vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str) -> dict[str, Any]:
-    """One row of report.json: what was measured, on which artifact (hash, size) and runtime."""
+def result_row(
+    vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str, *, precision: str | None = None
+) -> dict[str, Any]:
+    """One row of report.json: what was measured, on which artifact (hash, size), runtime, settings and precision."""
     return {
         "variant": vname,
         "runtime": runtime,
         "runtime_version": measured.get("runtime_version"),
+        "precision": precision,
+        "runtime_settings": measured.get("settings"),
+        "effective": measured.get("effective"),
         "artifact": {
             "stage": art.stage,
             "format": art.format,
@@ -47,21 +56,41 @@ def result_row(vname: str, runtime: str, art: Artifact, measured: dict[str, Any]
             "bytes": engine_bytes(art),
         },
         "accuracy": {"split": split, **measured.get("accuracy", {})},
+        "cold_start": measured.get("cold_start"),
         "latency": measured["latency"],
         "offline": measured.get("offline"),
         "memory": {**measured.get("memory", {}), "artifact_mb": round(engine_bytes(art) / 1e6, 2)},
     }
 
 
+def deliverable_settings(art: Artifact, vrecipe: Any, runtime: str) -> tuple[RuntimeSettings, str]:
+    """How a deliverable is loaded on `runtime` and what precision it runs: the manifest of a compiled engine, else
+    (an ONNX or torch model of a variant that stops earlier) what its recipe resolves to."""
+    manifest_path = art.path / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    settings = settings_from_manifest(manifest) or settings_for(vrecipe, runtime)
+    settings = settings.for_runtime(runtime)
+    quantized = art.metadata.get("metrics", {}).get("precision") == "int8"
+    return settings, manifest.get("precision") or precision_label(quantized=quantized, settings=settings)
+
+
 def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     np = require("numpy")
-    data = ctx.data
-    split = data.split(cfg.accuracy_split)
     scratch = ctx.workdir / SCRATCH
     scratch.mkdir(exist_ok=True)
-    xs, ys = zip(*data.numpy_batches(split, 256), strict=True)
-    npz = scratch / "eval.npz"
-    np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
+    evals: dict[str, tuple[Path, str]] = {}  # data settings -> (npz of the split, data fingerprint)
+
+    def eval_set(vrecipe: Any) -> tuple[Path, str]:
+        """The accuracy split preprocessed as this variant's recipe says (variants may override data.*)."""
+        key = sha256_json([vrecipe.data.model_dump(mode="json"), vrecipe.seed])
+        if key not in evals:
+            data = ctx.data_of(vrecipe) if ctx.data_of is not None else ctx.data
+            xs, ys = zip(*data.numpy_batches(data.split(cfg.accuracy_split), 256), strict=True)
+            npz = scratch / f"eval-{len(evals)}.npz"
+            np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
+            evals[key] = (npz, data.fingerprint)
+        return evals[key]
+
     baseline = cfg.baseline or next(iter(ctx.variants))
     order = [baseline, *(v for v in ctx.variants if v != baseline)]
     rows: list[dict[str, Any]] = []
@@ -69,6 +98,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     unmeasured: list[dict[str, Any]] = []
     for vname in order:
         art = ctx.variants[vname]
+        vrecipe = variant_recipe(ctx.recipe, vname)
         native = [NATIVE[art.format]] if art.format in NATIVE else []
         candidates = [r for r in cfg.runtimes if runs(r, art.format)] or native
         if not candidates:
@@ -80,8 +110,23 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                     "for `edgeres compare`"
                 )
             unmeasured.append({"variant": vname, "format": art.format, "reason": reason})
+        npz, fingerprint = eval_set(vrecipe)
         for runtime in candidates:
-            ctx.reporter.log(f"benchmark {vname} on {runtime}: {len(split)} {cfg.accuracy_split} images")
+            settings, precision = deliverable_settings(art, vrecipe, runtime)
+            unsupported = settings.unsupported_reason()
+            if unsupported is not None:
+                ctx.reporter.log(f"benchmark {vname} on {runtime}: not measured here: {unsupported}")
+                unmeasured.append(
+                    {
+                        "variant": vname,
+                        "format": art.format,
+                        "runtime": runtime,
+                        "precision": precision,
+                        "reason": unsupported,
+                    }
+                )
+                continue
+            ctx.reporter.log(f"benchmark {vname} on {runtime} ({precision}): {cfg.accuracy_split} split")
             spec = {
                 "runtime": runtime,
                 "path": str(art.primary_path),
@@ -89,18 +134,20 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                 "threads": ctx.threads,
                 "data": str(npz),
                 "batch": _batch_size(art),
+                "settings": settings.to_dict(),
                 "latency": cfg.latency.model_dump(),
                 "offline": cfg.offline.model_dump() if cfg.offline else None,
             }
             measured = measure_artifact(spec, isolate=cfg.isolate)
             preds = np.asarray(measured.pop("predictions"))
-            row = result_row(vname, runtime, art, measured, cfg.accuracy_split)
+            row = result_row(vname, runtime, art, measured, cfg.accuracy_split, precision=precision)
             acc = row["accuracy"]
             if vname == baseline:
-                base_preds[runtime] = (preds, acc["top1"])
-            # Against the baseline on the same runtime where it ran there, else on the runtime it ran first on.
+                base_preds[runtime] = (preds, acc["top1"], fingerprint)
+            # Against the baseline on the same runtime where it ran there, else on the runtime it ran first on;
+            # only on the same images (a variant may read other data).
             ref_rt = runtime if runtime in base_preds else next(iter(base_preds), None)
-            if ref_rt is not None:
+            if ref_rt is not None and base_preds[ref_rt][2] == fingerprint:
                 acc["reference"] = f"{baseline} on {ref_rt}"
                 acc["top1_drop"] = base_preds[ref_rt][1] - acc["top1"]
                 acc["top1_agreement"] = float(np.mean(preds == base_preds[ref_rt][0]))
@@ -116,7 +163,11 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         "recipe_sha256": sha256_json(ctx.recipe.model_dump(mode="json")),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(ctx.threads),
-        "data": {"type": ctx.recipe.data.type, "fingerprint": data.fingerprint, "split": cfg.accuracy_split},
+        "data": {
+            "type": ctx.recipe.data.type,
+            "fingerprint": eval_set(ctx.recipe)[1],
+            "split": cfg.accuracy_split,
+        },
         "settings": {
             "latency": cfg.latency.model_dump(mode="json"),
             "offline": cfg.offline.model_dump(mode="json") if cfg.offline else None,

@@ -22,33 +22,46 @@ from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.recipe import CompileStage
 from edgeres.runtimes.base import MANIFEST
+from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for
 from edgeres.stages.base import StageContext, StageOutput
 from edgeres.targets import Target
 
 
-def ort_engine_from_onnx(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> tuple[str, str, dict[str, Any]]:
+def ort_engine_from_onnx(
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
+) -> tuple[str, str, dict[str, Any]]:
     ort = require("onnxruntime", purpose="compile for an ONNX Runtime target")
+    from edgeres.runtimes.onnxruntime import session_options
+
     out = ctx.workdir / "model.ort.onnx"
-    levels = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = levels[cfg.onnxruntime.optimization_level]
+    opts = session_options(ort, settings, ctx.threads)
     opts.optimized_model_filepath = str(out)
-    opts.intra_op_num_threads = ctx.threads
     ort.InferenceSession(str(inp.primary_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    settings = {"optimization_level": cfg.onnxruntime.optimization_level, "providers": ["CPUExecutionProvider"]}
-    return "model.ort.onnx", "onnx", {"runtime": "onnxruntime", "runtime_version": ort.__version__, **settings}
+    info = {"optimization_level": settings.ort_optimization_level, "providers": ["CPUExecutionProvider"]}
+    return "model.ort.onnx", "onnx", {"runtime": "onnxruntime", "runtime_version": ort.__version__, **info}
 
 
-def openvino_ir_from_onnx(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> tuple[str, str, dict[str, Any]]:
+def openvino_ir_from_onnx(
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
+) -> tuple[str, str, dict[str, Any]]:
+    """The IR, and the precision OpenVINO compiles it to here with the shipped settings (checked where this CPU can
+    run that precision; the IR itself is portable, so a bf16 engine can be built on a host without bf16)."""
     ov = require("openvino", purpose="compile for an OpenVINO target")
+    from edgeres.runtimes.settings import check_openvino_precision
+
     model = ov.convert_model(str(inp.primary_path))
     ov.save_model(model, str(ctx.workdir / "model.xml"), compress_to_fp16=cfg.openvino.fp16_weights)
-    settings = {"hint": cfg.openvino.hint, "fp16_weights": cfg.openvino.fp16_weights, "device": "CPU"}
-    return "model.xml", "openvino", {"runtime": "openvino", "runtime_version": ov.get_version(), **settings}
+    info: dict[str, Any] = {"hint": settings.openvino_hint, "fp16_weights": cfg.openvino.fp16_weights, "device": "CPU"}
+    info["openvino_config"] = settings.openvino_config(ctx.threads)
+    unsupported = settings.unsupported_reason()
+    if unsupported is None:
+        compiled = ov.Core().compile_model(str(ctx.workdir / "model.xml"), "CPU", settings.openvino_config(ctx.threads))
+        info["inference_precision_here"] = check_openvino_precision(compiled, settings)
+    else:
+        info["inference_precision_here"] = None
+        info["not_checked_here"] = unsupported
+        ctx.reporter.log(f"compile: the IR is built, but this host cannot run it as asked: {unsupported}")
+    return "model.xml", "openvino", {"runtime": "openvino", "runtime_version": ov.get_version(), **info}
 
 
 def tensorrt_from_onnx(
@@ -62,10 +75,11 @@ def tensorrt_from_onnx(
 
 def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
     target = ctx.recipe.target_spec()
+    settings = settings_for(ctx.recipe)
     if target.runtime == "onnxruntime":
-        primary, fmt, info = ort_engine_from_onnx(ctx, cfg, inp)
+        primary, fmt, info = ort_engine_from_onnx(ctx, cfg, inp, settings)
     elif target.runtime == "openvino":
-        primary, fmt, info = openvino_ir_from_onnx(ctx, cfg, inp)
+        primary, fmt, info = openvino_ir_from_onnx(ctx, cfg, inp, settings)
     elif target.runtime == "tensorrt":
         primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp, target)
     else:  # the Target model allows nothing else; a new runtime needs a branch here
@@ -82,6 +96,11 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         "format": fmt,
         "sha256": {name: sha256_file(ctx.workdir / name) for name in files},
         "source_onnx_sha256": inp.files[inp.primary],
+        "precision": precision_label(
+            quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings
+        ),
+        # What every runner loads this engine with (runtimes.settings): measured as it ships.
+        "runtime_settings": settings.to_dict(),
         "built_on": {"machine": platform.machine(), "system": platform.system()},
         **info,
     }
@@ -95,6 +114,9 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
             "target": ctx.recipe.target,
             "runtime": target.runtime,
             "engine": primary,
+            "precision": precision_label(
+                quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings
+            ),
             "input": inp.metadata.get("metrics", {}).get("input"),
             **info,
         },

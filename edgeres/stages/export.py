@@ -9,7 +9,6 @@ with torch's on real val images through ONNX Runtime: a parity failure fails the
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 from edgeres import __version__
@@ -18,44 +17,10 @@ from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.models import load_model
 from edgeres.recipe import ExportStage
-from edgeres.runtimes.onnxruntime import OnnxRuntimeRunner
+from edgeres.runtimes import open_runner
+from edgeres.runtimes.settings import settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
-
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-def onnx_from_torch(model: Any, example: Any, cfg: ExportStage, path: Any) -> None:
-    torch = require("torch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)  # the torchscript exporter warns by design
-        if cfg.exporter == "dynamo":
-            require("onnxscript", purpose="export with the dynamo exporter")
-            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if cfg.dynamic_batch else None
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=True,
-                opset_version=cfg.opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=shapes,
-                external_data=False,
-                verbose=False,
-            )
-        else:
-            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if cfg.dynamic_batch else None
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=cfg.opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
+from edgeres.torch_to_onnx import INPUT_NAME, onnx_from_torch
 
 
 def run(ctx: StageContext, cfg: ExportStage, inp: Artifact) -> StageOutput:
@@ -132,7 +97,11 @@ def check_parity(ctx: StageContext, cfg: ExportStage, model: Any, onnx_path: Any
     n = min(cfg.parity.samples, len(data.val))
     batch = 64 if cfg.dynamic_batch else 1
     max_diff, agree = 0.0, 0
-    with OnnxRuntimeRunner(onnx_path, threads=ctx.threads) as runner, torch.inference_mode():
+    settings = settings_for(ctx.recipe, "onnxruntime")
+    with (
+        open_runner("onnxruntime", onnx_path, fmt="onnx", threads=ctx.threads, settings=settings) as runner,
+        torch.inference_mode(),
+    ):
         for x, _ in data.batches(data.val, batch, indices=torch.arange(n)):
             ref = model(x).numpy()
             got = runner.infer(x.numpy())

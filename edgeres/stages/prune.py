@@ -18,7 +18,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,12 @@ from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.measure import interleaved_ratio
 from edgeres.models import channel_spec, count_params, evaluate, load_model, save_model
-from edgeres.recipe import Latency, PruneStage, RatioBudget
+from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
+from edgeres.recipe import ExportStage, Latency, PruneStage, RatioBudget
+from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
 from edgeres.stages.base import StageContext, StageOutput
-from edgeres.stages.finetune import train_epochs
+from edgeres.torch_to_onnx import onnx_from_torch
+from edgeres.training import Feed, train_epochs
 
 EVAL_BATCH = 256
 SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.045 of channels per step
@@ -88,15 +90,18 @@ def macs_of(model: Any, example: Any) -> int:
 
 
 class LatencyProbe:
-    """Batch-1 latency of a torch model as it will ship: exported to ONNX, INT8 where the recipe quantizes, on the
-    target's runtime. Only CPU runtimes can be measured on this host.
+    """Batch-1 latency of a torch model as it will ship: exported by the recipe's export settings (same function,
+    exporter and opset), INT8 through the same PTQ function and Q/DQ rules as the quantize stage where the variant
+    quantizes (on QUICK_CALIBRATION images: the graph, not its scales, sets the speed), loaded on the target's
+    runtime with the settings its engine ships with. Only CPU runtimes can be measured on this host. What the probe
+    cannot foresee: layers accuracy control would keep in FP32, and QAT's graph.
 
     A shared host drifts: one and the same 2-3 ms model measured 2.28 to 2.98 ms in five runs back to back on the
     2-core development VM. So the first model probed (the unpruned one) becomes the reference, every model is
     measured in alternation with it (PROBE_ROUNDS rounds; the median ratio), and its latency is that ratio times the
     reference's median p50 over all rounds of the search: drift moves both sides of each ratio alike."""
 
-    def __init__(self, ctx: StageContext, *, int8: bool) -> None:
+    def __init__(self, ctx: StageContext) -> None:
         target = ctx.recipe.target_spec()
         if target.runtime not in ("onnxruntime", "openvino"):
             raise StageError(
@@ -104,7 +109,15 @@ class LatencyProbe:
                 f"{target.runtime}, which cannot be measured on this host. Use the ratio or macs budget here, or run "
                 "the build on the device"
             )
-        self.ctx, self.runtime, self.int8 = ctx, target.runtime, int8
+        chain = ctx.recipe.chain(ctx.variant)
+        self.export = next((s for s in chain if s.type == "export"), None) or ExportStage(type="export")
+        self.quantize = next((s for s in chain if s.type == "quantize"), None)
+        self.settings = settings_for(ctx.recipe)
+        unsupported = self.settings.unsupported_reason()
+        if unsupported is not None:
+            raise PrecisionUnsupported(f"the latency budget is measured as the engine ships, and {unsupported}")
+        self.ctx, self.runtime, self.target = ctx, target.runtime, target
+        self.int8 = self.quantize is not None
         self.samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
         idx, _ = ctx.data.calibration_indices(QUICK_CALIBRATION, ctx.seed)
         self.calib = [x.numpy() for x, _ in ctx.data.batches(ctx.data.val, 1, indices=idx)]
@@ -118,26 +131,16 @@ class LatencyProbe:
         onnx = require("onnx")
         h, w = self.ctx.data.image_size
         model.eval()
-        # The torchscript exporter: several times faster than dynamo, and only latency is read from it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (torch.zeros(1, 3, h, w),),
-                str(path),
-                dynamo=False,
-                opset_version=17,
-                input_names=["input"],
-                output_names=["logits"],
-            )
-        if self.int8:
-            nncf = require("nncf")
-            q = nncf.quantize(
+        example = torch.zeros(2 if self.export.dynamic_batch else 1, 3, h, w)  # as the export stage does
+        onnx_from_torch(model, example, self.export, path)
+        if self.quantize is not None:
+            q = quantize_ptq(
                 onnx.load(str(path)),
-                nncf.Dataset(self.calib, lambda x: {"input": x}),
-                subset_size=len(self.calib),
-                fast_bias_correction=True,
+                self.calib,
+                symmetric=symmetric_activations(self.quantize.preset, self.target.qdq_rules),
+                fast_bias_correction=self.quantize.fast_bias_correction,
             )
+            for_target(q, self.target.qdq_rules)
             onnx.save(q, str(path))
         return path
 
@@ -146,13 +149,13 @@ class LatencyProbe:
             self.reference = self._onnx(model, self.folder / "reference.onnx")
         candidate = self._onnx(model, self.folder / "candidate.onnx")
         ratio, reference_ms = interleaved_ratio(
-            self.runtime,
             self.reference,
             candidate,
             self.samples,
             QUICK_LATENCY,
             threads=self.ctx.threads,
             rounds=PROBE_ROUNDS,
+            settings=self.settings,
         )
         self.reference_ms += reference_ms
         return ratio * statistics.median(self.reference_ms)
@@ -224,6 +227,21 @@ def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, r
     return high
 
 
+def kept_channels(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, dict[str, list[int]]]:
+    """Per pruned layer, its channels before and after: {"in": [before, after], "out": [before, after]} (a
+    BatchNorm has one count, recorded as both). Layers left whole are not listed."""
+    kept = {}
+    for name, now in after.items():
+        was = before[name]
+        if now == was:
+            continue
+        if len(now) == 1:  # BatchNorm2d: [features]
+            kept[name] = {"in": [was[0], now[0]], "out": [was[0], now[0]]}
+        else:  # Conv2d: [in, out, groups]; Linear: [in, out]
+            kept[name] = {"in": [was[0], now[0]], "out": [was[1], now[1]]}
+    return kept
+
+
 def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     torch = require("torch", purpose="prune")
     tp = require("torch_pruning", purpose="prune channels (Torch-Pruning)")
@@ -236,8 +254,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     h, w = data.image_size
     example = torch.zeros(1, 3, h, w)
     base_macs, base_params = macs_of(model, example), count_params(model)
-    quantizes = any(s.type == "quantize" for s in ctx.recipe.chain(ctx.variant))
-    probe = LatencyProbe(ctx, int8=quantizes) if cfg.budget.type == "latency" or cfg.measure_latency else None
+    probe = LatencyProbe(ctx) if cfg.budget.type == "latency" or cfg.measure_latency else None
     before = {
         "val_top1": evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"],
         "test_top1": evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
@@ -271,7 +288,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
         row: dict[str, Any] = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
         if cfg.recovery.epochs > 0:
             train_epochs(
-                ctx,
+                Feed(data, ctx.recipe.data.augment, ctx.reporter),
                 model,
                 cfg.recovery,
                 seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
@@ -305,12 +322,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     speedup = b_ms / a_ms if b_ms is not None and a_ms else None
     channels = channel_spec(model)
     save_model(model, ctx.workdir, {**spec, "channels": channels})
-    original = channel_spec(load_model(inp.path)[0])
-    kept = {
-        k: [v[-1] if len(v) > 1 else v[0], original[k][-1] if len(original[k]) > 1 else original[k][0]]
-        for k, v in channels.items()
-        if v != original.get(k)
-    }
+    kept = kept_channels(channel_spec(load_model(inp.path)[0]), channels)
     return StageOutput(
         format="torch",
         primary="model.pt",
@@ -330,7 +342,8 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
             "after_pruning_val_top1": after_prune_val,
             "after": after,
             "latency_runtime": probe.runtime if probe is not None else None,
-            "latency_int8": quantizes if probe is not None else None,
+            "latency_int8": probe.int8 if probe is not None else None,
+            "latency_settings": probe.settings.to_dict() if probe is not None else None,
             "speedup": speedup,
             "kept_channels": kept,
             "history": history,

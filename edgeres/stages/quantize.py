@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeres.artifact import Artifact, write_bytes_atomic
@@ -25,10 +27,13 @@ from edgeres.errors import DataError, StageError
 from edgeres.measure import measure_accuracy, p50_ms
 from edgeres.models import evaluate as torch_evaluate
 from edgeres.models import load_model
-from edgeres.qdq import check_rules, float_layers, scales_digest, signed_from_unsigned
+from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
+from edgeres.qdq import check_rules, float_layers, scales_digest
 from edgeres.recipe import Latency, QuantizeStage
 from edgeres.runtimes import open_runner
+from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
+from edgeres.training import Feed
 
 EVAL_BATCH = 64
 # Latency of the kept-FP32 layers is measured with a short single-stream run: enough to rank, not to report.
@@ -70,147 +75,185 @@ def eval_runtime(ctx: StageContext) -> str:
     return rt if rt in ("onnxruntime", "openvino") else "onnxruntime"
 
 
-def evaluate(ctx: StageContext, path: Any, split: str, runtime: str) -> tuple[dict[str, Any], Any]:
-    data = ctx.data
-    with open_runner(runtime, path, fmt="onnx", threads=ctx.threads) as runner:
-        return measure_accuracy(runner, data.numpy_batches(data.split(split), EVAL_BATCH))
+@dataclass
+class Candidate:
+    """One quantized model and how it was judged on val through the target's runtime."""
+
+    method: str  # ptq | qat | ptq+accuracy-control
+    model: Any  # the ONNX ModelProto as written (int8 for TensorRT targets)
+    path: Path
+    converted: int  # uint8 quantizers rewritten as signed int8 (TensorRT targets)
+    val: dict[str, Any]
+    val_pred: Any
+    drop: float
+    seconds: float
+    kept_fp32: list[str] = field(default_factory=list)
+    qat: dict[str, Any] | None = None
 
 
-def quick_latency(ctx: StageContext, path: Any, runtime: str, samples: list[Any]) -> float:
-    return p50_ms(runtime, path, "onnx", samples, QUICK_LATENCY, threads=ctx.threads)
+METHOD_LABEL = {"ptq": "PTQ", "qat": "QAT", "ptq+accuracy-control": "PTQ with layers in FP32"}
+NEXT_LABEL = {"qat": "QAT", "ptq+accuracy-control": "accuracy control (keeping the most sensitive layers in FP32)"}
+SECONDS_KEY = {"ptq": "ptq", "qat": "qat", "ptq+accuracy-control": "accuracy_control"}
 
 
-def quantization_aware_training(
-    ctx: StageContext, cfg: QuantizeStage, items: list[Any], symmetric: bool, fp32_onnx: Any
-) -> tuple[Any, dict[str, Any]]:
-    """QAT on the torch model the export stage read; returns the Q/DQ ONNX and what the sidecar records."""
-    torch = require("torch", purpose="quantization-aware training")
-    from edgeres import qat
+def methods(cfg: QuantizeStage) -> list[str]:
+    """The methods tried in order until one holds max_accuracy_drop (without a budget, the first is kept): PTQ, QAT
+    when PTQ misses (or QAT alone with `qat.when: always`), then accuracy control keeping layers in FP32."""
+    first = ["qat"] if cfg.qat is not None and cfg.qat.when == "always" else ["ptq"]
+    if cfg.max_accuracy_drop is None:
+        return first
+    return [*first, *(["qat"] if cfg.qat is not None and first == ["ptq"] else []), "ptq+accuracy-control"]
 
-    assert cfg.qat is not None
-    if ctx.torch_source is None:
-        raise StageError("QAT needs the torch model upstream of export, and the pipeline handed none (a bug)")
-    torch.set_num_threads(ctx.threads)
-    torch.manual_seed(ctx.seed)
-    model, spec = load_model(ctx.torch_source.path)
-    folded = qat.fold_batchnorm(model)
-    teacher = qat.teacher_of(model, cfg.qat)
-    ctx.reporter.log(f"QAT: {folded} BatchNorms folded, NNCF quantizers initialised on {len(items)} calibration images")
-    qmodel = qat.insert_quantizers(model, items, symmetric=symmetric, fast_bias_correction=cfg.fast_bias_correction)
-    info = qat.train(ctx, qmodel, cfg.qat, teacher)
-    info["folded_batchnorm"] = folded
-    # The fake-quantized torch model's accuracy, beside the runtime's (added by the caller): the gap between them is
-    # what "it was fine in training" hides.
-    info["torch_val_top1"] = torch_evaluate(qmodel, ctx.data.batches(ctx.data.val, EVAL_BATCH))["top1"]
-    export_cfg = next(s for s in ctx.recipe.chain(ctx.variant) if s.type == "export")
-    path = ctx.workdir / SCRATCH / "qat-raw.onnx"
-    proto = qat.export(qmodel, export_cfg, fp32_onnx, path, tuple(spec["input_shape"]))
-    return proto, info
+
+class Quantization:
+    """One run of the stage: the calibration set, the FP32 reference on val and the runtime settings every candidate
+    is judged with (those the variant's engine ships with, runtimes.settings), and one method per candidate."""
+
+    def __init__(self, ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> None:
+        onnx = require("onnx")
+        self.ctx, self.cfg, self.inp = ctx, cfg, inp
+        self.target = ctx.recipe.target_spec()
+        if "int8" not in self.target.precisions:
+            raise StageError(
+                f"target {ctx.recipe.target} does not run int8 (it runs {', '.join(self.target.precisions)})"
+            )
+        self.runtime = eval_runtime(ctx)
+        # A TensorRT target is judged on ONNX Runtime in fp32 as a stand-in (its sidecar says which runtime).
+        stand_in = self.runtime != self.target.runtime
+        self.settings = RuntimeSettings(self.runtime) if stand_in else settings_for(ctx.recipe)
+        unsupported = self.settings.unsupported_reason()
+        if unsupported is not None:
+            raise PrecisionUnsupported(
+                f"quantize judges INT8 on {self.runtime} with the settings the variant's engine ships with, and "
+                f"{unsupported}. Build on a CPU that has it, or set stages.compile.precision: fp32"
+            )
+        size = cfg.calibration_size or ctx.recipe.data.calibration_size
+        self.items, self.calib_digest = calibration_batches(ctx, size)
+        self.symmetric = symmetric_activations(cfg.preset, self.target.qdq_rules)
+        self.scratch = ctx.workdir / SCRATCH
+        self.scratch.mkdir(exist_ok=True)
+        self.fp32 = onnx.load(str(inp.primary_path))
+        self.fp32_val, self.fp32_val_pred = self.evaluate(inp.primary_path, "val")
+
+    def evaluate(self, path: Any, split: str) -> tuple[dict[str, Any], Any]:
+        data = self.ctx.data
+        with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.threads, settings=self.settings) as r:
+            return measure_accuracy(r, data.numpy_batches(data.split(split), EVAL_BATCH))
+
+    def judge(self, model: Any, method: str, seconds: float, **extra: Any) -> Candidate:
+        """Write the quantized model (int8 for TensorRT targets) and measure its val top-1 on the runtime."""
+        converted = for_target(model, self.target.qdq_rules)
+        path = self.scratch / f"{method}.onnx"
+        write_bytes_atomic(path, model.SerializeToString())
+        val, val_pred = self.evaluate(path, "val")
+        drop = self.fp32_val["top1"] - val["top1"]
+        self.ctx.reporter.log(
+            f"{METHOD_LABEL[method]} on {self.runtime}: val top-1 {self.fp32_val['top1']:.4f} -> {val['top1']:.4f} "
+            f"(drop {100 * drop:.2f} pts)"
+        )
+        return Candidate(method, model, path, converted, val, val_pred, drop, seconds, **extra)
+
+    def ptq(self) -> Candidate:
+        self.ctx.reporter.log(
+            f"PTQ with NNCF on {len(self.items)} calibration images (val subset {self.calib_digest[:12]})"
+        )
+        t0 = time.monotonic()
+        model = quantize_ptq(
+            self.fp32, self.items, symmetric=self.symmetric, fast_bias_correction=self.cfg.fast_bias_correction
+        )
+        return self.judge(model, "ptq", round(time.monotonic() - t0, 1))
+
+    def qat(self) -> Candidate:
+        """QAT on the torch model the export stage read, exported to Q/DQ ONNX like PTQ's."""
+        torch = require("torch", purpose="quantization-aware training")
+        from edgeres import qat
+
+        ctx, cfg = self.ctx, self.cfg
+        assert cfg.qat is not None
+        if ctx.torch_source is None:
+            raise StageError("QAT needs the torch model upstream of export, and the pipeline handed none (a bug)")
+        t0 = time.monotonic()
+        torch.set_num_threads(ctx.threads)
+        torch.manual_seed(ctx.seed)
+        model, spec = load_model(ctx.torch_source.path)
+        folded = qat.fold_batchnorm(model)
+        teacher = qat.teacher_of(model, cfg.qat)
+        ctx.reporter.log(
+            f"QAT: {folded} BatchNorms folded, NNCF quantizers initialised on {len(self.items)} calibration images"
+        )
+        qmodel = qat.insert_quantizers(
+            model, self.items, symmetric=self.symmetric, fast_bias_correction=cfg.fast_bias_correction
+        )
+        feed = Feed(ctx.data, ctx.recipe.data.augment, ctx.reporter)
+        info = qat.train(feed, qmodel, cfg.qat, teacher, seed=ctx.seed)
+        info["folded_batchnorm"] = folded
+        # The fake-quantized torch model's accuracy, beside the runtime's: the gap between them is what "it was fine
+        # in training" hides.
+        info["torch_val_top1"] = torch_evaluate(qmodel, ctx.data.batches(ctx.data.val, EVAL_BATCH))["top1"]
+        export_cfg = next(s for s in ctx.recipe.chain(ctx.variant) if s.type == "export")
+        proto = qat.export(qmodel, export_cfg, self.fp32, self.scratch / "qat-raw.onnx", tuple(spec["input_shape"]))
+        cand = self.judge(proto, "qat", round(time.monotonic() - t0, 1), qat=info)
+        info["runtime_val_top1"] = cand.val["top1"]
+        return cand
+
+    def accuracy_control(self) -> Candidate:
+        """NNCF's accuracy control: the most sensitive layers stay FP32 until the val drop holds. NNCF hands each
+        model it evaluates; it is judged on the target's runtime with the shipped settings, like every candidate."""
+        nncf = require("nncf")
+        ctx, cfg = self.ctx, self.cfg
+        assert cfg.max_accuracy_drop is not None
+        val_items = list(ctx.data.numpy_batches(ctx.data.val, EVAL_BATCH))
+        probe = self.scratch / "accuracy-control-probe.onnx"
+
+        def validate(model: Any, dataset: Any) -> float:
+            write_bytes_atomic(probe, model.SerializeToString())
+            with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.threads, settings=self.settings) as r:
+                return float(measure_accuracy(r, dataset)[0]["top1"])
+
+        t0 = time.monotonic()
+        model = nncf.quantize_with_accuracy_control(
+            self.fp32,
+            nncf.Dataset(self.items, lambda x: {self.fp32.graph.input[0].name: x}),
+            nncf.Dataset(val_items),
+            validate,
+            max_drop=cfg.max_accuracy_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=nncf.QuantizationPreset.PERFORMANCE if self.symmetric else nncf.QuantizationPreset.MIXED,
+            subset_size=len(self.items),
+            fast_bias_correction=cfg.fast_bias_correction,
+        )
+        _, kept = float_layers(model)
+        cand = self.judge(model, "ptq+accuracy-control", round(time.monotonic() - t0, 1), kept_fp32=kept)
+        ctx.reporter.log(f"accuracy control: val drop {100 * cand.drop:.2f} pts with {len(kept)} layers in FP32")
+        return cand
 
 
 def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
-    onnx = require("onnx")
     np = require("numpy")
-    nncf = require("nncf", purpose="quantize with NNCF")
-    target = ctx.recipe.target_spec()
-    if "int8" not in target.precisions:
-        raise StageError(f"target {ctx.recipe.target} does not run int8 (it runs {', '.join(target.precisions)})")
-    size = cfg.calibration_size or ctx.recipe.data.calibration_size
-    items, calib_digest = calibration_batches(ctx, size)
-    runtime = eval_runtime(ctx)
-    scratch = ctx.workdir / SCRATCH
-    scratch.mkdir(exist_ok=True)
-    fp32 = onnx.load(str(inp.primary_path))
-    input_name = fp32.graph.input[0].name
-    calib = nncf.Dataset(items, lambda x: {input_name: x})
-    symmetric = cfg.preset == "performance" or (cfg.preset == "auto" and target.qdq_rules == "tensorrt")
-    preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
+    q = Quantization(ctx, cfg, inp)
     budget = cfg.max_accuracy_drop
-    tries: dict[str, float] = {}  # method -> val drop, for the failure message
-
-    def judge(model: Any, name: str, method: str) -> tuple[Any, Any, dict[str, Any], Any, float]:
-        """Write the quantized model (int8 for TensorRT targets) and measure its val top-1 on the runtime."""
-        converted = signed_from_unsigned(model) if target.qdq_rules == "tensorrt" else 0
-        path = scratch / name
-        write_bytes_atomic(path, model.SerializeToString())
-        q_val, q_val_pred = evaluate(ctx, path, "val", runtime)
-        drop = fp32_val["top1"] - q_val["top1"]
-        tries[method] = drop
-        label = {"ptq": "PTQ", "qat": "QAT"}.get(method, "PTQ with layers in FP32")
-        ctx.reporter.log(
-            f"{label} on {runtime}: val top-1 {fp32_val['top1']:.4f} -> {q_val['top1']:.4f} (drop {100 * drop:.2f} pts)"
-        )
-        return path, converted, q_val, q_val_pred, drop
-
-    fp32_val, fp32_val_pred = evaluate(ctx, inp.primary_path, "val", runtime)
-    seconds: dict[str, float] = {}
-    method, ptq_path, qmodel, qat_info = "ptq", None, None, None
-    kept_fp32: list[str] = []
-    if cfg.qat is None or cfg.qat.when == "if-ptq-misses":
-        ctx.reporter.log(f"PTQ with NNCF on {len(items)} calibration images (val subset {calib_digest[:12]})")
-        t0 = time.monotonic()
-        qmodel = nncf.quantize(
-            fp32, calib, subset_size=len(items), preset=preset, fast_bias_correction=cfg.fast_bias_correction
-        )
-        seconds["ptq"] = round(time.monotonic() - t0, 1)
-        q_path, converted, q_val, q_val_pred, drop = judge(qmodel, "ptq.onnx", "ptq")
-        ptq_path = q_path
-
-    if cfg.qat is not None and (cfg.qat.when == "always" or (budget is not None and drop > budget)):
-        if ptq_path is not None and budget is not None:
-            ctx.reporter.log(f"drop {100 * drop:.2f} pts exceeds max_accuracy_drop {100 * budget:g}: QAT")
-        t0 = time.monotonic()
-        qat_model, qat_info = quantization_aware_training(ctx, cfg, items, symmetric, fp32)
-        seconds["qat"] = round(time.monotonic() - t0, 1)
-        qmodel, method = qat_model, "qat"
-        q_path, converted, q_val, q_val_pred, drop = judge(qmodel, "qat.onnx", "qat")
-        qat_info["runtime_val_top1"] = q_val["top1"]
-
-    if budget is not None and drop > budget:
-        ctx.reporter.log(
-            f"drop {100 * drop:.2f} pts exceeds max_accuracy_drop {100 * budget:g}: "
-            "accuracy control (keeping the most sensitive layers in FP32)"
-        )
-        val_items = list(ctx.data.numpy_batches(ctx.data.val, EVAL_BATCH))
-
-        def validate(model: Any, dataset: Any) -> float:
-            # NNCF hands the model it is evaluating; accuracy comes from ONNX Runtime on the val split.
-            ort = require("onnxruntime")
-            sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            correct = total = 0
-            for x, y in dataset:
-                pred = sess.run(None, {input_name: x})[0].argmax(1)
-                correct += int((pred == y).sum())
-                total += len(y)
-            return correct / max(total, 1)
-
-        t1 = time.monotonic()
-        qmodel = nncf.quantize_with_accuracy_control(
-            fp32,
-            calib,
-            nncf.Dataset(val_items),
-            validate,
-            max_drop=budget,
-            drop_type=nncf.DropType.ABSOLUTE,
-            preset=preset,
-            subset_size=len(items),
-            fast_bias_correction=cfg.fast_bias_correction,
-        )
-        seconds["accuracy_control"] = round(time.monotonic() - t1, 1)
-        method = "ptq+accuracy-control"
-        q_path, converted, q_val, q_val_pred, drop = judge(qmodel, "ptq-ac.onnx", method)
-        _, kept_fp32 = float_layers(qmodel)
-        ctx.reporter.log(f"accuracy control: val drop {100 * drop:.2f} pts with {len(kept_fp32)} layers in FP32")
-        if drop > budget:
-            reached = ", ".join(f"{m} {100 * d:.2f}" for m, d in tries.items())
-            raise StageError(
-                f"INT8 could not be held within max_accuracy_drop {100 * budget:g} pts on val: the best reached "
-                f"is {100 * min(tries.values()):.2f} pts (drop per method, pts: {reached}; accuracy control kept "
-                f"{len(kept_fp32)} layers in FP32). Raise the budget, calibrate on more images (calibration_size), "
-                + ("train longer with QAT (qat.epochs), " if cfg.qat else "try QAT (qat:), ")
-                + "or train longer before quantizing"
+    tried: list[Candidate] = []
+    for method in methods(cfg):
+        if tried and budget is not None:
+            ctx.reporter.log(
+                f"drop {100 * tried[-1].drop:.2f} pts exceeds max_accuracy_drop {100 * budget:g}: {NEXT_LABEL[method]}"
             )
-    rules = check_rules(qmodel, target.qdq_rules, exempt=kept_fp32)
+        tried.append({"ptq": q.ptq, "qat": q.qat, "ptq+accuracy-control": q.accuracy_control}[method]())
+        if budget is None or tried[-1].drop <= budget:
+            break
+    else:
+        reached = ", ".join(f"{c.method} {100 * c.drop:.2f}" for c in tried)
+        raise StageError(
+            f"INT8 could not be held within max_accuracy_drop {100 * (budget or 0):g} pts on val: the best reached "
+            f"is {100 * min(c.drop for c in tried):.2f} pts (drop per method, pts: {reached}; accuracy control kept "
+            f"{len(tried[-1].kept_fp32)} layers in FP32). Raise the budget, calibrate on more images "
+            "(calibration_size), "
+            + ("train longer with QAT (qat.epochs), " if cfg.qat else "try QAT (qat:), ")
+            + "or train longer before quantizing"
+        )
+    chosen = tried[-1]
+    target = q.target
+    rules = check_rules(chosen.model, target.qdq_rules, exempt=chosen.kept_fp32)
     if rules.errors:
         shown = "\n  ".join(rules.errors[:10])
         raise StageError(
@@ -219,8 +262,8 @@ def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
         )
     test: dict[str, Any] | None = None
     if cfg.report_test:
-        fp32_test, fp32_test_pred = evaluate(ctx, inp.primary_path, "test", runtime)
-        q_test, q_test_pred = evaluate(ctx, q_path, "test", runtime)
+        fp32_test, fp32_test_pred = q.evaluate(inp.primary_path, "test")
+        q_test, q_test_pred = q.evaluate(chosen.path, "test")
         test = {
             "fp32_top1": fp32_test["top1"],
             "int8_top1": q_test["top1"],
@@ -228,49 +271,72 @@ def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
             "agreement": float(np.mean(q_test_pred == fp32_test_pred)),
         }
     out = ctx.workdir / "model.onnx"
-    out.write_bytes(q_path.read_bytes())
+    out.write_bytes(chosen.path.read_bytes())
     spec = inp.path / "model.json"
     if spec.is_file():
         (ctx.workdir / "model.json").write_bytes(spec.read_bytes())
-    samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
-    latency = {
-        "fp32_p50_ms": quick_latency(ctx, inp.primary_path, runtime, samples),
-        "int8_p50_ms": quick_latency(ctx, out, runtime, samples),
-    }
-    if ptq_path is not None and q_path != ptq_path:  # what QAT or keeping layers in FP32 gives, against PTQ
-        latency["all_int8_ptq_p50_ms"] = quick_latency(ctx, ptq_path, runtime, samples)
+    latency = quick_latencies(ctx, q, inp, out, tried)
     accuracy = (
-        f"test top-1 {test['fp32_top1']:.4f} -> {test['int8_top1']:.4f}, agreement {test['agreement']:.4f}; "
+        f"test top-1 {test['fp32_top1']:.4f} -> {test['int8_top1']:.4f}, agreement {test['agreement']:.4f}"
         if test
         else ""
     )
-    ctx.reporter.log(
-        f"INT8 on {runtime}: {accuracy}p50 {latency['fp32_p50_ms']:.2f} -> {latency['int8_p50_ms']:.2f} ms"
+    shown_latency = (
+        f"; p50 {latency['fp32_p50_ms']:.2f} -> {latency['int8_p50_ms']:.2f} ms"
+        if latency.get("int8_p50_ms") is not None
+        else ""
     )
+    ctx.reporter.log(f"INT8 ({chosen.method}) on {q.runtime}: {accuracy}{shown_latency}")
     return StageOutput(
         format="onnx",
         primary="model.onnx",
         deliverables=["model.onnx", "model.json"] if spec.is_file() else ["model.onnx"],
         metrics={
-            "method": method,
+            "method": chosen.method,
             "precision": "int8",
-            "runtime": runtime,
-            "calibration": {"images": len(items), "sha256": calib_digest, "split": "val"},
-            "scales_sha256": scales_digest(qmodel),
+            "runtime": q.runtime,
+            "runtime_settings": q.settings.to_dict(),
+            "calibration": {"images": len(q.items), "sha256": q.calib_digest, "split": "val"},
+            "scales_sha256": scales_digest(chosen.model),
             "val": {
-                "fp32_top1": fp32_val["top1"],
-                "int8_top1": q_val["top1"],
-                "drop": drop,
-                "agreement": float(np.mean(q_val_pred == fp32_val_pred)),
+                "fp32_top1": q.fp32_val["top1"],
+                "int8_top1": chosen.val["top1"],
+                "drop": chosen.drop,
+                "agreement": float(np.mean(chosen.val_pred == q.fp32_val_pred)),
             },
             "test": test,
             "max_accuracy_drop": cfg.max_accuracy_drop,
-            "kept_fp32_layers": kept_fp32,
-            "unsigned_rewritten_to_int8": converted,
+            "tried": {c.method: c.drop for c in tried},
+            "kept_fp32_layers": chosen.kept_fp32,
+            "unsigned_rewritten_to_int8": chosen.converted,
             "rules": rules.to_dict(),
             "quick_latency": latency,
-            "qat": qat_info,
-            "seconds": seconds,
+            "qat": next((c.qat for c in tried if c.qat is not None), None),  # also when accuracy control won after it
+            "seconds": {SECONDS_KEY[c.method]: c.seconds for c in tried},
             "input": inp.metadata.get("metrics", {}).get("input"),
         },
     )
+
+
+def quick_latencies(
+    ctx: StageContext, q: Quantization, inp: Artifact, out: Path, tried: list[Candidate]
+) -> dict[str, Any]:
+    """Quick batch-1 p50 of FP32 and the INT8 chosen (and all-INT8 PTQ when another method won), on the target's
+    runtime with its settings. A TensorRT target's runtime is not here: no figure rather than ONNX Runtime's CPU
+    kernels, which say nothing about the device (signed-int8 Q/DQ runs several times slower there than FP32)."""
+    if q.runtime != ctx.recipe.target_spec().runtime:
+        return {
+            "fp32_p50_ms": None,
+            "int8_p50_ms": None,
+            "not_measured": f"the target's runtime ({ctx.recipe.target_spec().runtime}) is not on this host; "
+            "its device kit measures latency there",
+        }
+    samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
+
+    def p50(path: Any) -> float:
+        return p50_ms(q.runtime, path, "onnx", samples, QUICK_LATENCY, threads=ctx.threads, settings=q.settings)
+
+    latency: dict[str, Any] = {"fp32_p50_ms": p50(inp.primary_path), "int8_p50_ms": p50(out)}
+    if tried[0].method == "ptq" and tried[-1].method != "ptq":  # what QAT or keeping layers in FP32 gives
+        latency["all_int8_ptq_p50_ms"] = p50(tried[0].path)
+    return latency

@@ -374,8 +374,9 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
     accuracy = {"split": "kit-val", **accuracy}
     if available("onnxruntime"):  # the same images through ONNX Runtime: did the engine keep the model's answers?
         from edgeres.runtimes.onnxruntime import OnnxRuntimeRunner
+        from edgeres.runtimes.settings import RuntimeSettings
 
-        with OnnxRuntimeRunner(folder / ONNX, threads=threads) as ort_runner:
+        with OnnxRuntimeRunner(folder / ONNX, threads=threads, settings=RuntimeSettings("onnxruntime")) as ort_runner:
             ref, ref_preds = measure_accuracy(ort_runner, batches)
         accuracy["onnxruntime_top1"] = ref["top1"]
         accuracy["top1_agreement_onnxruntime"] = float(np.mean(preds == ref_preds))
@@ -441,12 +442,17 @@ def compile_for_target(
     format `tensorrt`. Elsewhere writes a device kit into the stage folder: format `tensorrt-kit`, primary
     `build.sh`, which no runtime runs (the engine is measured on the device, into device-report.json).
     """
+    from edgeres.runtimes.settings import float_precision
+
     np = require("numpy")
+    trt_float = float_precision(ctx.recipe)
+    if trt_float == "bf16":  # the recipe refuses it for TensorRT targets (not in their precisions)
+        raise StageError("TensorRT engines in edgeres are fp32, fp16 or int8; bf16 was asked for")
     trt_cfg = cfg.tensorrt
     qdq = count_qdq(inp.primary_path)
     dla = trt_cfg.dla_core if trt_cfg.dla_core is not None else (target.tensorrt.dla_core if target.tensorrt else None)
     settings = EngineSettings(
-        precision="int8" if qdq else "fp16",
+        precision="int8" if qdq else trt_float,
         workspace_mb=trt_cfg.workspace_mb,
         opt_level=trt_cfg.opt_level,
         min_batch=trt_cfg.min_batch,

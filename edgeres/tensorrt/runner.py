@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from edgeres.deps import available, require
 from edgeres.errors import MissingDependencyError, StageError
 from edgeres.runtimes.base import Runner, check_manifest
+from edgeres.runtimes.settings import RuntimeSettings
 from edgeres.tensorrt import require_tensorrt
 from edgeres.tensorrt.facts import DeviceFacts, import_cudart, probe_device_facts
 from edgeres.tensorrt.manifest import check_compatible, read_manifest
@@ -127,9 +128,15 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(
-        self, path: Path, *, threads: int, facts: DeviceFacts | None = None, buffers: Buffers = "auto"
+        self,
+        path: Path,
+        *,
+        threads: int,
+        settings: RuntimeSettings | None = None,
+        facts: DeviceFacts | None = None,
+        buffers: Buffers = "auto",
     ) -> None:
-        super().__init__(path, threads=threads)
+        super().__init__(path, threads=threads, settings=settings)
         np = require("numpy")
         check_manifest(path)  # the compile stage's folder manifest, where there is one
         manifest = read_manifest(path)

@@ -1,0 +1,38 @@
+"""Post-training INT8 quantization of an ONNX model with NNCF, as the quantize stage ships it.
+
+One function for every graph edgeres quantizes this way: the quantize stage's PTQ and prune's latency probe (which
+must time the graph that will ship). The preset follows the target's Q/DQ rules (TensorRT accepts only zero point
+0, so its activations are symmetric), and for TensorRT targets NNCF's uint8 activations are rewritten as signed int8
+over the same range (`qdq.signed_from_unsigned`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeres.deps import require
+from edgeres.qdq import signed_from_unsigned
+
+
+def symmetric_activations(preset: str, qdq_rules: str) -> bool:
+    """NNCF's performance preset (symmetric everywhere) or its mixed one: the recipe's preset, `auto` by target."""
+    return preset == "performance" or (preset == "auto" and qdq_rules == "tensorrt")
+
+
+def quantize_ptq(fp32: Any, calibration: list[Any], *, symmetric: bool, fast_bias_correction: bool) -> Any:
+    """NNCF PTQ of an ONNX ModelProto on the whole calibration list (numpy batches of one image, fixed order)."""
+    nncf = require("nncf", purpose="quantize with NNCF")
+    input_name = fp32.graph.input[0].name
+    preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
+    return nncf.quantize(
+        fp32,
+        nncf.Dataset(calibration, lambda x: {input_name: x}),
+        subset_size=len(calibration),
+        preset=preset,
+        fast_bias_correction=fast_bias_correction,
+    )
+
+
+def for_target(model: Any, qdq_rules: str) -> int:
+    """Rewrite a Q/DQ model in place for the target's rules; returns how many quantizers were made signed int8."""
+    return signed_from_unsigned(model) if qdq_rules == "tensorrt" else 0

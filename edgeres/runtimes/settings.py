@@ -1,0 +1,142 @@
+"""The one place that turns a recipe, or a compiled engine's manifest, into the settings a runtime loads a model with.
+
+Every measurement goes through it: compile writes the settings into the engine's manifest, and quantize's judging
+and accuracy control, prune's latency probe, the benchmark stage and `edgeres bench` load models with the settings
+the variant's recipe resolves to, or that the manifest beside the engine records. So a number is always measured
+with the settings the engine ships with.
+
+Precision is explicit. Runtimes pick defaults from the CPU: OpenVINO runs an FP32 model in bf16 on CPUs with
+AVX512_BF16 or AMX unless told otherwise (measured: logits 4e-3 to 0.1 away from FP32, argmax flips), and on a CPU
+without bf16 it silently runs a bf16 request in f32. So OpenVINO always gets its inference precision and execution
+mode, and the precision it actually compiled to is read back and compared (`check_openvino_precision`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from edgeres.errors import StageError
+
+FloatPrecision = Literal["fp32", "bf16", "fp16"]
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# Recipe paths `settings_for` reads: a stage that measures through these settings declares them in its cache key.
+SETTINGS_READS = (
+    "target",
+    "threads",
+    "stages.{compile}.precision",
+    "stages.{compile}.onnxruntime.optimization_level",
+    "stages.{compile}.openvino.hint",
+)
+
+
+class PrecisionUnsupported(StageError):
+    """The runtime cannot run the requested precision on this host's CPU."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How one runtime loads one model. `precision` is the precision of the float (non-quantized) compute; a Q/DQ
+    model's quantized layers run INT8 whatever it is."""
+
+    runtime: str
+    precision: FloatPrecision = "fp32"
+    ort_optimization_level: Literal["basic", "extended", "all"] = "extended"
+    openvino_hint: Literal["latency", "throughput"] = "latency"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RuntimeSettings:
+        known = {k: d[k] for k in ("runtime", "precision", "ort_optimization_level", "openvino_hint") if k in d}
+        return cls(**known)
+
+    def for_runtime(self, runtime: str) -> RuntimeSettings:
+        """The same choices for another runtime (an ONNX measured on both CPU runtimes)."""
+        return RuntimeSettings(runtime, self.precision, self.ort_optimization_level, self.openvino_hint)
+
+    def openvino_config(self, threads: int) -> dict[str, Any]:
+        """The configuration handed to `Core.compile_model`: nothing is left to OpenVINO's CPU-dependent defaults.
+        fp32 also sets the ACCURACY execution mode, which keeps every op in the model's own precision;
+        dynamic quantization of activations stays off (the model's Q/DQ nodes decide what runs INT8)."""
+        return {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": self.openvino_hint.upper(),
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[self.precision],
+            "EXECUTION_MODE_HINT": "ACCURACY" if self.precision == "fp32" else "PERFORMANCE",
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+        }
+
+    def unsupported_reason(self) -> str | None:
+        """Why this host cannot run these settings, or None. Asks the runtime itself where it can say."""
+        if self.precision == "fp32":
+            return None
+        if self.runtime == "openvino":
+            from edgeres.deps import require
+
+            caps = list(require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            need = {"bf16": "BF16", "fp16": "FP16"}[self.precision]
+            if need not in caps:
+                return (
+                    f"{self.precision} on OpenVINO needs a CPU that runs it natively ({_needs(self.precision)}); "
+                    f"this CPU's OpenVINO capabilities are {', '.join(caps)}"
+                )
+            return None
+        if self.runtime in ("onnxruntime", "torch"):
+            return f"{self.runtime} on a CPU runs fp32 only in edgeres; {self.precision} is not supported there"
+        return None  # tensorrt: its build checks the device
+
+
+def _needs(precision: str) -> str:
+    return "AVX512_BF16 or AMX" if precision == "bf16" else "AVX512_FP16 or AMX-FP16"
+
+
+def precision_label(*, quantized: bool, settings: RuntimeSettings) -> str:
+    """What reports call a model: int8 for a Q/DQ model whose float parts run fp32, int8+bf16 where they run bf16,
+    else the float precision."""
+    if not quantized:
+        return settings.precision
+    return "int8" if settings.precision == "fp32" else f"int8+{settings.precision}"
+
+
+def float_precision(recipe: Any) -> FloatPrecision:
+    """The float precision a variant's recipe asks for: its compile stage's, else its target's default."""
+    compile_cfg = next((s for s in recipe.stages if s.type == "compile"), None)
+    if compile_cfg is not None and compile_cfg.precision is not None:
+        return compile_cfg.precision
+    return recipe.target_spec().float_precision
+
+
+def settings_for(recipe: Any, runtime: str | None = None) -> RuntimeSettings:
+    """Runtime settings of a variant (its recipe as `variant_recipe` gives it), on its target's runtime or `runtime`.
+    The compile stage's settings where the recipe has one, else the compile stage's defaults: what compile would
+    build with."""
+    from edgeres.recipe import CompileStage
+
+    compile_cfg = next((s for s in recipe.stages if s.type == "compile"), None) or CompileStage(type="compile")
+    return RuntimeSettings(
+        runtime=runtime or recipe.target_spec().runtime,
+        precision=float_precision(recipe),
+        ort_optimization_level=compile_cfg.onnxruntime.optimization_level,
+        openvino_hint=compile_cfg.openvino.hint,
+    )
+
+
+def settings_from_manifest(manifest: dict[str, Any]) -> RuntimeSettings | None:
+    """The settings compile recorded in an engine's manifest, or None for manifests written before they were."""
+    recorded = manifest.get("runtime_settings")
+    return RuntimeSettings.from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+def check_openvino_precision(compiled: Any, settings: RuntimeSettings) -> str:
+    """The inference precision OpenVINO compiled to; refuses a silent fallback from the precision asked for."""
+    got = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())  # f32 | bf16 | f16
+    want = OPENVINO_PRECISION[settings.precision]
+    if got != want:
+        raise PrecisionUnsupported(
+            f"OpenVINO compiled the model in {got} although {settings.precision} ({want}) was asked for: this CPU "
+            f"does not run {settings.precision} natively ({_needs(settings.precision)} is needed). Measure it on a "
+            "CPU that has it, or set stages.compile.precision: fp32"
+        )
+    return got
