@@ -34,8 +34,20 @@ RECIPE = tiny_recipe(
         "ort": {},
         "ov": {"set": {"target": "cpu-openvino"}},
         "trt": {"set": {"target": "nvidia-gpu"}},
+        "ovbf16": {"set": {"target": "cpu-openvino", "stages.compile.precision": "bf16"}},
     },
 )
+
+
+def openvino_runs(precision: str) -> bool:
+    """Whether OpenVINO runs `precision` natively on this CPU (its own OPTIMIZATION_CAPABILITIES)."""
+    import openvino as ov
+
+    return {"bf16": "BF16"}[precision] in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+BF16_HERE = openvino_runs("bf16")
+NO_BF16 = "this CPU has no AVX512_BF16 or AMX (OpenVINO does not list BF16 among its capabilities)"
 
 
 @dataclass
@@ -107,10 +119,13 @@ def test_compile_runs_once_per_target_over_shared_stages(build: CBuild) -> None:
         ("trt", "finetune", "cached"),
         ("trt", "export", "cached"),
         ("trt", "compile", "ran"),
+        ("ovbf16", "finetune", "cached"),
+        ("ovbf16", "export", "cached"),
+        ("ovbf16", "compile", "ran"),
         ("*", "benchmark", "ran"),
     ]
-    keys = {v: build.compiled(v).key for v in ("ort", "ov", "trt")}
-    assert len(set(keys.values())) == 3  # the target is part of the compile key
+    keys = {v: build.compiled(v).key for v in ("ort", "ov", "trt", "ovbf16")}
+    assert len(set(keys.values())) == 4  # the target and the precision are part of the compile key
 
 
 # ------------------------------------------------------------------------------------------ cpu-onnxruntime
@@ -135,6 +150,10 @@ def test_onnxruntime_engine_and_manifest(build: CBuild) -> None:
     assert manifest["runtime_version"] == ort.__version__
     assert manifest["optimization_level"] == "extended"
     assert manifest["providers"] == ["CPUExecutionProvider"]
+    assert manifest["precision"] == "fp32"
+    assert manifest["runtime_settings"] == {
+        "runtime": "onnxruntime", "precision": "fp32", "ort_optimization_level": "extended", "openvino_hint": "latency"
+    }  # fmt: skip
     assert manifest["sha256"] == {name: sha256(folder / name) for name in ("model.json", "model.ort.onnx")}
     assert manifest["source_onnx_sha256"] == sha256(build.export.primary_path)
     assert manifest["source_onnx_sha256"] == build.export.files["model.onnx"]
@@ -174,22 +193,78 @@ def test_openvino_ir_and_manifest(build: CBuild) -> None:
     assert manifest["runtime"] == "openvino"
     assert manifest["runtime_version"] == ov.get_version()
     assert (manifest["hint"], manifest["fp16_weights"], manifest["device"]) == ("latency", False, "CPU")
+    assert manifest["precision"] == "fp32"
+    assert manifest["runtime_settings"]["precision"] == "fp32"
+    # what OpenVINO is told: f32 and the ACCURACY mode, whatever this CPU would default to (bf16 with AVX512_BF16)
+    assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert manifest["openvino_config"]["EXECUTION_MODE_HINT"] == "ACCURACY"
+    assert manifest["inference_precision_here"] == "f32"  # read back from the compiled model
     assert manifest["sha256"] == {n: sha256(folder / n) for n in ("model.bin", "model.json", "model.xml")}
     assert manifest["source_onnx_sha256"] == sha256(build.export.primary_path)
 
 
 def test_openvino_ir_matches_the_onnx(build: CBuild, test_images: np.ndarray) -> None:
-    import openvino as ov
-
+    """Through edgeres' runner (the manifest's settings), the fp32 IR is FP32 on any CPU: within 1e-4 of ONNX
+    Runtime. OpenVINO's own default on a CPU with AVX512_BF16 or AMX is bf16 (measured there: 4e-3 apart)."""
     x = test_images[:8]
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(build.models("ov") / "model.xml")), "CPU")
-    result = compiled.create_infer_request().infer({0: x})
-    ir = next(iter(result.values()))
+    with open_runner("openvino", build.models("ov") / "model.xml", fmt="openvino", threads=1) as runner:
+        ir = runner.infer(x)
+        assert runner.effective()["inference_precision"] == "f32"
+        assert runner.effective()["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     source = ort_logits(build.export.primary_path, x)
     assert ir.shape == (8, 4)
-    np.testing.assert_allclose(ir, source, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ir, source, rtol=1e-4, atol=1e-4)
     assert ir.argmax(1).tolist() == source.argmax(1).tolist()
+
+
+def test_onnxruntime_runner_loads_with_the_manifest_level(build: CBuild, tmp_path: Path) -> None:
+    """The runner runs what compile built: the optimisation level comes from the manifest, not a fixed default."""
+    with open_runner("onnxruntime", build.models("ort") / "model.ort.onnx", fmt="onnx", threads=1) as runner:
+        assert runner.effective()["optimization_level"] == "extended"
+    folder = tmp_path / "ort"
+    shutil.copytree(build.models("ort"), folder)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["runtime_settings"]["ort_optimization_level"] = "basic"
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with open_runner("onnxruntime", folder / "model.ort.onnx", fmt="onnx", threads=1) as runner:
+        assert runner.effective()["optimization_level"] == "basic"
+
+
+def test_bf16_engine_manifest(build: CBuild) -> None:
+    """The IR is portable, so the bf16 engine is built on any host; its manifest says bf16 and whether this host
+    could check it."""
+    manifest = json.loads((build.models("ovbf16") / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["precision"] == "bf16"
+    assert manifest["runtime_settings"]["precision"] == "bf16"
+    assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    if BF16_HERE:
+        assert manifest["inference_precision_here"] == "bf16"
+    else:
+        assert manifest["inference_precision_here"] is None
+        assert "AVX512_BF16 or AMX" in manifest["not_checked_here"]
+
+
+@pytest.mark.skipif(not BF16_HERE, reason=NO_BF16)
+def test_bf16_engine_runs_in_bf16_where_the_cpu_has_it(build: CBuild, test_images: np.ndarray) -> None:
+    x = test_images[:8]
+    with open_runner("openvino", build.models("ovbf16") / "model.xml", fmt="openvino", threads=1) as runner:
+        got = runner.infer(x)
+        assert runner.effective()["inference_precision"] == "bf16"
+    source = ort_logits(build.export.primary_path, x)
+    assert np.abs(got - source).max() > 1e-6  # not silently FP32
+    np.testing.assert_allclose(got, source, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.skipif(BF16_HERE, reason="this CPU runs bf16: the refusal cannot happen here")
+def test_bf16_is_refused_where_the_cpu_lacks_it(build: CBuild) -> None:
+    """OpenVINO silently compiles a bf16 request as f32 on such a CPU; edgeres reads the precision back and refuses."""
+    from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings
+
+    settings = RuntimeSettings("openvino", precision="bf16")
+    assert "AVX512_BF16 or AMX" in str(settings.unsupported_reason())
+    with pytest.raises(PrecisionUnsupported) as exc:
+        open_runner("openvino", build.models("ovbf16") / "model.xml", fmt="openvino", threads=1)
+    assert "OpenVINO compiled the model in f32 although bf16 (bf16) was asked for" in str(exc.value)
 
 
 # ------------------------------------------------------------------------------------------------ benchmark
@@ -198,7 +273,16 @@ def test_openvino_ir_matches_the_onnx(build: CBuild, test_images: np.ndarray) ->
 def test_benchmark_measures_both_engines(build: CBuild) -> None:
     report = build.report()
     rows = report["results"]
-    assert [(r["variant"], r["runtime"]) for r in rows] == [("ort", "onnxruntime"), ("ov", "openvino")]
+    measured = [("ort", "onnxruntime"), ("ov", "openvino")] + ([("ovbf16", "openvino")] if BF16_HERE else [])
+    assert [(r["variant"], r["runtime"]) for r in rows] == measured
+    assert [r["precision"] for r in rows] == ["fp32", "fp32"] + (["bf16"] if BF16_HERE else [])
+    if not BF16_HERE:
+        (bf16,) = [u for u in report["unmeasured"] if u["variant"] == "ovbf16"]
+        assert bf16["precision"] == "bf16" and "AVX512_BF16 or AMX" in bf16["reason"]
+    for r in rows:
+        assert r["cold_start"]["load_ms"] > 0 and r["cold_start"]["first_inference_ms"] > 0
+        assert r["runtime_settings"]["precision"] == r["precision"]
+    rows = rows[:2]
     for r, variant in zip(rows, ("ort", "ov"), strict=True):
         art = build.compiled(variant)
         assert r["artifact"]["stage"] == "compile"
@@ -330,7 +414,7 @@ def test_delivered_kit_script_is_executable(build: CBuild, no_tensorrt: None) ->
 
 def test_benchmark_lists_the_kit_as_unmeasured(build: CBuild, no_tensorrt: None) -> None:
     report = build.report()
-    assert report["unmeasured"] == [
+    assert [u for u in report["unmeasured"] if u["variant"] == "trt"] == [
         {
             "variant": "trt",
             "format": "tensorrt-kit",

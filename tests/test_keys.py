@@ -179,7 +179,8 @@ def mutations(value: Any, schema: str = "") -> list[Any]:
     if isinstance(value, str):
         return ["cpu-openvino", "cpu-onnxruntime", "sgd", "adamw", "l2", "bn", "global", "cosine", "constant",
                 "onecycle", "torchscript", "dynamo", "mixed", "performance", "all", "basic", "throughput", "fp32",
-                "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18", "10", "test2"]  # fmt: skip
+                "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18",
+                "10", "test2"]  # fmt: skip
     if isinstance(value, list):
         return [["onnxruntime"], ["openvino"], [*value, 1.0][:3] if value and isinstance(value[0], float) else []]
     if value is None:

@@ -167,3 +167,31 @@ def test_pruned_model_reloads_in_a_fresh_process_and_exports(tmp_path: Path) -> 
     with torch.no_grad():
         expected = model(x)
     assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
+
+
+def test_kept_channels_record_in_and_out_before_and_after(tmp_path: Path) -> None:
+    """Uniform 50% on a ResNet-18 halves every prunable channel count (torchvision's widths: 64/128/256/512); the
+    sidecar records each changed layer's input and output channels before and after, and leaves the rest out."""
+    art = pruned(tmp_path, {"budget": {"type": "ratio", "ratio": 0.5}, "round_to": 1, "steps": 1})
+    kept = art.metadata["metrics"]["kept_channels"]
+    assert kept["conv1"] == {"in": [3, 3], "out": [64, 32]}  # the image's 3 channels are never pruned
+    assert kept["bn1"] == {"in": [64, 32], "out": [64, 32]}
+    assert kept["layer1.0.conv1"] == {"in": [64, 32], "out": [64, 32]}
+    assert kept["layer2.0.downsample.0"] == {"in": [64, 32], "out": [128, 64]}
+    assert kept["layer3.1.conv2"] == {"in": [256, 128], "out": [256, 128]}
+    assert kept["layer4.1.conv2"] == {"in": [512, 256], "out": [512, 256]}
+    assert kept["fc"] == {"in": [512, 256], "out": [4, 4]}  # the classifier's outputs are never pruned
+    spec = json.loads((art.path / "model.json").read_text())["channels"]
+    assert len(kept) == len(spec)  # at 50% uniform, every layer of a ResNet-18 changes
+
+
+def test_kept_channels_lists_only_changed_layers() -> None:
+    from edgeres.stages.prune import kept_channels
+
+    before = {"conv1": [3, 64, 1], "bn1": [64], "fc": [512, 10], "layer1.0.conv1": [64, 64, 1]}
+    after = {"conv1": [3, 48, 1], "bn1": [48], "fc": [512, 10], "layer1.0.conv1": [48, 64, 1]}
+    assert kept_channels(before, after) == {
+        "conv1": {"in": [3, 3], "out": [64, 48]},
+        "bn1": {"in": [64, 48], "out": [64, 48]},
+        "layer1.0.conv1": {"in": [64, 48], "out": [64, 64]},
+    }

@@ -239,6 +239,12 @@ def test_tensorrt_target_passes_the_tensorrt_rules(trt_build: QBuild) -> None:
     assert m["rules"]["errors"] == []
     assert m["unsigned_rewritten_to_int8"] > 0
     assert m["scales_sha256"] == scales_digest(model)
+    # judged on ONNX Runtime as a stand-in, in fp32; no latency for a runtime that is not here (ONNX Runtime's CPU
+    # kernels run signed-int8 Q/DQ several times slower than FP32, which says nothing about TensorRT)
+    assert m["runtime"] == "onnxruntime"
+    assert m["runtime_settings"]["precision"] == "fp32"
+    assert m["quick_latency"]["int8_p50_ms"] is None and m["quick_latency"]["fp32_p50_ms"] is None
+    assert m["quick_latency"]["not_measured"].startswith("the target's runtime (tensorrt) is not on this host")
 
 
 def test_tensorrt_zero_points_are_int8_zero_and_weights_per_channel(trt_build: QBuild) -> None:
