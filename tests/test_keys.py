@@ -331,3 +331,94 @@ def test_dry_run_prints_a_planned_key_for_every_stage_of_every_variant(tmp_path:
         ("*", "benchmark"),
     ]  # fmt: skip
     assert all(len(r[-1]) == 16 for r in rows)
+
+
+# --------------------------------------------------------------------------- what stage code really reads
+
+
+class Traced:
+    """A read-only view of a recipe (or a part of it) that records the path of every attribute stage code reads."""
+
+    def __init__(self, obj: Any, path: str, log: list[str]) -> None:
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_log", log)
+
+    def _wrap(self, value: Any, path: str) -> Any:
+        if isinstance(value, BaseModel):
+            return Traced(value, path, self._log)
+        if isinstance(value, list) and path == "stages":
+            return [Traced(s, f"stages.{s.id}", self._log) for s in value]
+        self._log.append(path)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        obj, path = self._obj, self._path
+        value = getattr(obj, name)
+        here = f"{path}.{name}" if path else name
+        if name in ("type", "id", "name"):  # which stage or data kind this is: structure, not a value
+            return value
+        if name == "target_spec":
+            return lambda: (self._log.append("target"), value())[1]
+        if name == "chain":
+            return lambda v: [Traced(s, f"stages.{s.id}", self._log) for s in value(v)]
+        if callable(value):  # anything else called on a model (model_dump, model_copy...) reads all of it
+            return lambda *a, **k: (self._log.append(path or "*"), value(*a, **k))[1]
+        return self._wrap(value, here)
+
+
+def test_stages_read_only_what_they_declare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real tiny build (prune with its latency probe, QAT, compile, benchmark) with each stage handed a recipe
+    that records every attribute the stage's code reads: each read must be covered by what the stage declares."""
+    from conftest import as_recipe, run_pipeline, tiny_recipe
+
+    from edgeres import pipeline
+
+    seen: list[tuple[Any, Any, str, list[str]]] = []
+    real_load = pipeline.load_stage
+
+    def load_stage(name: str) -> Any:
+        module = real_load(name)
+
+        class Recorded:
+            @staticmethod
+            def run(ctx: Any, cfg: Any, inp: Any) -> Any:
+                log: list[str] = []
+                recipe = ctx.recipe
+                ctx.recipe = Traced(recipe, "", log)
+                seen.append((recipe, cfg, ctx.variant, log))
+                return module.run(ctx, cfg, inp)
+
+        return Recorded
+
+    monkeypatch.setattr(pipeline, "load_stage", load_stage)
+    raw = tiny_recipe(
+        stages=[
+            {"type": "finetune", "epochs": 1, "batch_size": 32},
+            {
+                "type": "prune",
+                "budget": {"type": "ratio", "ratio": 0.3},
+                "steps": 1,
+                "round_to": 1,
+                "measure_latency": True,
+                "recovery": {"epochs": 1, "batch_size": 32},
+            },
+            {"type": "export", "opset": 18},
+            {"type": "quantize", "qat": {"when": "always", "max_steps": 1, "batch_size": 32}},
+            {"type": "compile"},
+            {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False},
+        ],
+        target="cpu-openvino",
+    )
+    run_pipeline(as_recipe(raw), tmp_path / "cache")
+    assert [cfg.type for _, cfg, _, _ in seen] == ["finetune", "prune", "export", "quantize", "compile", "benchmark"]
+    undeclared = []
+    for recipe, cfg, variant, log in seen:
+        reads = cfg.reads(recipe, variant)
+        for path in dict.fromkeys(log):
+            if not ("*" in reads or any(path == r or path.startswith(r + ".") for r in reads)):
+                undeclared.append(f"{cfg.type} reads {path}, which it does not declare ({reads})")
+    assert not undeclared, "\n".join(undeclared)
+    logs = {cfg.type: log for _, cfg, _, log in seen}
+    assert "data.augment" in logs["quantize"]  # QAT trains with the recipe's augmentation (declared)
+    assert "stages.compile.precision" in logs["prune"]  # the probe loads with the engine's settings (declared)

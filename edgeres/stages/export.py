@@ -18,7 +18,7 @@ from edgeres.errors import StageError
 from edgeres.models import load_model
 from edgeres.recipe import ExportStage
 from edgeres.runtimes import open_runner
-from edgeres.runtimes.settings import settings_for
+from edgeres.runtimes.settings import RuntimeSettings
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import INPUT_NAME, onnx_from_torch
 
@@ -97,7 +97,9 @@ def check_parity(ctx: StageContext, cfg: ExportStage, model: Any, onnx_path: Any
     n = min(cfg.parity.samples, len(data.val))
     batch = 64 if cfg.dynamic_batch else 1
     max_diff, agree = 0.0, 0
-    settings = settings_for(ctx.recipe, "onnxruntime")
+    # Parity checks the exporter, not the target: FP32 on ONNX Runtime with fixed settings (the target's settings
+    # are not read, so the export entry serves every target).
+    settings = RuntimeSettings("onnxruntime")
     with (
         open_runner("onnxruntime", onnx_path, fmt="onnx", threads=ctx.threads, settings=settings) as runner,
         torch.inference_mode(),
