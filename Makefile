@@ -11,7 +11,7 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench clean typings
+.PHONY: install quickstart test test-slow lint format bench bench-precision clean typings
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/runtimes.py
+
+bench-precision: install
+	$(BIN)/python benchmarks/precision.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache typings

@@ -18,7 +18,7 @@ from edgeres.deps import require
 from edgeres.errors import RecipeError
 from edgeres.measure import environment
 from edgeres.recipe import BenchmarkStage, Latency, load_recipe
-from edgeres.report import REPORT_SCHEMA
+from edgeres.report import REPORT_SCHEMA, result_row
 from edgeres.worker import measure_artifact
 
 
@@ -72,10 +72,14 @@ def bench_artifact(
     offline = BenchmarkStage(type="benchmark").offline
     with tempfile.TemporaryDirectory(prefix="edgeres-bench-") as tmp:
         npz = Path(tmp) / "eval.npz"
+        settings = None
         if recipe_path is not None:
             from edgeres.data import load_data
+            from edgeres.runtimes.settings import settings_for
 
             recipe = load_recipe(recipe_path)
+            if not (file.parent / "manifest.json").is_file():  # a compiled engine's manifest says how it ships
+                settings = settings_for(recipe, runtime).to_dict()
             data = load_data(recipe.data, seed=recipe.seed)
             xs, ys = zip(*data.numpy_batches(data.test, 256), strict=True)
             np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
@@ -89,13 +93,12 @@ def bench_artifact(
             "threads": threads,
             "data": str(npz),
             "batch": 64 if _dynamic_batch(file, fmt) else 1,
+            "settings": settings,
             "latency": latency.model_dump(),
             "offline": offline.model_dump() if offline else None,
             "accuracy": recipe_path is not None,
         }
         measured = measure_artifact(spec, isolate=True)
-    from edgeres.stages.benchmark import result_row
-
     measured.pop("predictions", None)
     art = Artifact(
         path=file.parent,

@@ -59,6 +59,19 @@ def read_value(recipe: Any, variant: str, path: str) -> Any:
     return node
 
 
+def canonical(recipe: Any, path: str) -> str:
+    """A read path with its stage named by type and position (`stages.export#0`), not by its `name:`, so renaming a
+    stage keeps its key."""
+    parts = path.split(".")
+    if parts[0] != "stages" or len(parts) < 2:
+        return path
+    stage = next((s for s in recipe.stages if s.id == parts[1]), None)
+    if stage is None:
+        return path
+    n = [s.id for s in recipe.stages if s.type == stage.type].index(stage.id)
+    return ".".join(["stages", f"{stage.type}#{n}", *parts[2:]])
+
+
 def reads_data(reads: list[str]) -> bool:
     return "*" in reads or any(p.startswith("data.") for p in reads)
 
@@ -78,7 +91,7 @@ def key_material(
     return {
         "stage": stage.type,
         "impl": version,
-        "reads": {p: read_value(recipe, variant, p) for p in reads},
+        "reads": {canonical(recipe, p): read_value(recipe, variant, p) for p in reads},
         "inputs": inputs,
         "data": data_fingerprint if reads_data(reads) else None,
         "tools": versions(*tools),

@@ -220,7 +220,9 @@ def test_from_export_uses_the_cached_finetune(finetune_cache_copy: Path) -> None
 def test_dry_run_on_empty_cache_runs_and_writes_nothing(tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out"
     result, log = run_pipeline(tiny_recipe(), cache, out=out, dry_run=True)
-    assert statuses(result) == [("main", "finetune", "planned"), ("*", "benchmark", "planned")]
+    # every stage gets a planned key: the export's input is identified by the finetune's key
+    assert statuses(result) == [("main", "finetune", "planned"), ("main", "export", "planned"),
+                                ("*", "benchmark", "planned")]  # fmt: skip
     assert result.report is None
     assert not cache.exists()
     assert not out.exists()
@@ -234,7 +236,10 @@ def test_dry_run_cli(tmp_path: Path) -> None:
     assert res.code == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].split()[:3] == ["main", "finetune", "planned"]
-    assert lines[-1] == "dry run: nothing was run; stages after a 'planned' one have keys that depend on its output"
+    assert lines[-1] == (
+        "dry run: nothing was run. A planned stage after one that would run is keyed here by that stage's key; "
+        "once its input exists the key hashes the input's content instead"
+    )
     assert not cache.exists()
     assert not out.exists()
 

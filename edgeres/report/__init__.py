@@ -27,6 +27,37 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def engine_bytes(art: Artifact) -> int:
+    """Size on disk of what ships: every file of the artifact but its JSON descriptions (an IR is .xml + .bin)."""
+    return sum((art.path / f).stat().st_size for f in art.files if not f.endswith(".json"))
+
+
+def result_row(
+    vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str, *, precision: str | None = None
+) -> dict[str, Any]:
+    """One row of report.json: what was measured, on which artifact (hash, size), runtime, settings and precision."""
+    return {
+        "variant": vname,
+        "runtime": runtime,
+        "runtime_version": measured.get("runtime_version"),
+        "precision": precision,
+        "runtime_settings": measured.get("settings"),
+        "effective": measured.get("effective"),
+        "artifact": {
+            "stage": art.stage,
+            "format": art.format,
+            "file": art.primary,
+            "sha256": art.files[art.primary],
+            "bytes": engine_bytes(art),
+        },
+        "accuracy": {"split": split, **measured.get("accuracy", {})},
+        "cold_start": measured.get("cold_start"),
+        "latency": measured["latency"],
+        "offline": measured.get("offline"),
+        "memory": {**measured.get("memory", {}), "artifact_mb": round(engine_bytes(art) / 1e6, 2)},
+    }
+
+
 def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
     """Per variant, each stage that made its deliverable: cache key, seconds, and the stage's headline numbers."""
     rows = []

@@ -31,6 +31,7 @@ class OpenVinoRunner(Runner):
         self._requests: dict[int, Any] = {}
         self.last_request_ms: float | None = None
         self.inference_precision: str | None = None
+        self.kernels: dict[str, int] = {}
         self._request(1)
 
     def _request(self, batch: int) -> Any:
@@ -44,6 +45,8 @@ class OpenVinoRunner(Runner):
                 model.reshape({model.input(0): shape})
             compiled = self._core.compile_model(model, "CPU", self._config)
             self.inference_precision = check_openvino_precision(compiled, self.settings)
+            if batch == 1:
+                self.kernels = kernel_choices(compiled)
             self._requests[key] = compiled.create_infer_request()
         return self._requests[key]
 
@@ -58,4 +61,21 @@ class OpenVinoRunner(Runner):
         return str(self._ov.get_version())
 
     def effective(self) -> dict[str, Any]:
-        return {"inference_precision": self.inference_precision, "config": self._config}
+        return {"inference_precision": self.inference_precision, "config": self._config, "kernels": self.kernels}
+
+
+def kernel_choices(compiled: Any) -> dict[str, int]:
+    """How many convolutions and matrix multiplications run on each of OpenVINO's kernels and precisions (e.g.
+    'Convolution jit_avx2_I8 u8': 17): the kernel OpenVINO picks follows the CPU's instruction set, and with it the
+    integer arithmetic, so reports record it beside the host's flags."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else ""
+        if layer not in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution"):
+            continue
+        kernel = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+        precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+        key = f"{layer} {kernel} {precision}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

@@ -17,7 +17,7 @@ from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_tex
 from edgeres.deps import require
 from edgeres.measure import environment
 from edgeres.recipe import BenchmarkStage, variant_recipe
-from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, stage_rows
+from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, result_row, stage_rows
 from edgeres.runtimes import NATIVE, runs
 from edgeres.runtimes.base import MANIFEST
 from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for, settings_from_manifest
@@ -30,37 +30,6 @@ ACCURACY_BATCH = 64
 def _batch_size(art: Artifact) -> int:
     shape = art.metadata.get("metrics", {}).get("input", {}).get("shape", ["batch"])
     return ACCURACY_BATCH if shape and shape[0] == "batch" else 1
-
-
-def engine_bytes(art: Artifact) -> int:
-    """Size on disk of what ships: every file of the artifact but its JSON descriptions (an IR is .xml + .bin)."""
-    return sum((art.path / f).stat().st_size for f in art.files if not f.endswith(".json"))
-
-
-def result_row(
-    vname: str, runtime: str, art: Artifact, measured: dict[str, Any], split: str, *, precision: str | None = None
-) -> dict[str, Any]:
-    """One row of report.json: what was measured, on which artifact (hash, size), runtime, settings and precision."""
-    return {
-        "variant": vname,
-        "runtime": runtime,
-        "runtime_version": measured.get("runtime_version"),
-        "precision": precision,
-        "runtime_settings": measured.get("settings"),
-        "effective": measured.get("effective"),
-        "artifact": {
-            "stage": art.stage,
-            "format": art.format,
-            "file": art.primary,
-            "sha256": art.files[art.primary],
-            "bytes": engine_bytes(art),
-        },
-        "accuracy": {"split": split, **measured.get("accuracy", {})},
-        "cold_start": measured.get("cold_start"),
-        "latency": measured["latency"],
-        "offline": measured.get("offline"),
-        "memory": {**measured.get("memory", {}), "artifact_mb": round(engine_bytes(art) / 1e6, 2)},
-    }
 
 
 def deliverable_settings(art: Artifact, vrecipe: Any, runtime: str) -> tuple[RuntimeSettings, str]:
