@@ -11,7 +11,7 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench bench-precision clean typings
+.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro clean typings
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench: install
 
 bench-precision: install
 	$(BIN)/python benchmarks/precision.py
+
+bench-repro: install
+	$(BIN)/python benchmarks/reproducibility.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache typings

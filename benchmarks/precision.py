@@ -7,7 +7,7 @@ random calibration images, which sets the graph and its kernels, not meaningful 
 where the CPU runs it (AVX512_BF16 or AMX); elsewhere the output says why not. Each engine is measured in
 ROUNDS interleaved rounds so a shared host's drift falls on all alike; medians and ratios to fp32 are reported.
 
-    python benchmarks/precision.py [--size 224] [--json benchmarks/results/precision.json]
+    python benchmarks/precision.py [--size 224] [--json out/bench/precision.json]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def build_models(folder: Path, size: int) -> tuple[Path, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/precision.json"))
+    ap.add_argument("--json", type=Path, default=Path("out/bench/precision.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeres-precision-") as tmp:
         fp32, int8 = build_models(Path(tmp), args.size)

@@ -13,7 +13,7 @@ test split, it records:
   predictions: whether a cap changes the kernel, and whether that changes the answers;
 - the digests of the ONNX files and of the calibration scales (from the quantize sidecar).
 
-    python benchmarks/reproducibility.py [RECIPE] [--variant int8] [--json benchmarks/results/reproducibility.json]
+    python benchmarks/reproducibility.py [RECIPE] [--variant int8] [--json out/bench/reproducibility.json]
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe", nargs="?", default="recipes/quickstart.yaml")
     ap.add_argument("--variant", default="int8")
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/reproducibility.json"))
+    ap.add_argument("--json", type=Path, default=Path("out/bench/reproducibility.json"))
     args = ap.parse_args()
     from edgeres.pipeline import Pipeline
     from edgeres.progress import Reporter
@@ -104,8 +106,7 @@ def main() -> None:
     fp32, int8 = lineage["export"].primary_path, lineage["quantize"].primary_path
     data = Pipeline(vrecipe).data_loader(vrecipe)()
     xs, ys = zip(*data.numpy_batches(data.test, 256), strict=True)
-    work = Path(args.json).with_suffix(".work")
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="edgeres-repro-"))
     npz = work / "test.npz"
     np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
 
@@ -124,6 +125,7 @@ def main() -> None:
         runs[f"int8 openvino (ONEDNN_MAX_CPU_ISA={cap})"] = in_child(
             "openvino", int8, npz, ov, {"ONEDNN_MAX_CPU_ISA": cap}
         )
+    shutil.rmtree(work, ignore_errors=True)
     base = runs["int8 onnxruntime (shipped: integer kernels)"]
     summary = {}
     for name, r in runs.items():
