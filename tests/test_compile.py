@@ -448,3 +448,31 @@ def test_fixed_batch_engine_is_benchmarked(base_build: Build, tmp_path: Path) ->
     row = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["results"][0]
     assert row["accuracy"]["images"] == 32
     assert row["offline"] == {"scenario": "offline", "skipped": "the model has a fixed batch size of 1"}
+
+
+def test_each_variant_is_measured_with_its_own_data_settings(tmp_path: Path) -> None:
+    """A variant that overrides data.* (here its normalisation) is benchmarked on images preprocessed its way, not
+    the base recipe's: its row's accuracy is what its model gives on its own preprocessing."""
+    from conftest import as_recipe
+
+    from edgeres.data import load_data
+    from edgeres.recipe import variant_recipe
+
+    raw = tiny_recipe(
+        stages=[FINETUNE, EXPORT, BENCH],
+        variants={"a": {}, "b": {"set": {"data.mean": [0.2, 0.2, 0.2], "data.std": [0.5, 0.5, 0.5]}}},
+    )
+    result, _ = run_pipeline(raw, tmp_path / "cache", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    recipe = as_recipe(raw)
+    for vname in ("a", "b"):
+        data = load_data(variant_recipe(recipe, vname).data, seed=0)
+        x, y = (np.concatenate(p) for p in zip(*data.numpy_batches(data.test, 256), strict=True))
+        logits = ort_logits(result.variants[vname].primary_path, x)
+        (row,) = [r for r in report["results"] if r["variant"] == vname and r["runtime"] == "onnxruntime"]
+        assert row["accuracy"]["top1"] == float((logits.argmax(1) == y).mean())
+    base = load_data(recipe.data, seed=0)
+    other = load_data(variant_recipe(recipe, "b").data, seed=0)
+    xa = next(base.numpy_batches(base.test, 8))[0]
+    xb = next(other.numpy_batches(other.test, 8))[0]
+    assert not np.allclose(xa, xb)  # the two variants really see differently preprocessed images
