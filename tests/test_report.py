@@ -214,19 +214,23 @@ def test_render_markdown_has_one_row_per_result() -> None:
     lines = md.splitlines()
     assert lines[0] == "# edgeres report: hand"
     head = lines.index(
-        "| variant | runtime | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
-        "| offline img/s | peak RSS MB | size MB | valid |"
+        "| variant | runtime | precision | top-1 % | top-5 % | drop (pts) | agreement % | p50 ms | p90 ms | p99 ms "
+        "| offline img/s | load ms | first ms | peak RSS MB | size MB | valid |"
     )
-    assert lines[head + 1] == "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    assert lines[head + 1] == "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     end = lines.index("", head)
     table = lines[head + 2 : end]
     assert len(table) == len(report["results"]) == 3
-    assert table[0] == "| fp32 ★ | onnxruntime | 90.00 | 95.00 | - | - | 4.00 | 4.40 | 4.80 | - | 200 | 2.5 | yes |"
+    # rows without a precision or cold start (older reports, hand-made rows) show "-" there
     assert (
-        table[1]
-        == "| int8 ★ | onnxruntime | 89.00 | 94.00 | +1.00 | 97.00 | 2.00 | 2.20 | 2.40 | - | 200 | 2.5 | yes |"
+        table[0]
+        == "| fp32 ★ | onnxruntime | - | 90.00 | 95.00 | - | - | 4.00 | 4.40 | 4.80 | - | - | - | 200 | 2.5 | yes |"
     )
-    assert table[2].startswith("| int8 | openvino | 85.00 |")  # dominated by int8 on onnxruntime: no star
+    assert table[1] == (
+        "| int8 ★ | onnxruntime | - | 89.00 | 94.00 | +1.00 | 97.00 | 2.00 | 2.20 | 2.40 | - | - | - | 200 | 2.5 "
+        "| yes |"
+    )
+    assert table[2].startswith("| int8 | openvino | - | 85.00 |")  # dominated by int8 on onnxruntime: no star
     assert table[2].endswith("| NO: latency: 3 queries < min_queries 50 |")
     assert "Versions: onnxruntime 1.0" in md
     assert "tensorrt" not in md.split("Versions:")[1]  # absent packages are left out
@@ -252,12 +256,12 @@ def test_render_html_has_the_plot_and_the_table() -> None:
     assert "<svg" in page
     assert "Plot unavailable" not in page
     assert "<title>edgeres report: hand</title>" in page
-    assert "<th>variant</th><th>runtime</th><th>top-1 %</th>" in page
+    assert "<th>variant</th><th>runtime</th><th>precision</th><th>top-1 %</th>" in page
     body = page.split("<h2>Measurements</h2>", 1)[1].split("</tbody>", 1)[0]
     assert body.count("<tr><td>") == 3
-    assert "<tr><td>fp32&lt;b&gt; ★</td><td>onnxruntime</td><td>90.00</td>" in body
-    assert "<tr><td>int8</td><td>openvino</td><td>85.00</td>" in body  # dominated: no star
-    assert "<tr><td>int8 ★</td><td>onnxruntime</td><td>89.00</td>" in body
+    assert "<tr><td>fp32&lt;b&gt; ★</td><td>onnxruntime</td><td>-</td><td>90.00</td>" in body
+    assert "<tr><td>int8</td><td>openvino</td><td>-</td><td>85.00</td>" in body  # dominated: no star
+    assert "<tr><td>int8 ★</td><td>onnxruntime</td><td>-</td><td>89.00</td>" in body
     assert "<td>4.00</td><td>4.40</td><td>4.80</td>" in body
     assert "fp32<b>" not in page.split("<svg", 1)[0]
 

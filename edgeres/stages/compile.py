@@ -65,12 +65,12 @@ def openvino_ir_from_onnx(
 
 
 def tensorrt_from_onnx(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, settings: RuntimeSettings
 ) -> tuple[str, str, dict[str, Any]]:
     """Build on a TensorRT host, or write the device build kit where TensorRT or a GPU is absent."""
     from edgeres.tensorrt import compile_for_target
 
-    return compile_for_target(ctx, cfg, inp, target)
+    return compile_for_target(ctx, cfg, inp, target, float_precision=settings.precision)
 
 
 def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
@@ -81,7 +81,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
     elif target.runtime == "openvino":
         primary, fmt, info = openvino_ir_from_onnx(ctx, cfg, inp, settings)
     elif target.runtime == "tensorrt":
-        primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp, target)
+        primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp, target, settings)
     else:  # the Target model allows nothing else; a new runtime needs a branch here
         raise StageError(f"target {ctx.recipe.target} has runtime {target.runtime}, which compile does not handle")
     spec_path = inp.path / "model.json"

@@ -56,9 +56,9 @@ def tensorrt_major(version: str) -> int:
 
 
 def compile_for_target(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, *, float_precision: str = "fp16"
 ) -> tuple[str, str, dict[str, Any]]:
     """The compile stage's TensorRT branch (see edgeres.tensorrt.kit.compile_for_target)."""
     from edgeres.tensorrt.kit import compile_for_target as compile_tensorrt
 
-    return compile_tensorrt(ctx, cfg, inp, target)
+    return compile_tensorrt(ctx, cfg, inp, target, float_precision=float_precision)

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgeres.artifact import sha256_file, write_json_atomic, write_text_atomic
 from edgeres.deps import available, require
@@ -434,20 +434,19 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
 
 
 def compile_for_target(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target
+    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, *, float_precision: str = "fp16"
 ) -> tuple[str, str, dict[str, Any]]:
-    """The compile stage's TensorRT branch: (primary file, format, info for the stage manifest).
+    """The compile stage's TensorRT branch: (primary file, format, info for the stage manifest). `float_precision`
+    is the engine's precision when the ONNX has no Q/DQ nodes (runtimes.settings resolves it from the recipe).
 
     With TensorRT and a GPU here, builds `engine.plan` (+ its engine manifest and layer info) in a child process:
     format `tensorrt`. Elsewhere writes a device kit into the stage folder: format `tensorrt-kit`, primary
     `build.sh`, which no runtime runs (the engine is measured on the device, into device-report.json).
     """
-    from edgeres.runtimes.settings import float_precision
-
     np = require("numpy")
-    trt_float = float_precision(ctx.recipe)
-    if trt_float == "bf16":  # the recipe refuses it for TensorRT targets (not in their precisions)
-        raise StageError("TensorRT engines in edgeres are fp32, fp16 or int8; bf16 was asked for")
+    if float_precision not in ("fp32", "fp16"):  # the recipe refuses others for TensorRT targets
+        raise StageError(f"TensorRT engines in edgeres are fp32, fp16 or int8; {float_precision} was asked for")
+    trt_float: Literal["fp32", "fp16"] = "fp32" if float_precision == "fp32" else "fp16"
     trt_cfg = cfg.tensorrt
     qdq = count_qdq(inp.primary_path)
     dla = trt_cfg.dla_core if trt_cfg.dla_core is not None else (target.tensorrt.dla_core if target.tensorrt else None)
