@@ -377,13 +377,16 @@ class Pipeline:
         """Copy each variant's deliverables and the reports to --out (each file atomically), and the build log."""
         assert self.out_dir is not None
         out = self.out_dir
+        # Every entry's deliverables are checked against its hashed files before anything is written.
+        delivered = {vname: art.deliverables() for vname, art in result.variants.items()}
+        reports = result.report.deliverables() if result.report is not None else []
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
         # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
         staging = out / f".models-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         for vname, art in result.variants.items():
-            for rel in [*art.metadata.get("deliverables", [art.primary]), SIDECAR]:
+            for rel in [*delivered[vname], SIDECAR]:
                 dest = staging / vname / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
@@ -393,7 +396,7 @@ class Pipeline:
         os.rename(staging, out / "models")
         shutil.rmtree(old, ignore_errors=True)
         if result.report is not None:
-            for rel in result.report.metadata.get("deliverables", [result.report.primary]):
+            for rel in reports:
                 write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())
         write_json_atomic(
             out / "build.json",
