@@ -138,7 +138,7 @@ def read_artifact(folder: Path) -> Artifact | None:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: deep nesting
         return None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
         return None
