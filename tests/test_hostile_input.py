@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, committed, finetune_only, run_cli, subprocess_env, tiny_recipe, write_recipe
+from conftest import (
+    PYTHON,
+    REPO,
+    committed,
+    finetune_only,
+    run_cli,
+    run_pipeline,
+    subprocess_env,
+    tiny_recipe,
+    write_recipe,
+)
 
 from edgeres.errors import RecipeError, StageError
 from edgeres.recipe import MAX_ALIAS_NODES, MAX_DEPTH, parse_set, recipe_from_text
@@ -295,3 +305,34 @@ def test_checkpoint_of_another_architecture_fails_the_build_with_exit_3(tmp_path
     assert res.stderr.startswith(f"edgeres: error: weights from {weights} do not fit this architecture: ")
     assert res.stderr.endswith("; check model.arch\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "payload", "not-a-checkpoint"])
+def test_unreadable_resume_checkpoint_restarts_training(
+    tmp_path: Path, finetune_cache: tuple[Path, object], damage: str
+) -> None:
+    """A killed run's epoch checkpoint that cannot be read is discarded (nothing in it runs): the stage trains from
+    the first epoch and ends with the same weights as a build that was never interrupted."""
+    from edgeres.stages.base import SCRATCH
+
+    (reference,) = committed(finetune_cache[0], "finetune")
+    cache = tmp_path / "cache"
+    last = cache / f"{reference.name}.partial" / SCRATCH / "last.pt"
+    last.parent.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    if damage == "truncated":
+        torch.save({"epoch": 1, "model": torch.nn.Linear(2, 2).state_dict()}, last)
+        last.write_bytes(last.read_bytes()[:100])
+    elif damage == "payload":
+        torch.save({"epoch": 1, "model": Payload(marker)}, last)
+    else:
+        torch.save([torch.zeros(1)], last)
+    (last.parent / "best.pt").write_bytes(b"stale")
+    result, log = run_pipeline(tiny_recipe(), cache, until_stage="finetune")
+    assert [r.status for r in result.records] == ["ran"]
+    assert f"the checkpoint {last} cannot be resumed from (" in log
+    assert "); training from the first epoch" in log
+    assert not marker.exists()
+    (entry,) = committed(cache, "finetune")
+    assert entry.name == reference.name
+    assert (entry / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
