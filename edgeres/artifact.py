@@ -142,6 +142,9 @@ def read_artifact(folder: Path) -> Artifact | None:
         return None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
         return None
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None  # file hashes that are not name -> sha256: not a sidecar edgeres wrote
     try:
         return Artifact(
             path=folder,
@@ -150,7 +153,7 @@ def read_artifact(folder: Path) -> Artifact | None:
             key=str(meta["key"]),
             format=str(meta["format"]),
             primary=str(meta["primary"]),
-            files=dict(meta["files"]),
+            files=dict(files),
             metadata=meta,
         )
     except (KeyError, TypeError, ValueError):
