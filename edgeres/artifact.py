@@ -103,6 +103,33 @@ class Artifact:
                 f"it was modified after it was written. Remove it with `edgeres cache clean` and rebuild."
             )
 
+    def deliverables(self) -> list[str]:
+        """The files the sidecar says to deliver, each checked to be one of the entry's hashed files (a relative
+        path inside it): a tampered sidecar cannot make a build copy from, or write to, a path outside."""
+        listed = self.metadata.get("deliverables", [self.primary])
+        if not isinstance(listed, list) or not listed:
+            raise CacheError(
+                f"cache entry {self.path} is corrupt: its sidecar's deliverables are {listed!r}, not a list of its "
+                f"files. {self.rebuild_hint()}"
+            )
+        for rel in [self.primary, *listed]:
+            if not isinstance(rel, str) or rel not in self.files or not is_inside(rel):
+                raise CacheError(
+                    f"cache entry {self.path} is corrupt: its sidecar names {rel!r} as a deliverable, which is not "
+                    f"one of the files it hashed ({', '.join(sorted(map(str, self.files))) or 'none'}). "
+                    f"{self.rebuild_hint()}"
+                )
+        return list(listed)
+
+    def rebuild_hint(self) -> str:
+        return f"Rebuild it with `edgeres build RECIPE --force {self.stage}`, or remove it with `edgeres cache clean`."
+
+
+def is_inside(rel: str) -> bool:
+    """Whether `rel` is a relative POSIX path that stays inside its folder (no absolute path, `..`, backslash)."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and "\0" not in rel and ".." not in parts
+
 
 def read_artifact(folder: Path) -> Artifact | None:
     """The artifact in `folder`, or None when it has no valid sidecar (never finished)."""
@@ -111,10 +138,13 @@ def read_artifact(folder: Path) -> Artifact | None:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: deep nesting
         return None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
         return None
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None  # file hashes that are not name -> sha256: not a sidecar edgeres wrote
     try:
         return Artifact(
             path=folder,
@@ -123,7 +153,7 @@ def read_artifact(folder: Path) -> Artifact | None:
             key=str(meta["key"]),
             format=str(meta["format"]),
             primary=str(meta["primary"]),
-            files=dict(meta["files"]),
+            files=dict(files),
             metadata=meta,
         )
     except (KeyError, TypeError, ValueError):

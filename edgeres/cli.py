@@ -47,6 +47,14 @@ def cli() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would run; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress output on stderr.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for a cache entry another build is writing; then exit 6 naming its PID.",
+)
 def build(
     recipe: str,
     out: str | None,
@@ -57,6 +65,7 @@ def build(
     sets: tuple[str, ...],
     dry_run: bool,
     quiet: bool,
+    lock_timeout: float,
 ) -> None:
     from edgeres.pipeline import Pipeline
     from edgeres.progress import Reporter
@@ -73,6 +82,7 @@ def build(
         force=force,
         reporter=Reporter(quiet=quiet),
         dry_run=dry_run,
+        lock_timeout=lock_timeout,
     )
     result = pipe.run()
     for rec in result.records:
@@ -245,23 +255,42 @@ def cache_ls(cache_path: str | None) -> None:
 @click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--partial", is_flag=True, help="Remove only unfinished entries (killed builds), keep finished ones.")
 def cache_clean(cache_path: str | None, partial: bool) -> None:
+    """Entries are removed under their lock: an entry a running build holds (writing it, its .partial folder, its
+    lock file) is skipped and named, never pulled from under the build."""
+    from edgeres.pipeline import lock_holder, try_lock
+
     root = _cache_dir(cache_path)
-    removed, freed = 0, 0
-    if root.is_dir():
-        for p in sorted(root.iterdir()):
-            m = ENTRY.match(p.name)
-            if m is None or (
-                partial and m["suffix"] not in (".partial",) and not (m["suffix"] or "").startswith(".old")
-            ):
-                continue
-            freed += _size(p)
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-            removed += 1
-        data = root / "data"
-        if not partial and data.is_dir():
-            freed += _size(data)
-            shutil.rmtree(data)
-    click.echo(f"removed {removed} entries, freed {freed / 1e6:.1f} MB from {root}")
+    removed, freed, skipped = 0, 0, 0
+    groups: dict[str, list[Path]] = {}  # entry name -> its folder, .partial, .old-PID and .lock paths to remove
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        m = ENTRY.match(p.name)
+        unfinished = m is not None and (m["suffix"] or "").startswith((".partial", ".old"))
+        if m is not None and (unfinished or not partial):
+            groups.setdefault(f"{m['type']}-{m['key']}", []).append(p)
+    for name, doomed in groups.items():
+        lock = root / f"{name}.lock"
+        existed = lock.exists()
+        held = try_lock(lock)
+        if held is None:
+            click.echo(f"skipped {name}: a running build (PID {lock_holder(lock)}) holds it")
+            skipped += 1
+            continue
+        with held:
+            for p in doomed:
+                if p == lock:
+                    continue
+                freed += _size(p)
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed += 1
+            if lock in doomed or not existed:
+                lock.unlink()  # while locked: a build that opened it meanwhile sees it gone and opens a new one
+                removed += lock in doomed
+    data = root / "data"
+    if not partial and data.is_dir():
+        freed += _size(data)
+        shutil.rmtree(data)
+    held_note = f"; skipped {skipped} held by running builds" if skipped else ""
+    click.echo(f"removed {removed} entries, freed {freed / 1e6:.1f} MB from {root}{held_note}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ stages run them once, a second recipe reuses a first one's stages, and a killed 
 
 Commit protocol: a stage writes into `<entry>.partial/` (kept across a kill so long stages can resume from their
 checkpoints), the pipeline hashes the files and writes `artifact.json` last, then renames the folder into place.
-A lock file per entry keeps two builds from writing one entry; the second waits and then reuses it.
+A lock file per entry keeps two builds from writing one entry; the second waits (at most --lock-timeout) and then
+reuses it. The holder writes its PID into the lock file; `edgeres cache clean` skips entries whose lock is held.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edgeres import __version__
 from edgeres.artifact import (
@@ -51,19 +52,68 @@ def default_cache_dir() -> Path:
     return Path(base) / "edgeres"
 
 
-@contextlib.contextmanager
-def entry_lock(path: Path, reporter: Reporter) -> Iterator[None]:
-    """Exclusive lock on `path`; waits (saying so) while another build holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+LOCK_TIMEOUT_S = 3600.0
+LOCK_POLL_S = 0.1
+
+
+def lock_holder(path: Path) -> str:
+    """The PID a lock file's holder wrote into it, as text ('unknown' if it wrote none yet)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """The lock file at `path` opened and exclusively locked, or None when another process holds it. The lock is on
+    the file `path` names when it returns: one that was removed (cache clean) while we locked it is opened again."""
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (returned open)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            reporter.log(f"waiting for another build that is writing {path.stem} ...")
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            f.close()
+            return None
         try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        f.close()  # closing releases the lock on the removed file
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path, reporter: Reporter, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock on `path`, holding this process's PID; waits (saying so) while another build holds it, for at
+    most `timeout_s` seconds, then raises CacheError naming the holder's PID."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    waiting = False
+    while (f := try_lock(path)) is None:
+        if not waiting:
+            reporter.log(
+                f"waiting for another build (PID {lock_holder(path)}) that is writing {path.stem}, at most "
+                f"{timeout_s:g} s (--lock-timeout) ..."
+            )
+            waiting = True
+        if time.monotonic() - start >= timeout_s:
+            raise CacheError(
+                f"cache entry {path.stem} is being written by another build (PID {lock_holder(path)}), which still "
+                f"held its lock {path} after {timeout_s:g} s (--lock-timeout). Wait for that build to finish, stop "
+                "it, or raise --lock-timeout"
+            )
+        time.sleep(min(LOCK_POLL_S, max(0.0, timeout_s - (time.monotonic() - start))))
+    with f:
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
             yield
         finally:
+            f.truncate(0)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -118,8 +168,10 @@ class Pipeline:
         force: tuple[str, ...] = (),
         reporter: Reporter | None = None,
         dry_run: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT_S,
     ) -> None:
         self.recipe = recipe
+        self.lock_timeout = lock_timeout
         self.cache_dir = cache_dir or default_cache_dir()
         self.out_dir = out_dir
         self.reporter = reporter or Reporter()
@@ -249,7 +301,7 @@ class Pipeline:
             rec.status = "planned"
             self.reporter.log(f"[{vname}] {st.id}: would run ({key[:12]})")
             return Planned(key, STAGE_IO[st.type][1])
-        with entry_lock(final.with_name(final.name + ".lock"), self.reporter):
+        with entry_lock(final.with_name(final.name + ".lock"), self.reporter, timeout_s=self.lock_timeout):
             existing = read_artifact(final)
             if existing is not None and not forced:
                 existing.verify()
@@ -377,13 +429,16 @@ class Pipeline:
         """Copy each variant's deliverables and the reports to --out (each file atomically), and the build log."""
         assert self.out_dir is not None
         out = self.out_dir
+        # Every entry's deliverables are checked against its hashed files before anything is written.
+        delivered = {vname: art.deliverables() for vname, art in result.variants.items()}
+        reports = result.report.deliverables() if result.report is not None else []
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
         # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
         staging = out / f".models-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         for vname, art in result.variants.items():
-            for rel in [*art.metadata.get("deliverables", [art.primary]), SIDECAR]:
+            for rel in [*delivered[vname], SIDECAR]:
                 dest = staging / vname / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
@@ -393,7 +448,7 @@ class Pipeline:
         os.rename(staging, out / "models")
         shutil.rmtree(old, ignore_errors=True)
         if result.report is not None:
-            for rel in result.report.metadata.get("deliverables", [result.report.primary]):
+            for rel in reports:
                 write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())
         write_json_atomic(
             out / "build.json",

@@ -9,12 +9,13 @@ raw mapping before validation, so they are checked exactly like the file.
 from __future__ import annotations
 
 import copy
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeres.errors import RecipeError
 from edgeres.targets import Target, builtin_targets
@@ -474,8 +475,15 @@ class Variant(Strict):
     )
 
 
+# Names that become folder names (the recipe's, each variant's): no separators, no `.`/`..`, no leading dot or dash.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 100
+
+
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Recipe name; names the output folder.")
+    name: str = Field(
+        pattern=SAFE_NAME.pattern, max_length=MAX_NAME, description="Recipe name; names the output folder."
+    )
     seed: int = Field(0, ge=0, description="Seed for data splits, initialisation, shuffling and calibration.")
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
@@ -493,6 +501,18 @@ class Recipe(Strict):
         description="Named variants that skip or change stages; stages they share run once. Default: one "
         "variant named 'main' with every stage.",
     )
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
+        for vname in variants:
+            if not SAFE_NAME.match(vname) or len(vname) > MAX_NAME:
+                raise ValueError(
+                    f"variant name {vname!r} cannot be used as a folder name (its deliverables go to "
+                    f"out/<recipe>/models/<variant>/); use at most {MAX_NAME} letters, digits, '_', '.' and '-', "
+                    "starting with a letter or digit"
+                )
+        return variants
 
     @model_validator(mode="after")
     def _check_stages(self) -> Recipe:
@@ -572,12 +592,89 @@ class Recipe(Strict):
 
 # ----------------------------------------------------------------------------------------------------- loading
 
+# What a recipe's YAML may do. Aliases are allowed (a recipe may share an optimizer block), but the nodes they repeat
+# are counted as the document is composed, before anything is expanded: a "billion laughs" (aliases of aliases,
+# a few hundred bytes) would otherwise expand to billions of values in whatever walks the data, and a recursive
+# alias to an infinite one. Nesting is bounded too: every reader of the data recurses.
+MAX_ALIAS_NODES = 10_000
+MAX_DEPTH = 64
+
+
+class YamlLimitError(yaml.YAMLError):
+    """The YAML is well-formed but refused: an alias budget, a recursive alias, deep nesting or a Python tag."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, while composing (before any expansion), aliases that repeat more than
+    MAX_ALIAS_NODES nodes in all, recursive aliases, nesting deeper than MAX_DEPTH and Python tags."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # id(node) -> how many nodes it stands for with its aliases expanded (counted, never built). A node gets its
+        # count when it is complete, so an alias to an anchored node without one is inside that node: recursive.
+        self._sizes: dict[int, int] = {}
+        self._alias_nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    raise YamlLimitError(
+                        f"line {line}: alias *{event.anchor} refers to a node that contains it (a recursive "
+                        "alias), which stands for an infinitely deep value; write the value out instead"
+                    )
+                self._alias_nodes += size
+                if self._alias_nodes > MAX_ALIAS_NODES:
+                    raise YamlLimitError(
+                        f"line {line}: aliases repeat {self._alias_nodes} nodes so far (*{event.anchor} alone "
+                        f"{size}); at most {MAX_ALIAS_NODES} are allowed, so that aliases of aliases (a 'billion "
+                        "laughs') cannot expand to billions of values. Write the values out, or use fewer aliases"
+                    )
+            return super().compose_node(parent, index)  # an unknown alias: PyYAML's own error
+        tag = getattr(event, "tag", None)
+        if isinstance(tag, str) and tag.startswith(("!!python/", "tag:yaml.org,2002:python/")):
+            raise YamlLimitError(
+                f"line {line}: the tag {tag} would create a Python object; recipes are read with safe loading, which "
+                "creates only plain values (mappings, lists, strings, numbers). Remove the tag"
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlLimitError(
+                    f"line {line}: values are nested deeper than {MAX_DEPTH} levels; a recipe needs fewer than 10. "
+                    "Flatten the structure"
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for kv in node.value for c in kv)
+        elif node is not None:
+            self._sizes[id(node)] = 1
+        return node
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with RecipeLoader (safe, aliases and depth bounded); raises yaml.YAMLError."""
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 def _line_index(text: str) -> dict[tuple[Any, ...], int]:
     """Map each key path in the YAML to its 1-based line, for error messages."""
     lines: dict[tuple[Any, ...], int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError:
         return lines
 
@@ -749,7 +846,9 @@ def parse_set(items: tuple[str, ...] | list[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set stages.finetune.epochs=3")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = load_yaml(value) if value.strip() else ""
+        except YamlLimitError as exc:
+            raise RecipeError(f"--set {item!r}: the value is refused: {exc}") from None
         except yaml.YAMLError as exc:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
         out.append((key.strip(), parsed))
@@ -783,7 +882,9 @@ def recipe_from_text(
     text: str, *, source: str = "recipe", base: Path | None = None, overrides: list[tuple[str, Any]] | None = None
 ) -> Recipe:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except YamlLimitError as exc:
+        raise RecipeError(f"{source}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

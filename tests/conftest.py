@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY_DATA: dict[str, Any] = {
     "type": "synthetic",
     "image_size": 16,
@@ -141,7 +143,8 @@ def subprocess_env(tmp: Path) -> dict[str, str]:
     env["EDGERES_CACHE"] = str(tmp / "default-cache-must-not-be-used")
     env["XDG_CACHE_HOME"] = str(tmp / "xdg-cache")
     env["PYTHONNOUSERSITE"] = "1"
-    env.pop("PYTHONPATH", None)
+    # The edgeres next to these tests, also where the venv has another checkout installed (a git worktree).
+    env["PYTHONPATH"] = str(REPO)
     return env
 
 

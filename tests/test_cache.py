@@ -410,3 +410,78 @@ def test_stray_files_in_a_leftover_partial_are_not_committed(tmp_path: Path) -> 
     assert statuses(result) == [("main", "finetune", "ran")]
     art = result.variants["main"]
     assert sorted(art.files) == ["model.json", "model.pt"]
+
+
+# ------------------------------------------------------------------------------------------ tampered sidecars
+
+
+@pytest.mark.parametrize(
+    "deliverable", ["../../etc/passwd", "/etc/passwd", "model.pt/../../../x", "model.pt\\..\\x", "not-hashed.bin"]
+)
+def test_deliverables_outside_the_hashed_files_are_refused(
+    finetune_cache_copy: Path, tmp_path: Path, deliverable: str
+) -> None:
+    final = only_entry(finetune_cache_copy)
+    side = final / SIDECAR
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    assert meta["deliverables"] == ["model.pt", "model.json"]
+    side.write_text(json.dumps({**meta, "deliverables": ["model.pt", deliverable]}), encoding="utf-8")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
+    out = tmp_path / "out"
+    args = ["build", str(path), "--cache", str(finetune_cache_copy), "--out", str(out), "--until", "finetune"]
+    res = run_cli(*args, "--quiet")
+    assert res.code == 6
+    assert res.stderr == (
+        f"edgeres: error: cache entry {final} is corrupt: its sidecar names {deliverable!r} as a deliverable, which "
+        "is not one of the files it hashed (model.json, model.pt). Rebuild it with `edgeres build RECIPE --force "
+        "finetune`, or remove it with `edgeres cache clean`.\n"
+    )
+    assert not out.exists()  # checked before anything is written
+    if deliverable != "../../etc/passwd":
+        return
+    # The entry's files still match their hashes (only the sidecar was changed): --force rebuilds it, and delivers.
+    res = run_cli(*args, "--quiet", "--force", "finetune")
+    assert res.code == 0, res.stderr
+    assert json.loads(side.read_text(encoding="utf-8"))["deliverables"] == ["model.pt", "model.json"]
+    assert sorted(p.name for p in (out / "models" / "main").iterdir()) == ["artifact.json", "model.json", "model.pt"]
+
+
+@pytest.mark.parametrize("deliverables", [[], "model.pt", None, [3]])
+def test_deliverables_that_are_not_a_list_of_files_are_refused(finetune_cache_copy: Path, deliverables: Any) -> None:
+    final = only_entry(finetune_cache_copy)
+    side = final / SIDECAR
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    side.write_text(json.dumps({**meta, "deliverables": deliverables}), encoding="utf-8")
+    art = read_artifact(final)
+    assert art is not None
+    with pytest.raises(CacheError) as info:
+        art.deliverables()
+    what = (
+        f"its sidecar names {deliverables[0]!r} as a deliverable, which is not one of the files it hashed "
+        "(model.json, model.pt)."
+        if deliverables == [3]
+        else f"its sidecar's deliverables are {deliverables!r}, not a list of its files."
+    )
+    assert str(info.value) == (
+        f"cache entry {final} is corrupt: {what} Rebuild it with `edgeres build RECIPE --force finetune`, or remove "
+        "it with `edgeres cache clean`."
+    )
+
+
+def test_a_tampered_file_is_found_by_rehashing_and_rebuilt_with_force(
+    finetune_cache_copy: Path, tmp_path: Path
+) -> None:
+    final = only_entry(finetune_cache_copy)
+    before = (final / "model.pt").read_bytes()
+    (final / "model.pt").write_bytes(before[:-4] + b"\xff\xff\xff\xff")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
+    out = tmp_path / "out"
+    args = ["build", str(path), "--cache", str(finetune_cache_copy), "--out", str(out), "--until", "finetune"]
+    res = run_cli(*args, "--quiet")
+    assert res.code == 6
+    assert "does not match its sidecar (changed, missing or extra: model.pt)" in res.stderr
+    res = run_cli(*args, "--quiet", "--force", "finetune")
+    assert res.code == 0, res.stderr
+    read_artifact(final).verify()  # type: ignore[union-attr]
+    assert (out / "models" / "main" / "model.pt").read_bytes() == (final / "model.pt").read_bytes()
+    assert (final / "model.pt").read_bytes() == before  # training is deterministic: the same weights again

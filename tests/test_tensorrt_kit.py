@@ -391,7 +391,8 @@ class OnnxStandIn(Runner):
 
     def __init__(self, path: Path, *, threads: int, facts: DeviceFacts | None = None) -> None:
         super().__init__(path, threads=threads)
-        self.session = ort.InferenceSession(str(path.parent / "model.onnx"), providers=["CPUExecutionProvider"])
+        onnx_file = json.loads((path.parent / "kit.json").read_text())["onnx"]["file"]  # the engine's source
+        self.session = ort.InferenceSession(str(path.parent / onnx_file), providers=["CPUExecutionProvider"])
 
     def infer(self, batch: Any) -> Any:
         return self.session.run(None, {"input": batch})[0]
@@ -436,6 +437,100 @@ def test_run_kit_report_shape(kit: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert row["latency"]["scenario"] == "single-stream" and row["latency"]["queries"] >= 5
     assert report["settings"]["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False}
     assert any("top-1" in m for m in messages)
+
+
+def rewrite_kit(kit: Path, **changes: Any) -> Path:
+    meta = json.loads((kit / "kit.json").read_text())
+    for dotted, value in changes.items():
+        node = meta
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (kit / "kit.json").write_text(json.dumps(meta))
+    return kit / "kit.json"
+
+
+def test_run_kit_uses_the_files_read_kit_checked(kit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kit.json names the ONNX and val files; run_kit builds, runs and measures exactly those (never model.onnx)."""
+    os.rename(kit / "model.onnx", kit / "renamed.onnx")
+    os.rename(kit / "val.npz", kit / "renamed.npz")
+    rewrite_kit(kit, onnx__file="renamed.onnx", val__file="renamed.npz")
+    built: list[Path] = []
+
+    def fake_build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+        built.append(onnx_path)
+        engine_path.write_bytes(b"engine")
+        manifest = make_manifest(
+            engine_path,
+            onnx_path=onnx_path,
+            timing_cache=None,
+            facts=ORIN_NANO,
+            trt_version="10.3.0.30",
+            settings=kw["settings"],
+            plan=plan_build(kw["settings"], qdq_nodes=0, trt_major=10),
+            input_name="input",
+            input_shape=["batch", 3, 8, 8],
+        )
+        return BuildResult(engine_path, write_manifest(engine_path, manifest), None, None, 1.5, manifest)
+
+    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", fake_build)
+    monkeypatch.setattr(runner_module, "TensorRTRunner", OnnxStandIn)
+    report = run_kit(kit, progress=lambda m: None)
+    assert built == [kit.resolve() / "renamed.onnx"]
+    (row,) = report["results"]
+    assert row["accuracy"]["images"] == 20 and row["accuracy"]["top1_agreement_onnxruntime"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["../model.onnx", "/etc/passwd", "sub/model.onnx", "..", ".", "", "a\\b", 3, None])
+@pytest.mark.parametrize("part", ["onnx", "val"])
+def test_kit_file_names_must_be_plain_names_inside_the_kit(kit: Path, part: str, name: Any) -> None:
+    source = rewrite_kit(kit, **{f"{part}__file": name})
+    with pytest.raises(DataError) as info:
+        read_kit(kit)
+    assert str(info.value) == (
+        f"{source} names the {part} file {name!r}; it must be a file name inside the kit (no path separators, not "
+        "'.' or '..'). Copy the kit again from the build host."
+    )
+
+
+def test_kit_file_with_another_name_and_the_wrong_hash_is_refused(kit: Path) -> None:
+    shutil.copyfile(kit / "val.npz", kit / "other.onnx")
+    rewrite_kit(kit, onnx__file="other.onnx")
+    with pytest.raises(DataError) as info:
+        read_kit(kit)
+    assert str(info.value).startswith(f"{kit / 'other.onnx'} does not match kit.json (sha256 ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[]", "{source} holds a list, not an edgeres device kit (a mapping). Copy the kit again from the build host."),
+        ("[" * 100_000, "{kit} is not an edgeres device kit: cannot read kit.json (maximum recursion depth exceeded"),
+    ],
+)
+def test_kit_json_that_is_not_a_kit(kit: Path, text: str, expected: str) -> None:
+    (kit / "kit.json").write_text(text)
+    with pytest.raises(DataError) as info:
+        read_kit(kit)
+    assert str(info.value).startswith(expected.format(source=kit / "kit.json", kit=kit))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("settings", [], "settings must be a dict; got []."),
+        ("latency", {"warmup": -1}, "its settings or latency cannot be read (1 validation error for Latency"),
+        ("settings", {"precision": "fp16", "nonsense": 1}, "unknown TensorRT engine settings ['nonsense']"),
+        ("variant", None, "variant must be a str; got None."),
+    ],
+)
+def test_kit_fields_run_kit_reads_are_checked(kit: Path, field: str, value: Any, expected: str) -> None:
+    rewrite_kit(kit, **{field: value})
+    with pytest.raises((DataError, RecipeError)) as info:
+        read_kit(kit)
+    assert expected in str(info.value)
 
 
 @HERE_WITHOUT_TENSORRT

@@ -48,6 +48,25 @@ def _set_frozen(model: Any, frozen: bool) -> None:
                 m.eval()
 
 
+RESUME_KEYS = ("epoch", "model", "optimizer", "schedule", "best_top1", "best_epoch", "curve")
+
+
+def _resume_state(torch: Any, last: Path, ctx: StageContext) -> dict[str, Any] | None:
+    """The checkpoint a killed run left (tensors only), or None, saying why, when it cannot be read (a damaged
+    disk, a hand-edited file): the stage then trains from the first epoch instead of failing."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for corrupt or unsafe files
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+    else:
+        if isinstance(state, dict) and all(k in state for k in RESUME_KEYS):
+            return state
+        why = f"a {type(state).__name__} without {', '.join(RESUME_KEYS)}"
+    ctx.reporter.log(f"the checkpoint {last} cannot be resumed from ({why}); training from the first epoch")
+    last.unlink()
+    return None
+
+
 def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     torch = require("torch", purpose="fine-tune the model")
     torch.set_num_threads(ctx.threads)
@@ -71,8 +90,10 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr, steps * cfg.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_top1, best_epoch, curve = 0, -1.0, 0, []
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+    state = _resume_state(torch, last, ctx) if last.is_file() else None
+    if state is None:
+        best_path.unlink(missing_ok=True)  # belongs to the run that left the unreadable checkpoint
+    else:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])

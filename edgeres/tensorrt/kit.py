@@ -322,20 +322,44 @@ def target_mismatches(target: Mapping[str, Any], facts: DeviceFacts) -> list[str
 
 
 def read_kit(folder: Path) -> dict[str, Any]:
+    """kit.json, checked: the ONNX and val files it names are plain file names inside the kit with the sha256 it
+    records (run_kit then uses exactly those files), and the fields run_kit reads have their shapes. A kit that is
+    not so raises DataError."""
+    source = folder / KIT_JSON
+    again = "Copy the kit again from the build host."
     try:
-        kit: dict[str, Any] = json.loads((folder / KIT_JSON).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        kit = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
         raise DataError(f"{folder} is not an edgeres device kit: cannot read {KIT_JSON} ({exc})") from exc
+    if not isinstance(kit, dict):
+        raise DataError(f"{source} holds a {type(kit).__name__}, not an edgeres device kit (a mapping). {again}")
     if kit.get("schema") != KIT_SCHEMA:
-        raise DataError(f"{folder / KIT_JSON} has schema {kit.get('schema')!r}, expected {KIT_SCHEMA!r}")
+        raise DataError(f"{source} has schema {kit.get('schema')!r}, expected {KIT_SCHEMA!r}")
     for part in ("onnx", "val"):
-        path = folder / kit[part]["file"]
-        actual = sha256_file(path) if path.is_file() else "missing"
-        if actual != kit[part]["sha256"]:
+        entry = kit.get(part)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise DataError(f"{source}: {part} must be a mapping with file and sha256; got {entry!r:.200}. {again}")
+        name = entry.get("file")
+        if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
             raise DataError(
-                f"{path} does not match {KIT_JSON} (sha256 {actual}, expected {kit[part]['sha256']}): the kit was "
-                f"changed or copied incompletely. Copy it again from the build host."
+                f"{source} names the {part} file {name!r:.200}; it must be a file name inside the kit (no path "
+                f"separators, not '.' or '..'). {again}"
             )
+        path = folder / name
+        actual = sha256_file(path) if path.is_file() else "missing"
+        if actual != entry["sha256"]:
+            raise DataError(
+                f"{path} does not match {KIT_JSON} (sha256 {actual}, expected {entry['sha256']}): the kit was "
+                f"changed or copied incompletely. {again}"
+            )
+    for field, kind in (("settings", dict), ("target", dict), ("latency", dict), ("variant", str)):
+        if not isinstance(kit.get(field), kind):
+            raise DataError(f"{source}: {field} must be a {kind.__name__}; got {kit.get(field)!r:.200}. {again}")
+    try:
+        EngineSettings.from_dict(kit["settings"])
+        Latency(**kit["latency"])
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise DataError(f"{source}: its settings or latency cannot be read ({str(exc)[:300]}). {again}") from None
     return kit
 
 
@@ -347,9 +371,10 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
     np = require("numpy")
     folder = folder.resolve()
     kit = read_kit(folder)
+    onnx_file, val_file = folder / kit["onnx"]["file"], folder / kit["val"]["file"]  # the files read_kit checked
     settings = EngineSettings.from_dict(kit["settings"])
     result = build_in_subprocess(
-        folder / ONNX,
+        onnx_file,
         folder / ENGINE,
         settings=settings,
         timing_cache=folder / TIMING_CACHE,
@@ -361,7 +386,7 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
     mismatches = target_mismatches(kit["target"], facts)
     for m in mismatches:
         progress(f"warning: {m}")
-    x, y = load_val(folder / VAL)
+    x, y = load_val(val_file)
     threads = os.cpu_count() or 1
     bs = min(settings.max_batch, ACCURACY_BATCH)
     batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
@@ -376,7 +401,7 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
         from edgeres.runtimes.onnxruntime import OnnxRuntimeRunner
         from edgeres.runtimes.settings import RuntimeSettings
 
-        with OnnxRuntimeRunner(folder / ONNX, threads=threads, settings=RuntimeSettings("onnxruntime")) as ort_runner:
+        with OnnxRuntimeRunner(onnx_file, threads=threads, settings=RuntimeSettings("onnxruntime")) as ort_runner:
             ref, ref_preds = measure_accuracy(ort_runner, batches)
         accuracy["onnxruntime_top1"] = ref["top1"]
         accuracy["top1_agreement_onnxruntime"] = float(np.mean(preds == ref_preds))
