@@ -8,21 +8,25 @@ and can be held to its published numbers.
 
 Two builds share one cache (finetune and the decoded splits are reused): finetune -> export -> quantize -> compile
 for `cpu-onnxruntime` and `cpu-openvino` (variants), and finetune -> prune (MACs <= 0.5, no recovery, OpenVINO's
-round_to 16) -> export. The test split cannot be subset through the recipe, so every evaluation reads all 10,000
-test images: that, not pruning or quantization, is most of the time.
+round_to 16) -> export. Most of the time is evaluation (every stage measures top-1 on val and test), not pruning or
+quantization.
 
-Measured here (2-core AMD EPYC, 2 threads, a quiet machine unless said; pytest --durations):
-- unpacking the archive 20 s; hashing the 60,000 files for the data fingerprint 12 s per build; decoding them
-  16 s once (later builds load the decoded splits from the cache in 4 s).
-- finetune (epochs 0): 47 s for torch top-1 on val and test (about 3 ms per image); export (dynamo) 14 s.
-- quantize, per target: about 135 s: FP32 and INT8 top-1 through the runtime on val and test (4 x 5,000-10,000
-  images, ORT FP32 ~2.3 ms and INT8 ~1 ms per image), NNCF PTQ on 300 images 37-47 s; compile 0.2 s (ORT), 2.5 s
-  (OpenVINO IR). The whole quantize build: 354 s.
-- prune: 360 s on a machine shared with another build (a 2-3x slowdown; TODO quiet figure), of which the MAC search
-  (12 trial prunings) takes 20 s; the rest is torch top-1 on val and test before and after. Export of the pruned model
-  18 s.
-- the checks here beside the builds (decoding 6,000 JPEGs, engines on 1,000 test images, the pruned model on val):
-  about 15 s. Whole module: TODO.
+Measured here (2-core AMD EPYC, threads 2, torch 2.14.1, onnxruntime 1.32, openvino 2026.4, nncf 3.4; pytest
+--durations and the sidecars' seconds). Quiet machine, nothing else running: 433 s for the whole module.
+- unpacking the archive ~20 s; hashing the 60,000 files into the data fingerprint 5-12 s per build (twice).
+- finetune (epochs 0) 65 s: decoding the 60,000 JPEGs once (16 s; the prune build loads the decoded splits from the
+  cache) and torch top-1 on val and test (15,000 images, ~3 ms each). Export (dynamo, parity on 256 images) 15 s.
+- quantize 119 s for ONNX Runtime, 70 s for OpenVINO: FP32 and INT8 top-1 through the runtime on val and test
+  (30,000 inferences per target, ORT FP32 ~2.3 ms an image), NNCF PTQ on 300 images 26-28 s. Compile 0.2 s (ORT),
+  2.3 s (OpenVINO IR). The quantize fixture, unpacking included: 310 s.
+- prune 75 s: MAC search and pruning 34 s (12 trial prunings), the rest torch top-1 on val and test before and after
+  (the "before" numbers repeat finetune's). Export of the pruned model 13 s. The prune fixture: 92 s.
+- the checks beside the builds (decoding 6,000 JPEGs, two engines on 1,000 test images, the pruned model on val)
+  15 s; removing the unpacked files at the end 13 s.
+The test split is all 10,000 images (it cannot be subset through the recipe): about 130 s of the 433 by the
+per-image costs above, kept so the FP32 numbers can be held to the checkpoint's published 81.73%. On the same
+machine shared with another build or test suite, the module took 14-20 minutes: stage times rise 2-4x under
+contention.
 """
 
 from __future__ import annotations
@@ -258,9 +262,10 @@ def test_compiled_engine_predicts_as_the_quantized_model(
     x, y = test_images
     got, expected = logits(compiled.path / engine, x).argmax(1), logits(qdq.primary_path, x).argmax(1)
     assert float(np.mean(got == expected)) >= 0.99
-    # 1,000 of the 10,000 test images: the engine's top-1 is near the INT8 top-1 the quantize stage measured.
+    # On 1,000 of the 10,000 test images the engine's top-1 is near the INT8 top-1 the quantize stage measured on all
+    # of them (0.812 against 0.817 here, on both runtimes).
     assert float(np.mean(got == y)) == pytest.approx(
-        quantized.metrics(variant, "quantize")["test"]["int8_top1"], abs=0.04
+        quantized.metrics(variant, "quantize")["test"]["int8_top1"], abs=0.02
     )
 
 
