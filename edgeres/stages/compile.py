@@ -88,6 +88,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
     if spec_path.is_file() and not (ctx.workdir / "model.json").exists():
         shutil.copyfile(spec_path, ctx.workdir / "model.json")
     files = sorted(p.name for p in ctx.workdir.iterdir() if p.is_file() and p.name != MANIFEST)
+    precision = precision_label(quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings)
     manifest = {
         "schema": "edgeres.manifest/1",
         "target": ctx.recipe.target,
@@ -96,9 +97,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         "format": fmt,
         "sha256": {name: sha256_file(ctx.workdir / name) for name in files},
         "source_onnx_sha256": inp.files[inp.primary],
-        "precision": precision_label(
-            quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings
-        ),
+        "precision": precision,
         # What every runner loads this engine with (runtimes.settings): measured as it ships.
         "runtime_settings": settings.to_dict(),
         "built_on": {"machine": platform.machine(), "system": platform.system()},
@@ -114,9 +113,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
             "target": ctx.recipe.target,
             "runtime": target.runtime,
             "engine": primary,
-            "precision": precision_label(
-                quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings
-            ),
+            "precision": precision,
             "input": inp.metadata.get("metrics", {}).get("input"),
             **info,
         },
