@@ -213,3 +213,17 @@ def finetune_cache_copy(finetune_cache: tuple[Path, Any], tmp_path: Path) -> Pat
 
 
 PYTHON = sys.executable
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("code ran", encoding="utf-8")
+
+
+class Payload:
+    """An object whose unpickling would run code (it creates a marker file): checkpoints carrying one are refused."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_touch, (self.marker,))

@@ -16,6 +16,7 @@ import torch
 from conftest import (
     PYTHON,
     REPO,
+    Payload,
     committed,
     finetune_only,
     run_cli,
@@ -231,20 +232,6 @@ def test_safe_variant_names_are_accepted() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
-
-
-def _touch(path: str) -> None:
-    Path(path).write_text("code ran", encoding="utf-8")
-
-
-class Payload:
-    """Unpickling this runs code: it creates a marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (_touch, (self.marker,))
 
 
 class SystemPayload:

@@ -6,26 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import committed, finetune_only, run_pipeline, statuses
+from conftest import Payload, committed, finetune_only, run_pipeline, statuses
 
 from edgeres.errors import StageError
 from edgeres.models import build_model, load_weights, read_state_dict
 
 SAFE_HINT = "edgeres never unpickles code: save a plain state dict with torch.save(model.state_dict(), path)"
-
-
-def _touch(path: str) -> None:
-    Path(path).write_text("code ran", encoding="utf-8")
-
-
-class Payload:
-    """An object whose unpickling would run code (it creates a marker file)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (_touch, (self.marker,))
 
 
 def test_pickled_object_is_refused_and_never_runs(tmp_path: Path) -> None:
