@@ -401,28 +401,29 @@ class OnnxStandIn(Runner):
         return "10.3.0.30"
 
 
+def stand_in_build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+    """build_in_subprocess without TensorRT: a placeholder engine and the manifest a real build would write."""
+    engine_path.write_bytes(b"engine")
+    settings = kw["settings"]
+    manifest = make_manifest(
+        engine_path,
+        onnx_path=onnx_path,
+        timing_cache=None,
+        facts=ORIN_NANO,
+        trt_version="10.3.0.30",
+        settings=settings,
+        plan=plan_build(settings, qdq_nodes=0, trt_major=10),
+        input_name="input",
+        input_shape=["batch", 3, 8, 8],
+    )
+    return BuildResult(engine_path, write_manifest(engine_path, manifest), None, None, 1.5, manifest)
+
+
 def test_run_kit_report_shape(kit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """run_kit's wiring and device-report.json, with the build and the engine replaced by stand-ins."""
 
-    def fake_build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
-        engine_path.write_bytes(b"engine")
-        settings = kw["settings"]
-        manifest = make_manifest(
-            engine_path,
-            onnx_path=onnx_path,
-            timing_cache=None,
-            facts=ORIN_NANO,
-            trt_version="10.3.0.30",
-            settings=settings,
-            plan=plan_build(settings, qdq_nodes=0, trt_major=10),
-            input_name="input",
-            input_shape=["batch", 3, 8, 8],
-        )
-        path = write_manifest(engine_path, manifest)
-        return BuildResult(engine_path, path, None, None, 1.5, manifest)
-
     monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
-    monkeypatch.setattr(kit_module, "build_in_subprocess", fake_build)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", stand_in_build)
     monkeypatch.setattr(runner_module, "TensorRTRunner", OnnxStandIn)
     messages: list[str] = []
     report = run_kit(kit, progress=messages.append)
@@ -460,19 +461,7 @@ def test_run_kit_uses_the_files_read_kit_checked(kit: Path, monkeypatch: pytest.
 
     def fake_build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
         built.append(onnx_path)
-        engine_path.write_bytes(b"engine")
-        manifest = make_manifest(
-            engine_path,
-            onnx_path=onnx_path,
-            timing_cache=None,
-            facts=ORIN_NANO,
-            trt_version="10.3.0.30",
-            settings=kw["settings"],
-            plan=plan_build(kw["settings"], qdq_nodes=0, trt_major=10),
-            input_name="input",
-            input_shape=["batch", 3, 8, 8],
-        )
-        return BuildResult(engine_path, write_manifest(engine_path, manifest), None, None, 1.5, manifest)
+        return stand_in_build(onnx_path, engine_path, **kw)
 
     monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
     monkeypatch.setattr(kit_module, "build_in_subprocess", fake_build)
