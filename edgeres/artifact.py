@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeres import faults
 from edgeres.errors import CacheError
 
 SIDECAR = "artifact.json"
@@ -53,7 +54,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            faults.point("write", path.name)  # tests: a disk that fills up in the middle of a write
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -50,10 +50,10 @@ def cli() -> None:
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
-    default=3600.0,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
-    help="Longest wait for a cache entry another build is writing; then exit 6 naming its PID.",
+    help="Longest wait for a cache entry another build is writing; then exit 6 naming its PID "
+    "[default: the recipe's lock_timeout_s, else 3600].",
 )
 def build(
     recipe: str,
@@ -65,9 +65,9 @@ def build(
     sets: tuple[str, ...],
     dry_run: bool,
     quiet: bool,
-    lock_timeout: float,
+    lock_timeout: float | None,
 ) -> None:
-    from edgeres.pipeline import Pipeline
+    from edgeres.pipeline import LOCK_TIMEOUT_S, Pipeline
     from edgeres.progress import Reporter
 
     r = _recipe(recipe, sets)
@@ -82,7 +82,7 @@ def build(
         force=force,
         reporter=Reporter(quiet=quiet),
         dry_run=dry_run,
-        lock_timeout=lock_timeout,
+        lock_timeout=next(t for t in (lock_timeout, r.lock_timeout_s, LOCK_TIMEOUT_S) if t is not None),
     )
     result = pipe.run()
     for rec in result.records:

@@ -44,6 +44,12 @@ class CacheError(EdgeresError):
     exit_code = 6
 
 
+class StorageError(EdgeresError):
+    """A write failed (disk full, quota, file-size limit, read-only file system): committed artifacts are intact."""
+
+    exit_code = 8
+
+
 class RegressionError(EdgeresError):
     """`edgeres compare` found a regression beyond its thresholds."""
 
@@ -59,5 +65,6 @@ EXIT_CODES: dict[int, str] = {
     5: "the data set cannot be read or is unusable",
     6: "the artifact cache is locked, corrupt or lacks an entry --from needs",
     7: "edgeres compare found a regression beyond its thresholds",
+    8: "a write failed (disk full, quota, read-only); committed stages are intact and a re-run resumes",
     130: "interrupted (Ctrl-C); completed stages stay cached and a re-run resumes",
 }

@@ -14,6 +14,7 @@ reuses it. The holder writes its PID into the lock file; `edgeres cache clean` s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgeres import __version__
+from edgeres import __version__, faults
 from edgeres.artifact import (
     SCHEMA_VERSION,
     SIDECAR,
@@ -36,7 +37,7 @@ from edgeres.artifact import (
     write_text_atomic,
 )
 from edgeres.deps import versions
-from edgeres.errors import CacheError, RecipeError, StageError
+from edgeres.errors import CacheError, RecipeError, StageError, StorageError
 from edgeres.keys import host_facts, key_material, reads_data, stage_key
 from edgeres.progress import Reporter
 from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
@@ -309,8 +310,9 @@ class Pipeline:
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
             real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
-            work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
-            self._commit(work, final, out, st, recipe, key, inputs, rec)
+            with storage_errors(f"stage {st.id} of variant {vname}"):
+                work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+                self._commit(work, final, out, st, recipe, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
         art = read_artifact(final)
@@ -364,9 +366,11 @@ class Pipeline:
             data_of=lambda r: self.data_loader(r)(),
         )
         self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
+        faults.point("stage:started", st.type)
         t0 = time.monotonic()
         out: StageOutput = load_stage(st.type).run(ctx, st, inp)
         rec.seconds = round(time.monotonic() - t0, 2)
+        faults.point("stage:ran", st.type)
         shutil.rmtree(work / SCRATCH, ignore_errors=True)
         if not (work / out.primary).is_file():
             raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
@@ -409,13 +413,16 @@ class Pipeline:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json_atomic(work / SIDECAR, sidecar)
+        faults.point("commit:sidecar-written", st.type)
         if final.exists():  # --force over a committed entry: swap, then drop the old one
             old = final.with_name(f"{final.name}.old-{os.getpid()}")
             os.rename(final, old)
+            faults.point("commit:swapped-out", st.type)
             os.rename(work, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(work, final)
+        faults.point("commit:renamed", st.type)
         rec.status = "ran"
         self.reporter.log(f"[{rec.variant}] {st.id}: done in {rec.seconds:.1f}s")
 
@@ -426,35 +433,64 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- deliverables
 
     def _deliver(self, result: BuildResult) -> None:
-        """Copy each variant's deliverables and the reports to --out (each file atomically), and the build log."""
+        """Copy each variant's deliverables and the reports to --out (each file atomically), and the build log. A lock
+        on the out folder keeps two builds delivering into it from mixing their files; the last one wins, whole."""
         assert self.out_dir is not None
         out = self.out_dir
         # Every entry's deliverables are checked against its hashed files before anything is written.
         delivered = {vname: art.deliverables() for vname, art in result.variants.items()}
         reports = result.report.deliverables() if result.report is not None else []
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
-        # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
-        staging = out / f".models-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        for vname, art in result.variants.items():
-            for rel in [*delivered[vname], SIDECAR]:
-                dest = staging / vname / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
-        old = out / f".models-old-{os.getpid()}"
-        if (out / "models").exists():
-            os.rename(out / "models", old)
-        os.rename(staging, out / "models")
-        shutil.rmtree(old, ignore_errors=True)
-        if result.report is not None:
-            for rel in reports:
-                write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())
-        write_json_atomic(
-            out / "build.json",
-            {
-                "recipe": self.recipe.name,
-                "cache": str(self.cache_dir),
-                "stages": [r.__dict__ for r in result.records],
-            },
-        )
+        with (
+            entry_lock(out / OUT_LOCK, self.reporter, timeout_s=self.lock_timeout),
+            storage_errors(f"delivering to {out}"),
+        ):
+            for stale in out.glob(".models-*"):  # a killed delivery's staging: nobody else writes here under the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
+            # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
+            staging = out / f".models-{os.getpid()}"
+            for vname, art in result.variants.items():
+                for rel in [*delivered[vname], SIDECAR]:
+                    dest = staging / vname / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
+            faults.point("deliver:staged")
+            old = out / f".models-old-{os.getpid()}"
+            if (out / "models").exists():
+                os.rename(out / "models", old)
+            os.rename(staging, out / "models")
+            shutil.rmtree(old, ignore_errors=True)
+            if result.report is not None:
+                for rel in reports:
+                    write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())
+            write_json_atomic(
+                out / "build.json",
+                {
+                    "recipe": self.recipe.name,
+                    "cache": str(self.cache_dir),
+                    "stages": [r.__dict__ for r in result.records],
+                },
+            )
+
+
+OUT_LOCK = ".edgeres-out.lock"
+# The errno values of a write that failed for want of room or permission to write (not a bug, not bad input).
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+@contextlib.contextmanager
+def storage_errors(doing: str) -> Iterator[None]:
+    """Turn a failed write (disk full, quota, file-size limit, read-only) into a StorageError that says what failed.
+    Nothing half-written is committed: a stage's files stay in its .partial folder, every other file is replaced
+    atomically, so earlier artifacts and the out folder's previous contents are intact."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        raise StorageError(
+            f"{doing} could not write{where}: {exc.strerror}. Committed stages and the files already delivered are "
+            "intact; free some space (or lift the quota or limit) and re-run: completed stages are reused"
+        ) from exc

@@ -89,8 +89,10 @@ def insert_quantizers(model: Any, calibration: list[Any], *, symmetric: bool, fa
     )
 
 
-def train(feed: Feed, model: Any, cfg: Qat, teacher: Any, *, seed: int) -> dict[str, Any]:
-    """QAT epochs over the train split; returns what the sidecar records."""
+def train(
+    feed: Feed, model: Any, cfg: Qat, teacher: Any, *, seed: int, checkpoint: Path | None = None
+) -> dict[str, Any]:
+    """QAT epochs over the train split (resuming from `checkpoint` after a kill); returns what the sidecar records."""
     t0 = time.monotonic()
     losses, steps = train_epochs(
         feed,
@@ -101,6 +103,8 @@ def train(feed: Feed, model: Any, cfg: Qat, teacher: Any, *, seed: int) -> dict[
         teacher=teacher,
         distill=cfg.distill,
         max_steps=cfg.max_steps,
+        checkpoint=checkpoint,
+        fault="qat",
     )
     model.eval()
     return {"steps": steps, "loss": losses, "seconds": round(time.monotonic() - t0, 1)}

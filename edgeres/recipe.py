@@ -488,6 +488,13 @@ class Recipe(Strict):
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
     )
+    lock_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Longest wait, in seconds, for a cache entry (or the out folder) another build is writing; then "
+        "exit 6 naming its PID. --lock-timeout overrides it. Default 3600.",
+    )
     target: str = Field(
         "cpu-onnxruntime",
         description="Deployment target: cpu-onnxruntime, cpu-openvino, nvidia-gpu, jetson-orin, or one under targets.",

@@ -108,7 +108,7 @@ def test_aliases_within_the_budget_still_work_and_lines_still_point_right() -> N
     assert msg.splitlines()[1:] == [
         "  - stages[1].steps (line 10): got 0; Input should be greater than or equal to 1",
         "  - x-opt (line 3): unknown key 'x-opt'; allowed keys here: "
-        "name, seed, threads, target, targets, data, model, stages, variants",
+        "name, seed, threads, lock_timeout_s, target, targets, data, model, stages, variants",
     ]
     shared = recipe_from_text(
         "name: tiny\ndata: {type: synthetic}\nstages:\n  - type: finetune\n    optimizer: &opt {type: sgd, lr: 0.01}\n"
@@ -318,7 +318,7 @@ def test_unreadable_resume_checkpoint_restarts_training(
     result, log = run_pipeline(tiny_recipe(), cache, until_stage="finetune")
     assert [r.status for r in result.records] == ["ran"]
     assert f"the checkpoint {last} cannot be resumed from (" in log
-    assert "); training from the first epoch" in log
+    assert "); starting over" in log
     assert not marker.exists()
     (entry,) = committed(cache, "finetune")
     assert entry.name == reference.name

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeres import faults
 from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_text_atomic
 from edgeres.deps import require
 from edgeres.measure import environment
@@ -108,6 +109,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                 "offline": cfg.offline.model_dump() if cfg.offline else None,
             }
             measured = measure_artifact(spec, isolate=cfg.isolate)
+            faults.point("benchmark:variant")
             preds = np.asarray(measured.pop("predictions"))
             row = result_row(vname, runtime, art, measured, cfg.accuracy_split, precision=precision)
             acc = row["accuracy"]

@@ -17,6 +17,7 @@ import platform
 import shutil
 from typing import Any
 
+from edgeres import faults
 from edgeres.artifact import Artifact, sha256_file, write_json_atomic
 from edgeres.deps import require
 from edgeres.errors import StageError
@@ -84,6 +85,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp, target, settings)
     else:  # the Target model allows nothing else; a new runtime needs a branch here
         raise StageError(f"target {ctx.recipe.target} has runtime {target.runtime}, which compile does not handle")
+    faults.point("compile:written")
     spec_path = inp.path / "model.json"
     if spec_path.is_file() and not (ctx.workdir / "model.json").exists():
         shutil.copyfile(spec_path, ctx.workdir / "model.json")

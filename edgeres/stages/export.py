@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgeres import __version__
+from edgeres import __version__, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.deps import require
 from edgeres.errors import StageError
@@ -61,6 +61,7 @@ def run(ctx: StageContext, cfg: ExportStage, inp: Artifact) -> StageOutput:
         raise StageError(f"the exported ONNX fails onnx's checker: {str(exc)[:800]}") from exc
     out = ctx.workdir / "model.onnx"
     write_bytes_atomic(out, proto.SerializeToString())
+    faults.point("export:written")
 
     parity = check_parity(ctx, cfg, model, out)
     ctx.reporter.log(

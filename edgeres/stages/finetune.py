@@ -8,12 +8,11 @@ from the last completed epoch; every epoch's shuffling and augmentation come fro
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
-from edgeres.artifact import write_bytes_atomic
+from edgeres import faults
 from edgeres.deps import require
 from edgeres.models import (
     build_model,
@@ -26,16 +25,9 @@ from edgeres.models import (
 )
 from edgeres.recipe import FinetuneStage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
-from edgeres.training import Feed, make_optimizer, make_schedule, train_epoch
+from edgeres.training import Feed, make_optimizer, make_schedule, read_checkpoint, save_checkpoint, train_epoch
 
 EVAL_BATCH = 256
-
-
-def _save(obj: Any, path: Path) -> None:
-    torch = require("torch")
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
 
 
 def _set_frozen(model: Any, frozen: bool) -> None:
@@ -49,22 +41,6 @@ def _set_frozen(model: Any, frozen: bool) -> None:
 
 
 RESUME_KEYS = ("epoch", "model", "optimizer", "schedule", "best_top1", "best_epoch", "curve")
-
-
-def _resume_state(torch: Any, last: Path, ctx: StageContext) -> dict[str, Any] | None:
-    """The checkpoint a killed run left (tensors only), or None, saying why, when it cannot be read (a damaged
-    disk, a hand-edited file): the stage then trains from the first epoch instead of failing."""
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for corrupt or unsafe files
-        why = f"{type(exc).__name__}: {str(exc)[:200]}"
-    else:
-        if isinstance(state, dict) and all(k in state for k in RESUME_KEYS):
-            return state
-        why = f"a {type(state).__name__} without {', '.join(RESUME_KEYS)}"
-    ctx.reporter.log(f"the checkpoint {last} cannot be resumed from ({why}); training from the first epoch")
-    last.unlink()
-    return None
 
 
 def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
@@ -90,7 +66,7 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr, steps * cfg.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_top1, best_epoch, curve = 0, -1.0, 0, []
-    state = _resume_state(torch, last, ctx) if last.is_file() else None
+    state = read_checkpoint(last, RESUME_KEYS, ctx.reporter)
     if state is None:
         best_path.unlink(missing_ok=True)  # belongs to the run that left the unreadable checkpoint
     else:
@@ -130,9 +106,9 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
         curve.append(row)
         if val["top1"] > best_top1:
             best_top1, best_epoch = val["top1"], epoch + 1
-            _save(model.state_dict(), best_path)
+            save_checkpoint(model.state_dict(), best_path)
         # The epoch's checkpoint is committed atomically: a kill leaves the previous or this one, never half.
-        _save(
+        save_checkpoint(
             {
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
@@ -144,6 +120,7 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
             },
             last,
         )
+        faults.point("epoch:finetune")
         ctx.reporter.log(
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val top-1 {val['top1']:.4f} "
             f"({row['seconds']:.1f}s)"

@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from edgeres import faults
 from edgeres.artifact import Artifact
 from edgeres.deps import require
 from edgeres.errors import StageError
@@ -30,9 +31,9 @@ from edgeres.models import channel_spec, count_params, evaluate, load_model, sav
 from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
 from edgeres.recipe import ExportStage, Latency, PruneStage, RatioBudget
 from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
-from edgeres.stages.base import StageContext, StageOutput
+from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import onnx_from_torch
-from edgeres.training import Feed, train_epochs
+from edgeres.training import Feed, read_checkpoint, save_checkpoint, train_epochs
 
 EVAL_BATCH = 256
 SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.045 of channels per step
@@ -227,6 +228,23 @@ def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, r
     return high
 
 
+def _resumed_step(ctx: StageContext, model: Any, path: Path) -> dict[str, Any] | None:
+    """A pruning step a killed run completed: its recovered weights loaded into `model` (pruned again, the same way,
+    from the same weights) and its history row; None when there is none or it does not fit, saying so."""
+    state = read_checkpoint(path, ("model", "row"), ctx.reporter)
+    if state is None:
+        return None
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:  # pruned differently this time (a nondeterministic criterion)
+        ctx.reporter.log(f"the checkpoint {path} does not fit the pruned model ({str(exc)[:200]}); recovering anew")
+        path.unlink()
+        return None
+    row: dict[str, Any] = state["row"]
+    ctx.reporter.log(f"resuming after pruning step {row['step']} (pruned and recovered by a killed run)")
+    return row
+
+
 def kept_channels(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, dict[str, list[int]]]:
     """Per pruned layer, its channels before and after: {"in": [before, after], "out": [before, after]} (a
     BatchNorm has one count, recorded as both). Layers left whole are not listed."""
@@ -266,14 +284,21 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     )
 
     t0 = time.monotonic()
+    scratch = ctx.workdir / SCRATCH
+    scratch.mkdir(exist_ok=True)
     budget = cfg.budget
+    searched = read_checkpoint(scratch / "search.pt", ("ratio",), ctx.reporter)
     if isinstance(budget, RatioBudget):
         ratio = budget.ratio
+    elif searched is not None:  # a killed run's search: measured latencies are not re-drawn on resume
+        ratio = float(searched["ratio"])
+        ctx.reporter.log(f"resuming with the ratio {ratio:.3f} the search of a killed run chose")
     elif _met(cfg, base_macs, base_macs, before["latency_ms"], search=True):
         ratio = 0.0
         ctx.reporter.log(f"the unpruned model already meets the {budget.type} budget: nothing pruned")
     else:
         ratio = search_ratio(ctx, model, example, cfg, round_to, probe)
+        save_checkpoint({"ratio": ratio}, scratch / "search.pt")
     steps = cfg.steps if ratio > 0 else 0
     if steps:
         ctx.reporter.log(f"pruning {ratio:.3f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
@@ -284,19 +309,27 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
         _taylor_grads(ctx, model, cfg)
         pruner.step()
         model.zero_grad(set_to_none=True)
-        after_prune_val = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
-        row: dict[str, Any] = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
-        if cfg.recovery.epochs > 0:
-            train_epochs(
-                Feed(data, ctx.recipe.data.augment, ctx.reporter),
-                model,
-                cfg.recovery,
-                seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
-                labels=[f"recovery {step + 1}.{e + 1}" for e in range(cfg.recovery.epochs)],
-                teacher=teacher,
-                distill=cfg.distill,
-            )
-            row["val_top1_recovered"] = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
+        row = _resumed_step(ctx, model, scratch / f"step-{step + 1}.pt")
+        if row is None:
+            after_prune_val = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
+            row = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
+            if cfg.recovery.epochs > 0:
+                train_epochs(
+                    Feed(data, ctx.recipe.data.augment, ctx.reporter),
+                    model,
+                    cfg.recovery,
+                    seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
+                    labels=[f"recovery {step + 1}.{e + 1}" for e in range(cfg.recovery.epochs)],
+                    teacher=teacher,
+                    distill=cfg.distill,
+                    checkpoint=scratch / f"recovery-{step + 1}.pt",
+                    fault="recovery",
+                )
+                row["val_top1_recovered"] = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
+            save_checkpoint({"model": model.state_dict(), "row": row}, scratch / f"step-{step + 1}.pt")
+            (scratch / f"recovery-{step + 1}.pt").unlink(missing_ok=True)
+            faults.point("prune:step")
+        after_prune_val = row["val_top1_pruned"]
         history.append(row)
         ctx.reporter.log(
             f"step {step + 1}/{cfg.steps}: MACs {row['macs'] / base_macs:.3f} of the original, val top-1 "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeres import faults
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
@@ -151,6 +152,7 @@ class Quantization:
             f"{METHOD_LABEL[method]} on {self.runtime}: val top-1 {self.fp32_val['top1']:.4f} -> {val['top1']:.4f} "
             f"(drop {100 * drop:.2f} pts)"
         )
+        faults.point("quantize:candidate")
         return Candidate(method, model, path, converted, val, val_pred, drop, seconds, **extra)
 
     def ptq(self) -> Candidate:
@@ -185,7 +187,7 @@ class Quantization:
             model, self.items, symmetric=self.symmetric, fast_bias_correction=cfg.fast_bias_correction
         )
         feed = Feed(ctx.data, ctx.recipe.data.augment, ctx.reporter)
-        info = qat.train(feed, qmodel, cfg.qat, teacher, seed=ctx.seed)
+        info = qat.train(feed, qmodel, cfg.qat, teacher, seed=ctx.seed, checkpoint=self.scratch / "qat.pt")
         info["folded_batchnorm"] = folded
         # The fake-quantized torch model's accuracy, beside the runtime's: the gap between them is what "it was fine
         # in training" hides.
