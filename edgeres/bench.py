@@ -66,6 +66,10 @@ def bench_artifact(
 ) -> dict[str, Any]:
     np = require("numpy")
     file, fmt = _locate(path)
+    if fmt == "onnx":  # a file from anywhere: parses, and names no external data outside its folder
+        from edgeres.onnx_file import check_onnx_file
+
+        check_onnx_file(file)
     runtime = runtime or ("torch" if fmt == "torch" else "onnxruntime")
     threads = threads or os.cpu_count() or 1
     latency = Latency(min_queries=min_queries, min_duration_s=min_duration_s)

@@ -212,6 +212,7 @@ class Pipeline:
                 self.reporter.log(
                     f"data {recipe.data.type}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
                     f"images, {len(self._data[k].classes)} classes ({time.monotonic() - t:.1f}s)"
+                    + (f"; {len(self._data[k].skipped)} unreadable files skipped" if self._data[k].skipped else "")
                 )
             return self._data[k]
 

@@ -84,6 +84,11 @@ class ImageFolderData(DataBase):
     max_memory_gb: float = Field(
         4.0, gt=0, description="Decoded splits are held in memory; refuse data that would need more than this."
     )
+    bad_files: Literal["fail", "skip"] = Field(
+        "fail",
+        description="An image file that cannot be decoded (truncated, corrupt, not an image): `fail` stops the "
+        "build naming it; `skip` leaves it out and the report counts and names the files skipped.",
+    )
 
 
 class SyntheticData(DataBase):

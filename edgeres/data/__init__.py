@@ -12,7 +12,7 @@ import importlib.util
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     fingerprint: str
+    skipped: list[str] = field(default_factory=list)  # "split/class/file: why" of images left out (bad_files: skip)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -220,12 +221,16 @@ def _train_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tupl
     )
 
 
-def _finish(cfg: DataCfg, train: Split, val: Split, test: Split, classes: list[str], fp: str) -> DataBundle:
+def _finish(
+    cfg: DataCfg, train: Split, val: Split, test: Split, classes: list[str], fp: str, skipped: list[str] | None = None
+) -> DataBundle:
     # ImageNet statistics for user images (what pretrained weights expect); measured on train otherwise.
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if isinstance(cfg, ImageFolderData) else _train_stats(train.images)
     mean = cfg.mean or mean
     std = cfg.std or std
-    return DataBundle(train=train, val=val, test=test, classes=classes, mean=mean, std=std, fingerprint=fp)
+    return DataBundle(
+        train=train, val=val, test=test, classes=classes, mean=mean, std=std, fingerprint=fp, skipped=skipped or []
+    )
 
 
 def _load_digits(cfg: DigitsData, seed: int, fp: str) -> DataBundle:
@@ -271,7 +276,8 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
     if cached is not None and cached.is_file():
         blob = torch.load(cached, weights_only=True)
         splits = {k: Split(blob[k + "_x"], blob[k + "_y"]) for k in ("train", "val", "test")}
-        return _finish(cfg, splits["train"], splits["val"], splits["test"], list(blob["classes"]), fp)
+        skipped = [str(s) for s in blob.get("skipped", [])]
+        return _finish(cfg, splits["train"], splits["val"], splits["test"], list(blob["classes"]), fp, skipped)
 
     classes, per_class = _list_folder(cfg.root, cfg.train)
     _, test_per_class = _list_folder(cfg.root, cfg.test)
@@ -297,10 +303,24 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
         files["val"] = [(p, label) for label, (_, ps) in enumerate(val_per_class) for p in ps]
     files["test"] = [(p, label) for label, (_, ps) in enumerate(test_per_class) for p in ps]
 
+    skipped: list[str] = []
+
+    def decode(path: Path, side: int | None) -> torch.Tensor | None:
+        try:
+            return _decode(path, side)
+        except DataError as exc:
+            if cfg.bad_files == "fail":
+                raise DataError(f"{exc}, or set data.bad_files: skip to leave such files out") from exc
+            skipped.append(f"{path.relative_to(cfg.root).as_posix()}: {exc.__cause__ or exc}"[:300])
+            return None
+
     side = cfg.image_size
     if side is None:
-        first = _decode(files["train"][0][0], None)
+        first = next((img for p, _ in files["train"] if (img := decode(p, None)) is not None), None)
+        if first is None:
+            raise DataError(f"no image in {str(cfg.root / cfg.train)!r} can be decoded")
         side_hw = (int(first.shape[1]), int(first.shape[2]))
+        skipped.clear()  # counted again below
     else:
         side_hw = (side, side)
     total = sum(len(v) for v in files.values()) * 3 * side_hw[0] * side_hw[1]
@@ -313,22 +333,31 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
     splits = {}
     for name, items in files.items():
         x = torch.empty((len(items), 3, *side_hw), dtype=torch.uint8)
-        for i, (p, _) in enumerate(items):
-            img = _decode(p, side)
+        kept: list[int] = []
+        for p, label in items:
+            img = decode(p, side)
+            if img is None:
+                continue
             if tuple(img.shape[1:]) != side_hw:
                 raise DataError(
                     f"{str(p)!r} is {img.shape[2]}x{img.shape[1]} but the first image is {side_hw[1]}x{side_hw[0]}; "
                     "set data.image_size to resize every image to one size"
                 )
-            x[i] = img
-        y = torch.tensor([label for _, label in items], dtype=torch.int64)
-        splits[name] = Split(x, y)
+            x[len(kept)] = img
+            kept.append(label)
+        missing = sorted({classes[label] for _, label in items} - {classes[label] for label in kept})
+        if missing:
+            raise DataError(
+                f"the {name} split has no readable image left in class {', '.join(missing)} after skipping "
+                f"{len(skipped)} unreadable files; fix or replace them"
+            )
+        splits[name] = Split(x if len(kept) == len(items) else x[: len(kept)].clone(), torch.tensor(kept))
     if cached is not None:
         blob = {f"{k}_{a}": getattr(s, "images" if a == "x" else "labels") for k, s in splits.items() for a in "xy"}
         buf = io.BytesIO()
-        torch.save({**blob, "classes": classes}, buf)
+        torch.save({**blob, "classes": classes, "skipped": skipped}, buf)
         write_bytes_atomic(cached, buf.getvalue())
-    return _finish(cfg, splits["train"], splits["val"], splits["test"], classes, fp)
+    return _finish(cfg, splits["train"], splits["val"], splits["test"], classes, fp, skipped)
 
 
 def _decode(path: Path, side: int | None) -> torch.Tensor:

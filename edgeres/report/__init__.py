@@ -156,6 +156,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"Not measured on this host: variant `{u['variant']}` ({u['format']}){on}: {u['reason']}.")
     if report.get("unmeasured"):
         lines.append("")
+    skipped = report["data"].get("skipped_files") or 0
+    if skipped:
+        listed = "; ".join(f"`{f}`" for f in report["data"].get("skipped", [])[:20])
+        lines += [f"**{skipped} unreadable image files were skipped** (data.bad_files: skip): {listed}.", ""]
     if report.get("stages"):
         lines += ["## Stages", "", "| variant | stage | seconds | numbers | key |", "|---|---|---:|---|---|"]
         for s in report["stages"]:

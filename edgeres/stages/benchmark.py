@@ -138,6 +138,9 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
             "type": ctx.recipe.data.type,
             "fingerprint": eval_set(ctx.recipe)[1],
             "split": cfg.accuracy_split,
+            # data.bad_files: skip leaves unreadable images out: the report says how many and which
+            "skipped_files": len(ctx.data.skipped),
+            "skipped": ctx.data.skipped[:100],
         },
         "settings": {
             "latency": cfg.latency.model_dump(mode="json"),
