@@ -7,6 +7,8 @@ its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class EdgeresError(Exception):
     """A problem the user can fix. The message says what happened, the value seen, what is allowed and the fix."""
@@ -54,6 +56,23 @@ class RegressionError(EdgeresError):
     """`edgeres compare` found a regression beyond its thresholds."""
 
     exit_code = 7
+
+
+# The errno values of a write that failed for want of room or permission (not a bug in edgeres, not bad input).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The failed write (an OSError with a WRITE_FAILURES errno) behind `exc`, following its causes: libraries that
+    wrap I/O errors in their own exceptions (torch's ONNX exporter) still end in StorageError."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in WRITE_FAILURES:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 EXIT_CODES: dict[int, str] = {

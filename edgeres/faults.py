@@ -8,8 +8,9 @@ Test-only: it does nothing unless the environment variable EDGERES_FAULT is set,
   `commit:sidecar-written` or `epoch:recovery`; a stage-specific commit point adds the stage type after a slash
   (`commit:renamed/finetune`), and a point without it matches every stage.
 - N fires at the N-th time this process reaches the point (default 1).
-- ACTION is `kill` (default: SIGKILL, no clean-up runs, like a power cut or the OOM killer) or `enospc` (an OSError
-  "No space left on device" raised where the point is, like a full disk).
+- ACTION is `kill` (default: SIGKILL, no clean-up runs, like a power cut or the OOM killer), `enospc` (an OSError
+  "No space left on device" raised where the point is, like a full disk) or `crash` (an InjectedCrash, which no
+  handler in edgeres catches: the in-process tests' cheaper stand-in for a kill; `finally` blocks do run).
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ POINTS = {
 }
 
 _seen: Counter[str] = Counter()
+ACTIONS = ("kill", "enospc", "crash")
+
+
+class InjectedCrash(BaseException):
+    """A crash injected by EDGERES_FAULT=...:crash (a BaseException, so `except Exception` does not swallow it)."""
+
+
+def reset() -> None:
+    """Forget how often each point was reached (tests that run several builds in one process)."""
+    _seen.clear()
 
 
 def _spec() -> tuple[str, int, str] | None:
@@ -48,7 +59,7 @@ def _spec() -> tuple[str, int, str] | None:
         return None
     where, action = raw, "kill"
     head, _, tail = raw.rpartition(":")
-    if tail in ("kill", "enospc"):
+    if tail in ACTIONS:
         where, action = head, tail
     name, _, nth = where.partition("@")
     return name, int(nth) if nth.isdigit() else 1, action
@@ -67,4 +78,6 @@ def point(name: str, detail: str = "") -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (simulated by EDGERES_FAULT)", detail or name)
+    if action == "crash":
+        raise InjectedCrash(f"EDGERES_FAULT crash at {want} (arrival {nth})")
     os.kill(os.getpid(), signal.SIGKILL)

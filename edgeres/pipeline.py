@@ -14,7 +14,6 @@ reuses it. The holder writes its PID into the lock file; `edgeres cache clean` s
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
@@ -37,7 +36,7 @@ from edgeres.artifact import (
     write_text_atomic,
 )
 from edgeres.deps import versions
-from edgeres.errors import CacheError, RecipeError, StageError, StorageError
+from edgeres.errors import CacheError, RecipeError, StageError, StorageError, write_failure
 from edgeres.keys import host_facts, key_material, reads_data, stage_key
 from edgeres.progress import Reporter
 from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
@@ -476,8 +475,6 @@ class Pipeline:
 
 
 OUT_LOCK = ".edgeres-out.lock"
-# The errno values of a write that failed for want of room or permission to write (not a bug, not bad input).
-WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @contextlib.contextmanager
@@ -487,11 +484,12 @@ def storage_errors(doing: str) -> Iterator[None]:
     atomically, so earlier artifacts and the out folder's previous contents are intact."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in WRITE_FAILURES:
+    except Exception as exc:
+        failed = write_failure(exc)
+        if failed is None:
             raise
-        where = f" {exc.filename}" if exc.filename else ""
+        where = f" {failed.filename}" if failed.filename else ""
         raise StorageError(
-            f"{doing} could not write{where}: {exc.strerror}. Committed stages and the files already delivered are "
-            "intact; free some space (or lift the quota or limit) and re-run: completed stages are reused"
+            f"{doing} could not write{where}: {failed.strerror}. Committed stages and the files already delivered "
+            "are intact; free some space (or lift the quota or limit) and re-run: completed stages are reused"
         ) from exc
