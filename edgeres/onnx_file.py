@@ -102,4 +102,10 @@ def check_onnx_file(path: Path) -> Any:
                 f"{path}: tensor {tensor.name!r} wants bytes {offset}..{offset + max(length, 0)} of {location!r}, "
                 f"which holds {have}: the data file is truncated or belongs to another model. {how}"
             )
+    try:  # a file cut at a field boundary parses: the checker sees what is missing (opsets, types, edges)
+        onnx.checker.check_model(str(path))  # external data read from beside the file
+    except onnx.checker.ValidationError as exc:
+        raise StageError(
+            f"{path} fails onnx's checker (truncated, corrupt or not made by an ONNX exporter): {str(exc)[:300]}. {how}"
+        ) from exc
     return proto

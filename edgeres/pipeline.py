@@ -36,7 +36,7 @@ from edgeres.artifact import (
     write_text_atomic,
 )
 from edgeres.deps import versions
-from edgeres.errors import CacheError, RecipeError, StageError, StorageError, write_failure
+from edgeres.errors import CacheError, EdgeresError, RecipeError, StageError, StorageError, write_failure
 from edgeres.keys import host_facts, key_material, reads_data, stage_key
 from edgeres.progress import Reporter
 from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
@@ -311,7 +311,11 @@ class Pipeline:
             assert torch_source is None or isinstance(torch_source, Artifact)
             real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
             with storage_errors(f"stage {st.id} of variant {vname}"):
-                work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+                try:
+                    work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+                except EdgeresError:  # bad data, a failed check: keep checkpoints to resume from, nothing else
+                    drop_if_empty(final.with_name(final.name + ".partial"))
+                    raise
                 self._commit(work, final, out, st, recipe, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
@@ -475,6 +479,12 @@ class Pipeline:
 
 
 OUT_LOCK = ".edgeres-out.lock"
+
+
+def drop_if_empty(folder: Path) -> None:
+    """Remove a stage's work folder that holds no file (the stage failed before writing any)."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
