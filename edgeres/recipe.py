@@ -82,7 +82,19 @@ class ImageFolderData(DataBase):
         None, ge=8, le=1024, description="Resize every image to this square side; default keeps the native size."
     )
     max_memory_gb: float = Field(
-        4.0, gt=0, description="Decoded splits are held in memory; refuse data that would need more than this."
+        4.0,
+        gt=0,
+        description="Memory budget for decoded splits: data that would need more is streamed from disk "
+        "(data.stream: auto) or refused (never).",
+    )
+    stream: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Read the splits from disk batch by batch (DataLoader worker processes decode and augment) "
+        "instead of decoding them into memory: auto when they would need more than max_memory_gb. The batches "
+        "are the same either way.",
+    )
+    workers: int = Field(
+        2, ge=0, le=256, description="DataLoader worker processes for streamed splits (0: in the main process)."
     )
     bad_files: Literal["fail", "skip"] = Field(
         "fail",
@@ -138,7 +150,7 @@ def data_reads(recipe: Recipe, *, augment: bool = False, calibration: bool = Fal
     draws the split) and their preprocessing; the training augmentation and calibration size only when asked. The
     images' content is keyed by the data fingerprint beside these; `root` (where they lie) and `max_memory_gb` (a
     guard) shape no output."""
-    skip = {"root", "max_memory_gb", "augment", "calibration_size"}
+    skip = {"root", "max_memory_gb", "stream", "workers", "augment", "calibration_size"}
     paths = ["seed", *(f"data.{f}" for f in type(recipe.data).model_fields if f not in skip)]
     return paths + (["data.augment"] if augment else []) + (["data.calibration_size"] if calibration else [])
 

@@ -33,7 +33,9 @@ STRUCTURAL = {
     "variants": "variants select stages and overrides; each variant's keys follow from its own recipe",
     "targets": "target definitions; stages read the resolved spec of the chosen target through `target`",
     "data.root": "where the images lie; their content is keyed by the data fingerprint (test below)",
-    "data.max_memory_gb": "a guard that refuses data too big for memory; it shapes no output",
+    "data.max_memory_gb": "a memory budget: above it the splits are streamed, giving the same batches",
+    "data.stream": "in memory or streamed from disk: the same batches bit for bit (tests/test_stream.py)",
+    "data.workers": "how many processes decode streamed batches: the same batches whatever the number",
     "data.type": "which kind of data set: each kind's leaves are walked in a base recipe of its own",
     "stages[].prune.budget.type": "which kind of budget: each kind's leaves are walked in a base recipe of its own",
 }
@@ -179,7 +181,7 @@ def mutations(value: Any, schema: str = "") -> list[Any]:
     if isinstance(value, str):
         return ["cpu-openvino", "cpu-onnxruntime", "sgd", "adamw", "l2", "bn", "global", "cosine", "constant",
                 "onecycle", "torchscript", "dynamo", "mixed", "performance", "all", "basic", "throughput", "fp32",
-                "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18",
+                "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18", "skip",
                 "10", "test2"]  # fmt: skip
     if isinstance(value, list):
         return [["onnxruntime"], ["openvino"], [*value, 1.0][:3] if value and isinstance(value[0], float) else []]
@@ -231,7 +233,13 @@ def test_every_leaf_changes_exactly_the_keys_that_declare_it(tmp_path: Path) -> 
                 continue
             if schema.startswith("stages[].") and schema.count(".") == 2 and schema.endswith(".type"):
                 continue  # a stage's type is which stage it is
-            if schema.startswith("data.") and schema.split(".")[1] in ("root", "max_memory_gb", "type"):
+            if schema.startswith("data.") and schema.split(".")[1] in (
+                "root",
+                "max_memory_gb",
+                "stream",
+                "workers",
+                "type",
+            ):
                 continue
             if schema == "stages[].prune.budget.type":
                 continue

@@ -1,8 +1,12 @@
 """Data sets and their three roles: train, val (decisions: checkpoint choice, calibration, accuracy control) and
-test (reported only). Splits are decoded once into uint8 tensors held in memory, in a deterministic order.
+test (reported only), in a deterministic order.
+
+Splits are decoded once into uint8 tensors held in memory, or, for an image folder larger than `data.max_memory_gb`
+(or `data.stream: always`), streamed from disk: a torch DataLoader's worker processes decode (and augment) each
+batch. Both paths give the same batches bit for bit: the order comes from the same seeded permutation, and each
+image's crop and flip are derived from (the epoch's seed, the image's index), not from which process decodes it.
 
 `fingerprint()` identifies the data (content and split rule) without importing torch, for cache keys and dry runs.
-What this module does not do: stream data sets too large for memory (it refuses them with a clear error).
 """
 
 from __future__ import annotations
@@ -32,11 +36,20 @@ DataCfg = DigitsData | ImageFolderData | SyntheticData
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8, N x 3 x H x W
+    images: torch.Tensor | None  # uint8, N x 3 x H x W in memory; None when streamed from `files`
     labels: torch.Tensor  # int64, N
+    files: list[Path] = field(default_factory=list)  # streamed: image i is decoded from files[i]
+    resize: int | None = None  # streamed: the square side every file is resized to (data.image_size)
+    size: tuple[int, int] = (0, 0)  # streamed: (height, width) of every image
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        if self.images is not None:
+            return int(self.images.shape[2]), int(self.images.shape[3])
+        return self.size
 
 
 @dataclass
@@ -49,10 +62,15 @@ class DataBundle:
     std: tuple[float, float, float]
     fingerprint: str
     skipped: list[str] = field(default_factory=list)  # "split/class/file: why" of images left out (bad_files: skip)
+    workers: int = 0  # streamed splits: DataLoader worker processes
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+        return self.train.hw
+
+    @property
+    def streamed(self) -> bool:
+        return self.train.images is None
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -87,18 +105,37 @@ class DataBundle:
         augment: str = "none",
         indices: torch.Tensor | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised float batches in a deterministic order (seeded by `generator` when shuffling)."""
+        """Normalised float batches in a deterministic order (seeded by `generator` when shuffling). With
+        augmentation, the generator also draws the epoch's augmentation key, and image i is cropped and flipped by
+        (key, i) alone: in memory and streamed, the same batches."""
         torch = require("torch")
         n = len(split) if indices is None else int(indices.numel())
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if indices is not None:
             order = indices[order]
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        key = int(torch.randint(0, 2**62, (1,), generator=generator)) if augment != "none" else 0
+        chunks = [order[start : start + batch_size] for start in range(0, n, batch_size)]
+        if split.images is None:
+            yield from self._streamed(split, chunks, augment, key)
+            return
+        for idx in chunks:
             imgs = split.images[idx]
             if augment != "none":
-                imgs = _augment(imgs, augment, generator)
+                imgs = torch.stack([_augment_one(img, augment, key, int(i)) for img, i in zip(imgs, idx, strict=True)])
             yield self.normalize(imgs), split.labels[idx]
+
+    def _streamed(
+        self, split: Split, chunks: list[torch.Tensor], augment: str, key: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch = require("torch")
+        loader = torch.utils.data.DataLoader(
+            _Files(split, augment, key),
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        for imgs, labels in loader:
+            yield self.normalize(imgs), labels
 
     def numpy_batches(self, split: Split, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
         n = len(split) if limit is None else min(limit, len(split))
@@ -116,19 +153,45 @@ class DataBundle:
         return idx, h
 
 
-def _augment(imgs: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding (and horizontal flip), per image."""
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(z: int) -> int:
+    """splitmix64's finaliser: a well-mixed 64-bit value from a counter (cheap, the same in every process)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _augment_one(img: torch.Tensor, mode: str, key: int, index: int) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding (and horizontal flip) of image `index`, drawn from (key, index)."""
     torch = require("torch")
-    n, _, h, w = imgs.shape
-    padded = torch.nn.functional.pad(imgs, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5 if mode == "crop-flip" else torch.zeros(n, dtype=torch.bool)
-    out = torch.empty_like(imgs)
-    for i in range(n):
-        crop = padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w]
-        out[i] = crop.flip(-1) if bool(flip[i]) else crop
-    return out
+    z = _mix(key ^ _mix(index))
+    dx, dy, flip = z % 9, (z >> 8) % 9, mode == "crop-flip" and bool((z >> 16) & 1)
+    _, h, w = img.shape
+    crop = torch.nn.functional.pad(img, (4, 4, 4, 4))[:, dy : dy + h, dx : dx + w]
+    return crop.flip(-1) if flip else crop
+
+
+class _Files:
+    """A streamed split as a map-style dataset: image i decoded from its file (and augmented) in a loader worker."""
+
+    def __init__(self, split: Split, augment: str, key: int) -> None:
+        self.split, self.augment, self.key = split, augment, key
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = _decode(self.split.files[i], self.split.resize)
+        if tuple(img.shape[1:]) != self.split.size:
+            raise DataError(
+                f"{str(self.split.files[i])!r} changed since the data was scanned (now {img.shape[2]}x{img.shape[1]})"
+            )
+        if self.augment != "none":
+            img = _augment_one(img, self.augment, self.key, i)
+        return img, self.split.labels[i]
 
 
 # -------------------------------------------------------------------------------------------------- fingerprints
@@ -165,7 +228,8 @@ def _list_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, lis
 def fingerprint(cfg: DataCfg, seed: int) -> str:
     """sha256 of the data content and the split rule; cheap enough to run on every build."""
     h = hashlib.sha256()
-    rule = cfg.model_dump(mode="json", exclude={"mean", "std", "augment", "calibration_size", "max_memory_gb"})
+    shapes_nothing = {"mean", "std", "augment", "calibration_size", "max_memory_gb", "stream", "workers"}
+    rule = cfg.model_dump(mode="json", exclude=shapes_nothing)
     rule.pop("root", None)  # the content identifies the data, not where it lies
     h.update(json.dumps({"rule": rule, "seed": seed}, sort_keys=True).encode())
     if isinstance(cfg, DigitsData):
@@ -225,7 +289,11 @@ def _finish(
     cfg: DataCfg, train: Split, val: Split, test: Split, classes: list[str], fp: str, skipped: list[str] | None = None
 ) -> DataBundle:
     # ImageNet statistics for user images (what pretrained weights expect); measured on train otherwise.
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if isinstance(cfg, ImageFolderData) else _train_stats(train.images)
+    if isinstance(cfg, ImageFolderData):
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        assert train.images is not None  # generated and bundled data sets are always in memory
+        mean, std = _train_stats(train.images)
     mean = cfg.mean or mean
     std = cfg.std or std
     return DataBundle(
@@ -276,8 +344,8 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
     if cached is not None and cached.is_file():
         blob = torch.load(cached, weights_only=True)
         splits = {k: Split(blob[k + "_x"], blob[k + "_y"]) for k in ("train", "val", "test")}
-        skipped = [str(s) for s in blob.get("skipped", [])]
-        return _finish(cfg, splits["train"], splits["val"], splits["test"], list(blob["classes"]), fp, skipped)
+        was_skipped = [str(s) for s in blob.get("skipped", [])]
+        return _finish(cfg, splits["train"], splits["val"], splits["test"], list(blob["classes"]), fp, was_skipped)
 
     classes, per_class = _list_folder(cfg.root, cfg.train)
     _, test_per_class = _list_folder(cfg.root, cfg.test)
@@ -305,13 +373,19 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
 
     skipped: list[str] = []
 
-    def decode(path: Path, side: int | None) -> torch.Tensor | None:
+    def bad(path: Path, why: str) -> None:
+        if cfg.bad_files == "fail":
+            raise DataError(
+                f"cannot decode image {str(path)!r}: {why}; remove or replace the file, or set data.bad_files: skip "
+                "to leave such files out"
+            )
+        skipped.append(f"{path.relative_to(cfg.root).as_posix()}: {why}"[:300])
+
+    def decode(path: Path, side: int | None) -> Any:
         try:
             return _decode(path, side)
         except DataError as exc:
-            if cfg.bad_files == "fail":
-                raise DataError(f"{exc}, or set data.bad_files: skip to leave such files out") from exc
-            skipped.append(f"{path.relative_to(cfg.root).as_posix()}: {exc.__cause__ or exc}"[:300])
+            bad(path, str(exc.__cause__ or exc))
             return None
 
     side = cfg.image_size
@@ -324,12 +398,22 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
     else:
         side_hw = (side, side)
     total = sum(len(v) for v in files.values()) * 3 * side_hw[0] * side_hw[1]
-    if total > cfg.max_memory_gb * 2**30:
+    too_big = total > cfg.max_memory_gb * 2**30
+    if too_big and cfg.stream == "never":
         raise DataError(
             f"the decoded data would need {total / 2**30:.1f} GiB at {side_hw[0]}x{side_hw[1]}, more than "
-            f"data.max_memory_gb={cfg.max_memory_gb}; lower data.image_size or raise data.max_memory_gb "
-            "(streaming from disk is not built yet)"
+            f"data.max_memory_gb={cfg.max_memory_gb}, and data.stream is never; set data.stream: auto to stream it "
+            "from disk, lower data.image_size or raise data.max_memory_gb"
         )
+    if too_big or cfg.stream == "always":
+        return _stream_imagefolder(cfg, files, side, side_hw, classes, fp, cache_dir, bad, skipped)
+
+    def wrong_size(p: Path, img: Any) -> DataError:
+        return DataError(
+            f"{str(p)!r} is {img.shape[2]}x{img.shape[1]} but the first image is {side_hw[1]}x{side_hw[0]}; "
+            "set data.image_size to resize every image to one size"
+        )
+
     splits = {}
     for name, items in files.items():
         x = torch.empty((len(items), 3, *side_hw), dtype=torch.uint8)
@@ -339,18 +423,10 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
             if img is None:
                 continue
             if tuple(img.shape[1:]) != side_hw:
-                raise DataError(
-                    f"{str(p)!r} is {img.shape[2]}x{img.shape[1]} but the first image is {side_hw[1]}x{side_hw[0]}; "
-                    "set data.image_size to resize every image to one size"
-                )
+                raise wrong_size(p, img)
             x[len(kept)] = img
             kept.append(label)
-        missing = sorted({classes[label] for _, label in items} - {classes[label] for label in kept})
-        if missing:
-            raise DataError(
-                f"the {name} split has no readable image left in class {', '.join(missing)} after skipping "
-                f"{len(skipped)} unreadable files; fix or replace them"
-            )
+        _check_classes(name, classes, [label for _, label in items], kept, skipped)
         splits[name] = Split(x if len(kept) == len(items) else x[: len(kept)].clone(), torch.tensor(kept))
     if cached is not None:
         blob = {f"{k}_{a}": getattr(s, "images" if a == "x" else "labels") for k, s in splits.items() for a in "xy"}
@@ -358,6 +434,89 @@ def _load_imagefolder(cfg: ImageFolderData, seed: int, fp: str, cache_dir: Path 
         torch.save({**blob, "classes": classes, "skipped": skipped}, buf)
         write_bytes_atomic(cached, buf.getvalue())
     return _finish(cfg, splits["train"], splits["val"], splits["test"], classes, fp, skipped)
+
+
+def _check_classes(name: str, classes: list[str], labels: list[int], kept: list[int], skipped: list[str]) -> None:
+    missing = sorted({classes[label] for label in labels} - {classes[label] for label in kept})
+    if missing:
+        raise DataError(
+            f"the {name} split has no readable image left in class {', '.join(missing)} after skipping "
+            f"{len(skipped)} unreadable files; fix or replace them"
+        )
+
+
+class _Probe:
+    """Decodes each file once in a loader worker and says whether it can be read, and its size: the scan that a
+    streamed split needs up front (which files to keep, one size for all) without holding any image."""
+
+    def __init__(self, paths: list[Path], side: int | None) -> None:
+        self.paths, self.side = paths, side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, str]:
+        try:
+            img = _decode(self.paths[i], self.side)
+        except DataError as exc:
+            return i, 0, 0, str(exc.__cause__ or exc)
+        return i, int(img.shape[1]), int(img.shape[2]), ""
+
+
+def _stream_imagefolder(
+    cfg: ImageFolderData,
+    files: dict[str, list[tuple[Path, int]]],
+    side: int | None,
+    side_hw: tuple[int, int],
+    classes: list[str],
+    fp: str,
+    cache_dir: Path | None,
+    bad: Any,
+    skipped: list[str],
+) -> DataBundle:
+    """Splits streamed from disk: every file is decoded once (in loader workers) to keep only readable ones of one
+    size; the result of that scan is cached beside the decoded-data cache, keyed by the same fingerprint."""
+    torch = require("torch")
+    scan_path = cache_dir / "data" / f"{fp}.scan.json" if cache_dir is not None else None
+    scan: dict[str, Any] | None = None
+    if scan_path is not None and scan_path.is_file():
+        try:
+            scan = json.loads(scan_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            scan = None
+    if not isinstance(scan, dict) or not all(isinstance(scan.get(k), list) for k in ("train", "val", "test")):
+        scan = {}
+        for name, items in files.items():
+            loader = torch.utils.data.DataLoader(
+                _Probe([p for p, _ in items], side), batch_size=None, num_workers=cfg.workers
+            )
+            keep = []
+            for i, h, w, why in loader:
+                p = items[i][0]
+                if why:
+                    bad(p, why)
+                elif (h, w) != side_hw:
+                    raise DataError(
+                        f"{str(p)!r} is {w}x{h} but the first image is {side_hw[1]}x{side_hw[0]}; "
+                        "set data.image_size to resize every image to one size"
+                    )
+                else:
+                    keep.append(i)
+            scan[name] = keep
+        scan["skipped"] = list(skipped)
+        if scan_path is not None:
+            write_bytes_atomic(scan_path, json.dumps(scan).encode())
+    skipped[:] = [str(x) for x in scan.get("skipped", [])]
+    splits = {}
+    for name, items in files.items():
+        kept = [items[i] for i in scan[name]]
+        _check_classes(name, classes, [label for _, label in items], [label for _, label in kept], skipped)
+        splits[name] = Split(
+            None, torch.tensor([label for _, label in kept]), [p for p, _ in kept], resize=side, size=side_hw
+        )
+    bundle = _finish(cfg, splits["train"], splits["val"], splits["test"], classes, fp, skipped)
+    bundle.workers = cfg.workers
+    return bundle
 
 
 def _decode(path: Path, side: int | None) -> torch.Tensor:

@@ -29,18 +29,20 @@ def register(name: str, spec: StageSpec) -> None:
     REGISTRY[name] = spec
 
 
-register("finetune", StageSpec("edgeres.stages.finetune", "train", 1, ("torch", "torchvision")))
+# finetune 2, prune 4, quantize 4: each image's augmentation is drawn from (epoch key, image index), so that streamed
+# and in-memory splits train alike.
+register("finetune", StageSpec("edgeres.stages.finetune", "train", 2, ("torch", "torchvision")))
 register(
     "prune",
     StageSpec(
         "edgeres.stages.prune",
         "train",
-        3,
+        4,
         ("torch", "torchvision", "torch_pruning", "onnx", "nncf", "onnxruntime", "openvino"),
     ),
 )
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
-register("quantize", StageSpec("edgeres.stages.quantize", "train", 3, ("onnx", "nncf", "onnxruntime", "openvino")))
+register("quantize", StageSpec("edgeres.stages.quantize", "train", 4, ("onnx", "nncf", "onnxruntime", "openvino")))
 register("compile", StageSpec("edgeres.stages.compile", "cpu", 2, ("onnx", "onnxruntime", "openvino", "tensorrt")))
 register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 3, ("onnx", "onnxruntime", "openvino", "torch")))
 
