@@ -55,6 +55,20 @@ def cli() -> None:
     help="Longest wait for a cache entry another build is writing; then exit 6 naming its PID "
     "[default: the recipe's lock_timeout_s, else 3600].",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1, max=1024),
+    default=None,
+    metavar="N",
+    help="Train on N processes on this machine: relaunches the build under torchrun (Gloo on CPUs, NCCL on GPUs).",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0, max=100),
+    default=3,
+    show_default=True,
+    help="With --nproc: how often torchrun restarts the processes after one dies (they resume from checkpoints).",
+)
 def build(
     recipe: str,
     out: str | None,
@@ -66,11 +80,19 @@ def build(
     dry_run: bool,
     quiet: bool,
     lock_timeout: float | None,
+    nproc: int | None,
+    max_restarts: int,
 ) -> None:
+    from edgeres import dist
     from edgeres.pipeline import LOCK_TIMEOUT_S, Pipeline
     from edgeres.progress import Reporter
 
     r = _recipe(recipe, sets)
+    if nproc is not None and nproc > 1 and dist.world_size() == 1:
+        _relaunch_under_torchrun(nproc, max_restarts)
+    if dist.world_size() > 1 and dry_run and not dist.is_main():
+        return
+    dist.init(r.distributed.timeout_minutes)
     out_dir = Path(out) if out else Path("out") / r.name
     t0 = time.monotonic()
     pipe = Pipeline(
@@ -84,7 +106,12 @@ def build(
         dry_run=dry_run,
         lock_timeout=next(t for t in (lock_timeout, r.lock_timeout_s, LOCK_TIMEOUT_S) if t is not None),
     )
-    result = pipe.run()
+    try:
+        result = pipe.run()
+    finally:
+        dist.close()
+    if not dist.is_main():
+        return
     for rec in result.records:
         click.echo(f"{rec.variant:>14}  {rec.stage:<12} {rec.status:<8} {rec.seconds:7.1f}s  {rec.key[:16]}")
     if dry_run:
@@ -293,7 +320,34 @@ def cache_clean(cache_path: str | None, partial: bool) -> None:
     click.echo(f"removed {removed} entries, freed {freed / 1e6:.1f} MB from {root}{held_note}")
 
 
+def _relaunch_under_torchrun(nproc: int, max_restarts: int) -> None:
+    """Run this same command under torchrun with N processes on this machine (without --nproc), and exit with its
+    exit code. torchrun restarts the group at most `max_restarts` times after a process dies."""
+    import subprocess
+
+    args, skip = [], False
+    for a in _ARGV:
+        if skip:
+            skip = False
+            continue
+        if a in ("--nproc", "--max-restarts"):
+            skip = True
+            continue
+        if a.startswith(("--nproc=", "--max-restarts=")):
+            continue
+        args.append(a)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}", "-m", "edgeres", *args,
+    ]  # fmt: skip
+    sys.exit(subprocess.run(cmd, check=False).returncode)
+
+
+_ARGV: list[str] = []  # the command line main() was given (what --nproc relaunches)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="edgeres", standalone_mode=False)
     except click.exceptions.Abort:

@@ -8,6 +8,7 @@ Test-only: it does nothing unless the environment variable EDGERES_FAULT is set,
   `commit:sidecar-written` or `epoch:recovery`; a stage-specific commit point adds the stage type after a slash
   (`commit:renamed/finetune`), and a point without it matches every stage.
 - N fires at the N-th time this process reaches the point (default 1).
+- EDGERES_FAULT_RANK, if set, limits the fault to that torchrun rank; a group torchrun restarted runs clean.
 - ACTION is `kill` (default: SIGKILL, no clean-up runs, like a power cut or the OOM killer), `enospc` (an OSError
   "No space left on device" raised where the point is, like a full disk) or `crash` (an InjectedCrash, which no
   handler in edgeres catches: the in-process tests' cheaper stand-in for a kill; `finally` blocks do run).
@@ -69,6 +70,11 @@ def point(name: str, detail: str = "") -> None:
     """Fire the configured fault if this is its point (`name`, or `name/detail`) and its N-th arrival here."""
     spec = _spec()
     if spec is None:
+        return
+    only = os.environ.get("EDGERES_FAULT_RANK")
+    if only is not None and only != os.environ.get("RANK", "0"):
+        return
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
     want, nth, action = spec
     if want not in (name, f"{name}/{detail}"):

@@ -88,7 +88,7 @@ def key_material(
 ) -> dict[str, Any]:
     """Everything a stage's key hashes (see the module docstring)."""
     reads = stage.reads(recipe, variant)
-    return {
+    material = {
         "stage": stage.type,
         "impl": version,
         "reads": {canonical(recipe, p): read_value(recipe, variant, p) for p in reads},
@@ -96,6 +96,13 @@ def key_material(
         "data": data_fingerprint if reads_data(reads) else None,
         "tools": versions(*tools),
     }
+    from edgeres import dist
+
+    if stage.trains() and dist.world_size() > 1:
+        # Trained by several processes (per-process BatchNorm statistics, another summation order): not the weights
+        # one process makes, so keyed apart. One process keeps the keys it always had.
+        material["world"] = {"size": dist.world_size(), **recipe.distributed.model_dump(mode="json")}
+    return material
 
 
 def stage_key(material: dict[str, Any]) -> str:

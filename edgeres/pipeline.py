@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgeres import __version__, faults
+from edgeres import __version__, dist, faults
 from edgeres.artifact import (
     SCHEMA_VERSION,
     SIDECAR,
@@ -234,17 +234,41 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------------------ run
 
+    def _last_training(self) -> int:
+        """Under torchrun: the position, in run order, of the last stage that trains (every rank takes part in
+        stages up to it; after it rank 0 goes on alone). -1 when no stage trains."""
+        last, i = -1, 0
+        for vname in self.recipe.variant_names():
+            for st in variant_recipe(self.recipe, vname).chain(vname):
+                if st.type == "benchmark":
+                    continue
+                if st.trains():
+                    last = i
+                i += 1
+                if st.id == self.until_stage:
+                    break
+        return last
+
+    def _collective(self) -> bool:
+        """Whether the stage at the current position is one every torchrun rank walks through together."""
+        return dist.active() and self._position <= self._collective_until
+
     def run(self) -> BuildResult:
         result = BuildResult()
         names = self.recipe.variant_names()
         bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
         planned: dict[str, Input] = {}
+        self._position, self._collective_until = -1, self._last_training() if dist.active() else -1
         for vname in names:
             vrecipe = variant_recipe(self.recipe, vname)
             made: list[Input] = []
             for st in vrecipe.chain(vname):
                 if st.type == "benchmark":
                     continue
+                self._position += 1
+                if not dist.is_main() and not self._collective():
+                    self.reporter.log(f"rank {dist.rank()}: the training stages are done; rank 0 goes on alone")
+                    return result
                 out = self._stage(result, vname, vrecipe, st, made)
                 if out is None:
                     break
@@ -261,7 +285,7 @@ class Pipeline:
         if bench is not None and until_ok and len(planned) == len(names):
             report = self._stage(result, "*", self.recipe, bench, [], variants=planned)
             result.report = report if isinstance(report, Artifact) else None
-        if self.out_dir is not None and not self.dry_run:
+        if self.out_dir is not None and not self.dry_run and dist.is_main():
             self._deliver(result)
         return result
 
@@ -294,9 +318,14 @@ class Pipeline:
         final = self.cache_dir / f"{st.type}-{key}"
         rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final))
         result.records.append(rec)
+        if self._collective() and not dist.is_main():
+            assert inp is None or isinstance(inp, Artifact)
+            assert torch_source is None or isinstance(torch_source, Artifact)
+            return self._follow(final, vname, recipe, st, inp, rec, result, torch_source)
         forced = st.id in self.force and key not in self._forced_done
         existing = self._look_up(final, forced=forced, vname=vname, st=st, rec=rec)
         if existing is not None:
+            self._announce("cached")
             return existing
         if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in (variants or {}).values()):
             rec.status = "planned"
@@ -306,7 +335,9 @@ class Pipeline:
             existing = read_artifact(final)
             if existing is not None and not forced:
                 existing.verify()
+                self._announce("cached")
                 return existing
+            self._announce("run")
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
             real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
@@ -319,9 +350,42 @@ class Pipeline:
                 self._commit(work, final, out, st, recipe, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
+        if self._collective():
+            dist.barrier()  # committed: the other ranks may read it
         art = read_artifact(final)
         if art is None:
             raise CacheError(f"the entry {final} vanished right after it was written; is another process cleaning?")
+        return art
+
+    def _announce(self, decision: str) -> None:
+        """Rank 0 tells the other torchrun ranks whether the stage runs or is in the cache."""
+        if self._collective():
+            dist.broadcast(decision)
+
+    def _follow(
+        self,
+        final: Path,
+        vname: str,
+        recipe: Recipe,
+        st: Any,
+        inp: Artifact | None,
+        rec: StageRecord,
+        result: BuildResult,
+        torch_source: Artifact | None,
+    ) -> Artifact:
+        """A torchrun rank other than 0: take part in a stage that trains (in rank 0's work folder, writing nothing),
+        else wait while rank 0 runs it; then read the entry rank 0 committed."""
+        if dist.broadcast(None) == "run":
+            if st.trains():
+                dist.barrier()  # rank 0 has prepared the work folder and its checkpoints
+                ctx = self._context(final.with_name(final.name + ".partial"), vname, recipe, {}, result, torch_source)
+                self.reporter.log(f"[{vname}] {st.id}: training with rank 0 (rank {dist.rank()})")
+                load_stage(st.type).run(ctx, st, inp)
+            dist.barrier()  # rank 0 has committed the entry
+            rec.status = "ran"
+        art = read_artifact(final)
+        if art is None:
+            raise CacheError(f"rank 0 reported {final.name} done, but this rank cannot read it: is the cache shared?")
         return art
 
     def _look_up(self, final: Path, *, forced: bool, vname: str, st: Any, rec: StageRecord) -> Artifact | None:
@@ -356,7 +420,30 @@ class Pipeline:
         for leftover in work.iterdir():
             if leftover.name != SCRATCH:
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        ctx = StageContext(
+        ctx = self._context(work, vname, recipe, variants, result, torch_source)
+        if self._collective() and st.trains():
+            dist.barrier()  # the other ranks train too, reading checkpoints from this work folder
+        self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
+        faults.point("stage:started", st.type)
+        t0 = time.monotonic()
+        out: StageOutput = load_stage(st.type).run(ctx, st, inp)
+        rec.seconds = round(time.monotonic() - t0, 2)
+        faults.point("stage:ran", st.type)
+        shutil.rmtree(work / SCRATCH, ignore_errors=True)
+        if not (work / out.primary).is_file():
+            raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
+        return work, out
+
+    def _context(
+        self,
+        work: Path,
+        vname: str,
+        recipe: Recipe,
+        variants: dict[str, Artifact],
+        result: BuildResult,
+        torch_source: Artifact | None,
+    ) -> StageContext:
+        return StageContext(
             workdir=work,
             recipe=recipe,
             variant=vname,
@@ -369,16 +456,6 @@ class Pipeline:
             torch_source=torch_source,
             data_of=lambda r: self.data_loader(r)(),
         )
-        self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
-        faults.point("stage:started", st.type)
-        t0 = time.monotonic()
-        out: StageOutput = load_stage(st.type).run(ctx, st, inp)
-        rec.seconds = round(time.monotonic() - t0, 2)
-        faults.point("stage:ran", st.type)
-        shutil.rmtree(work / SCRATCH, ignore_errors=True)
-        if not (work / out.primary).is_file():
-            raise StageError(f"stage {st.id} reported {out.primary} but did not write it (a bug in edgeres)")
-        return work, out
 
     def _commit(
         self,

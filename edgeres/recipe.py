@@ -144,6 +144,10 @@ class StageBase(Strict):
     def own(self) -> str:
         return f"stages.{self.id}"
 
+    def trains(self) -> bool:
+        """Whether the stage trains the model: under torchrun every rank takes part in it (edgeres.dist)."""
+        return False
+
 
 def data_reads(recipe: Recipe, *, augment: bool = False, calibration: bool = False) -> list[str]:
     """The data settings a stage reads when it reads images: which images land in which split (and the seed that
@@ -194,6 +198,9 @@ class FinetuneStage(StageBase):
                 "it must not exceed epochs"
             )
         return self
+
+    def trains(self) -> bool:
+        return True
 
 
 class Parity(Strict):
@@ -295,6 +302,9 @@ class PruneStage(StageBase):
             paths += ["@quantizes", *settings_paths(recipe, variant, SETTINGS_READS)]
         return paths
 
+    def trains(self) -> bool:
+        return True
+
 
 # What prune's latency probe reads of a quantize stage (it runs PTQ the way that stage does).
 PROBE_PTQ_FIELDS = ("preset", "fast_bias_correction")
@@ -374,6 +384,9 @@ class QuantizeStage(StageBase):
 
     def uses_torch_model(self) -> bool:
         """QAT trains the torch model the export stage read: the pipeline hands it over and keys on it."""
+        return self.qat is not None
+
+    def trains(self) -> bool:
         return self.qat is not None
 
 
@@ -497,6 +510,24 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_NAME = 100
 
 
+class Distributed(Strict):
+    batch: Literal["global", "per-process"] = Field(
+        "global",
+        description="What a training stage's batch_size means under torchrun: the global batch, split among the "
+        "processes (learning rate as written), or each process's batch (global batch and learning rate multiplied "
+        "by the number of processes: the linear scaling rule).",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="Synchronise BatchNorm statistics across processes (SyncBatchNorm; GPUs only)."
+    )
+    timeout_minutes: float = Field(
+        120,
+        gt=0,
+        le=24 * 60,
+        description="Longest wait at a barrier for the other processes (the process group's timeout).",
+    )
+
+
 class Recipe(Strict):
     name: str = Field(
         pattern=SAFE_NAME.pattern, max_length=MAX_NAME, description="Recipe name; names the output folder."
@@ -504,6 +535,10 @@ class Recipe(Strict):
     seed: int = Field(0, ge=0, description="Seed for data splits, initialisation, shuffling and calibration.")
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads for torch and the runtimes; default all cores."
+    )
+    distributed: Distributed = Field(
+        default_factory=lambda: Distributed(),
+        description="Training under torchrun (several processes or machines); ignored in one process.",
     )
     lock_timeout_s: float | None = Field(
         None,

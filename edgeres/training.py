@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeres import faults
+from edgeres import dist, faults
 from edgeres.artifact import write_bytes_atomic
 from edgeres.deps import require
 from edgeres.recipe import Distill, Optimizer, Qat, Recovery
@@ -20,27 +20,44 @@ from edgeres.recipe import Distill, Optimizer, Qat, Recovery
 if TYPE_CHECKING:
     from edgeres.data import DataBundle
     from edgeres.progress import Reporter
+    from edgeres.stages.base import StageContext
 
 
 @dataclass(frozen=True)
 class Feed:
-    """What a training loop reads: the data, the training augmentation (recipe data.augment), where to report."""
+    """What a training loop reads: the data, the training augmentation (recipe data.augment), where to report, and
+    under torchrun the batch multiplier (distributed.batch: per-process) and whether BatchNorm is synchronised."""
 
     data: DataBundle
     augment: str
     reporter: Reporter
+    scale: int = 1
+    sync_batchnorm: bool = False
 
 
-def make_optimizer(torch: Any, model: Any, o: Optimizer) -> Any:
+def feed_for(ctx: StageContext) -> Feed:
+    """The stage's Feed. The `distributed` block is read only where several processes train (it shapes nothing in
+    one process, and the training stages' keys name it only then)."""
+    scale, sync = 1, False
+    if dist.active():
+        d = ctx.recipe.distributed
+        scale = dist.world_size() if d.batch == "per-process" else 1
+        sync = d.sync_batchnorm
+    return Feed(ctx.data, ctx.recipe.data.augment, ctx.reporter, scale, sync)
+
+
+def make_optimizer(torch: Any, model: Any, o: Optimizer, scale: int = 1) -> Any:
+    """The recipe's optimizer; `scale` multiplies the learning rate (the linear rule for a batch `scale` times
+    larger)."""
     if o.type == "sgd":
         return torch.optim.SGD(
             model.parameters(),
-            lr=o.lr,
+            lr=o.lr * scale,
             momentum=o.momentum,
             nesterov=o.nesterov and o.momentum > 0,
             weight_decay=o.weight_decay,
         )
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr * scale, weight_decay=o.weight_decay)
 
 
 def make_schedule(torch: Any, opt: Any, schedule: str, lr: float, total_steps: int) -> Any:
@@ -66,18 +83,27 @@ def train_epoch(
     max_steps: int | None = None,
 ) -> float:
     """One pass over the train split (shuffled and augmented by `generator`); returns the mean loss. With a teacher,
-    the loss mixes in knowledge distillation: (1 - w) * CE + w * T^2 * KL(teacher/T || student/T)."""
+    the loss mixes in knowledge distillation: (1 - w) * CE + w * T^2 * KL(teacher/T || student/T).
+
+    Under torchrun each process trains on its share of every batch (DDP averages the gradients); a last batch with
+    fewer images than processes is left out on all of them. The loss returned is the mean over all processes."""
     torch = require("torch")
     F = torch.nn.functional
     data = feed.data
+    batch_size *= feed.scale
     steps = -(-len(data.train) // batch_size)
     if max_steps is not None:
         steps = min(steps, max_steps)
+    net = dist.wrap(model, sync_batchnorm=feed.sync_batchnorm)
     total_loss, seen, done = 0.0, 0, 0
     with feed.reporter.task(label, steps) as task:
         for x, y in data.batches(data.train, batch_size, shuffle=True, generator=generator, augment=feed.augment):
+            if dist.active():
+                if len(y) < dist.world_size():
+                    break  # only the last batch can be this small
+                x, y = dist.shard(x), dist.shard(y)
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
+            logits = net(x)
             loss = loss_fn(logits, y)
             if teacher is not None and distill is not None:
                 temperature, distill_weight = distill.temperature, distill.weight
@@ -99,11 +125,15 @@ def train_epoch(
             done += 1
             if done >= steps:  # max_steps reached (a full epoch ends by itself)
                 break
-    return total_loss / max(seen, 1)
+    dist.average_buffers(model)
+    return dist.mean(total_loss / max(seen, 1), seen)
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
-    """torch.save, committed atomically: a kill leaves the previous checkpoint or this one, never half of one."""
+    """torch.save, committed atomically: a kill leaves the previous checkpoint or this one, never half of one. Under
+    torchrun only rank 0 writes."""
+    if not dist.is_main():
+        return
     torch = require("torch")
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -126,7 +156,8 @@ def read_checkpoint(path: Path, keys: tuple[str, ...], reporter: Reporter) -> di
             return state
         why = f"a {type(state).__name__} without {', '.join(keys)}"
     reporter.log(f"the checkpoint {path} cannot be resumed from ({why}); starting over")
-    path.unlink()
+    if dist.is_main():
+        path.unlink(missing_ok=True)
     return None
 
 
@@ -156,10 +187,10 @@ def train_epochs(
     resumed run ends with the weights an uninterrupted one would have. A checkpoint that does not fit the model is
     dropped, saying so, and training starts over."""
     torch = require("torch")
-    per_epoch = -(-len(feed.data.train) // plan.batch_size)
+    per_epoch = -(-len(feed.data.train) // (plan.batch_size * feed.scale))
     total = per_epoch * plan.epochs if max_steps is None else min(max_steps, per_epoch * plan.epochs)
-    opt = make_optimizer(torch, model, plan.optimizer)
-    sched = make_schedule(torch, opt, plan.schedule, plan.optimizer.lr, total)
+    opt = make_optimizer(torch, model, plan.optimizer, feed.scale)
+    sched = make_schedule(torch, opt, plan.schedule, plan.optimizer.lr * feed.scale, total)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
     losses: list[float] = []
     start = 0
@@ -173,10 +204,11 @@ def train_epochs(
             sched.load_state_dict(state["schedule"])
         except (RuntimeError, ValueError, KeyError) as exc:
             model.load_state_dict(initial)
-            opt = make_optimizer(torch, model, plan.optimizer)
-            sched = make_schedule(torch, opt, plan.schedule, plan.optimizer.lr, total)
+            opt = make_optimizer(torch, model, plan.optimizer, feed.scale)
+            sched = make_schedule(torch, opt, plan.schedule, plan.optimizer.lr * feed.scale, total)
             feed.reporter.log(f"the checkpoint {checkpoint} does not fit this model ({str(exc)[:200]}); starting over")
-            checkpoint.unlink()
+            if dist.is_main():
+                checkpoint.unlink(missing_ok=True)
         else:
             start, losses = int(state["epoch"]), list(state["losses"])
             what = fault or "training"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeres import faults
+from edgeres import dist, faults
 from edgeres.deps import require
 from edgeres.models import (
     build_model,
@@ -25,7 +25,7 @@ from edgeres.models import (
 )
 from edgeres.recipe import FinetuneStage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
-from edgeres.training import Feed, make_optimizer, make_schedule, read_checkpoint, save_checkpoint, train_epoch
+from edgeres.training import feed_for, make_optimizer, make_schedule, read_checkpoint, save_checkpoint, train_epoch
 
 EVAL_BATCH = 256
 
@@ -61,14 +61,16 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
     scratch = ctx.workdir / SCRATCH
     scratch.mkdir(exist_ok=True)
     last, best_path = scratch / "last.pt", scratch / "best.pt"
-    steps = -(-len(data.train) // cfg.batch_size)
-    opt = make_optimizer(torch, model, cfg.optimizer)
-    sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr, steps * cfg.epochs)
+    feed = feed_for(ctx)
+    steps = -(-len(data.train) // (cfg.batch_size * feed.scale))
+    opt = make_optimizer(torch, model, cfg.optimizer, feed.scale)
+    sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr * feed.scale, steps * cfg.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_top1, best_epoch, curve = 0, -1.0, 0, []
     state = read_checkpoint(last, RESUME_KEYS, ctx.reporter)
     if state is None:
-        best_path.unlink(missing_ok=True)  # belongs to the run that left the unreadable checkpoint
+        if dist.is_main():
+            best_path.unlink(missing_ok=True)  # belongs to the run that left the unreadable checkpoint
     else:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -84,7 +86,7 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
         _set_frozen(model, frozen)
         g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
         train_loss = train_epoch(
-            Feed(data, ctx.recipe.data.augment, ctx.reporter),
+            feed,
             model,
             opt,
             sched,
@@ -126,6 +128,8 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
             f"({row['seconds']:.1f}s)"
         )
 
+    if not dist.is_main():  # rank 0 writes the model; the other ranks only trained
+        return StageOutput(format="torch", primary="model.pt")
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     model.eval()

@@ -22,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from edgeres import faults
+from edgeres import dist, faults
 from edgeres.artifact import Artifact
 from edgeres.deps import require
 from edgeres.errors import StageError
@@ -33,7 +33,7 @@ from edgeres.recipe import ExportStage, Latency, PruneStage, RatioBudget
 from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import onnx_from_torch
-from edgeres.training import Feed, read_checkpoint, save_checkpoint, train_epochs
+from edgeres.training import feed_for, read_checkpoint, save_checkpoint, train_epochs
 
 EVAL_BATCH = 256
 SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.045 of channels per step
@@ -238,7 +238,8 @@ def _resumed_step(ctx: StageContext, model: Any, path: Path) -> dict[str, Any] |
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:  # pruned differently this time (a nondeterministic criterion)
         ctx.reporter.log(f"the checkpoint {path} does not fit the pruned model ({str(exc)[:200]}); recovering anew")
-        path.unlink()
+        if dist.is_main():
+            path.unlink(missing_ok=True)
         return None
     row: dict[str, Any] = state["row"]
     ctx.reporter.log(f"resuming after pruning step {row['step']} (pruned and recovered by a killed run)")
@@ -272,7 +273,8 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     h, w = data.image_size
     example = torch.zeros(1, 3, h, w)
     base_macs, base_params = macs_of(model, example), count_params(model)
-    probe = LatencyProbe(ctx) if cfg.budget.type == "latency" or cfg.measure_latency else None
+    # Under torchrun only rank 0 measures latency and searches the ratio; every rank then prunes and recovers.
+    probe = LatencyProbe(ctx) if (cfg.budget.type == "latency" or cfg.measure_latency) and dist.is_main() else None
     before = {
         "val_top1": evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"],
         "test_top1": evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
@@ -290,6 +292,8 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     searched = read_checkpoint(scratch / "search.pt", ("ratio",), ctx.reporter)
     if isinstance(budget, RatioBudget):
         ratio = budget.ratio
+    elif not dist.is_main():
+        ratio = 0.0  # rank 0's, broadcast below
     elif searched is not None:  # a killed run's search: measured latencies are not re-drawn on resume
         ratio = float(searched["ratio"])
         ctx.reporter.log(f"resuming with the ratio {ratio:.3f} the search of a killed run chose")
@@ -299,6 +303,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     else:
         ratio = search_ratio(ctx, model, example, cfg, round_to, probe)
         save_checkpoint({"ratio": ratio}, scratch / "search.pt")
+    ratio = float(dist.broadcast(ratio))
     steps = cfg.steps if ratio > 0 else 0
     if steps:
         ctx.reporter.log(f"pruning {ratio:.3f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
@@ -315,7 +320,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
             row = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
             if cfg.recovery.epochs > 0:
                 train_epochs(
-                    Feed(data, ctx.recipe.data.augment, ctx.reporter),
+                    feed_for(ctx),
                     model,
                     cfg.recovery,
                     seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
@@ -327,7 +332,8 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
                 )
                 row["val_top1_recovered"] = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
             save_checkpoint({"model": model.state_dict(), "row": row}, scratch / f"step-{step + 1}.pt")
-            (scratch / f"recovery-{step + 1}.pt").unlink(missing_ok=True)
+            if dist.is_main():
+                (scratch / f"recovery-{step + 1}.pt").unlink(missing_ok=True)
             faults.point("prune:step")
         after_prune_val = row["val_top1_pruned"]
         history.append(row)
@@ -336,6 +342,8 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
             f"{row['val_top1_pruned']:.4f} pruned"
             + (f", {row['val_top1_recovered']:.4f} recovered" if "val_top1_recovered" in row else "")
         )
+    if not dist.is_main():  # rank 0 measures and writes the model; the other ranks only trained
+        return StageOutput(format="torch", primary="model.pt")
     model.eval()
     macs, params = macs_of(model, example), count_params(model)
     after = {

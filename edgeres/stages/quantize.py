@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeres import faults
+from edgeres import dist, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
@@ -34,7 +34,7 @@ from edgeres.recipe import Latency, QuantizeStage
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
-from edgeres.training import Feed
+from edgeres.training import feed_for
 
 EVAL_BATCH = 64
 # Latency of the kept-FP32 layers is measured with a short single-stream run: enough to rank, not to report.
@@ -135,6 +135,7 @@ class Quantization:
         self.scratch.mkdir(exist_ok=True)
         self.fp32 = onnx.load(str(inp.primary_path))
         self.fp32_val, self.fp32_val_pred = self.evaluate(inp.primary_path, "val")
+        self.announced: list[bool] = []
 
     def evaluate(self, path: Any, split: str) -> tuple[dict[str, Any], Any]:
         data = self.ctx.data
@@ -167,31 +168,13 @@ class Quantization:
 
     def qat(self) -> Candidate:
         """QAT on the torch model the export stage read, exported to Q/DQ ONNX like PTQ's."""
-        torch = require("torch", purpose="quantization-aware training")
         from edgeres import qat
 
-        ctx, cfg = self.ctx, self.cfg
-        assert cfg.qat is not None
-        if ctx.torch_source is None:
-            raise StageError("QAT needs the torch model upstream of export, and the pipeline handed none (a bug)")
+        ctx = self.ctx
         t0 = time.monotonic()
-        torch.set_num_threads(ctx.threads)
-        torch.manual_seed(ctx.seed)
-        model, spec = load_model(ctx.torch_source.path)
-        folded = qat.fold_batchnorm(model)
-        teacher = qat.teacher_of(model, cfg.qat)
-        ctx.reporter.log(
-            f"QAT: {folded} BatchNorms folded, NNCF quantizers initialised on {len(self.items)} calibration images"
-        )
-        qmodel = qat.insert_quantizers(
-            model, self.items, symmetric=self.symmetric, fast_bias_correction=cfg.fast_bias_correction
-        )
-        feed = Feed(ctx.data, ctx.recipe.data.augment, ctx.reporter)
-        info = qat.train(feed, qmodel, cfg.qat, teacher, seed=ctx.seed, checkpoint=self.scratch / "qat.pt")
-        info["folded_batchnorm"] = folded
-        # The fake-quantized torch model's accuracy, beside the runtime's: the gap between them is what "it was fine
-        # in training" hides.
-        info["torch_val_top1"] = torch_evaluate(qmodel, ctx.data.batches(ctx.data.val, EVAL_BATCH))["top1"]
+        dist.broadcast(True)  # under torchrun the other ranks wait for this, then train with rank 0
+        self.announced.append(True)
+        qmodel, info, spec = train_qat(ctx, self.cfg, self.items, self.symmetric, self.scratch)
         export_cfg = next(s for s in ctx.recipe.chain(ctx.variant) if s.type == "export")
         proto = qat.export(qmodel, export_cfg, self.fp32, self.scratch / "qat-raw.onnx", tuple(spec["input_shape"]))
         cand = self.judge(proto, "qat", round(time.monotonic() - t0, 1), qat=info)
@@ -230,9 +213,58 @@ class Quantization:
         return cand
 
 
+def train_qat(
+    ctx: StageContext, cfg: QuantizeStage, items: list[Any], symmetric: bool, scratch: Any
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The QAT model: the torch model upstream of export, BatchNorm folded, NNCF quantizers initialised on the
+    calibration images, trained (resuming from its epoch checkpoint in `scratch`). Returns it, what the sidecar
+    records and the model spec. Under torchrun every rank runs this."""
+    torch = require("torch", purpose="quantization-aware training")
+    from edgeres import qat
+
+    assert cfg.qat is not None
+    if ctx.torch_source is None:
+        raise StageError("QAT needs the torch model upstream of export, and the pipeline handed none (a bug)")
+    torch.set_num_threads(ctx.threads)
+    torch.manual_seed(ctx.seed)
+    model, spec = load_model(ctx.torch_source.path)
+    folded = qat.fold_batchnorm(model)
+    teacher = qat.teacher_of(model, cfg.qat)
+    ctx.reporter.log(f"QAT: {folded} BatchNorms folded, NNCF quantizers initialised on {len(items)} calibration images")
+    qmodel = qat.insert_quantizers(model, items, symmetric=symmetric, fast_bias_correction=cfg.fast_bias_correction)
+    info = qat.train(feed_for(ctx), qmodel, cfg.qat, teacher, seed=ctx.seed, checkpoint=scratch / "qat.pt")
+    info["folded_batchnorm"] = folded
+    # The fake-quantized torch model's accuracy, beside the runtime's: the gap between them is what "it was fine in
+    # training" hides.
+    info["torch_val_top1"] = torch_evaluate(qmodel, ctx.data.batches(ctx.data.val, EVAL_BATCH))["top1"]
+    return qmodel, info, spec
+
+
+def follow(ctx: StageContext, cfg: QuantizeStage) -> StageOutput:
+    """A torchrun rank other than 0: wait for rank 0 to say whether QAT runs, and if so train with it."""
+    if dist.broadcast(None):
+        target = ctx.recipe.target_spec()
+        size = cfg.calibration_size or ctx.recipe.data.calibration_size
+        items, _ = calibration_batches(ctx, size)
+        train_qat(ctx, cfg, items, symmetric_activations(cfg.preset, target.qdq_rules), ctx.workdir / SCRATCH)
+    return StageOutput(format="onnx", primary="model.onnx")
+
+
 def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
+    if not dist.is_main():
+        return follow(ctx, cfg)
+    announced: list[bool] = []  # Quantization.qat appends when it tells the other ranks QAT runs
+    try:
+        return _run(ctx, cfg, inp, announced)
+    finally:
+        if cfg.qat is not None and not announced:
+            dist.broadcast(False)  # QAT did not run (PTQ held, or this failed): the other ranks go on
+
+
+def _run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact, announced: list[bool]) -> StageOutput:
     np = require("numpy")
     q = Quantization(ctx, cfg, inp)
+    q.announced = announced
     budget = cfg.max_accuracy_drop
     tried: list[Candidate] = []
     for method in methods(cfg):
