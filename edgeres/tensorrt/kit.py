@@ -170,9 +170,9 @@ if [ "$status" -ne 0 ]; then
         echo "--memPoolSize / --maxShapes in this script, then run it again." >&2
     elif grep -qiE "Could not find any implementation for node" trtexec.log; then
         echo "error: TensorRT found no kernel for a node (named in trtexec.log). Two causes: (1) memory: none fits" >&2
-        echo "the workspace ({workspace_mb} MiB) or the free memory: raise --memPoolSize if memory is free, else free" >&2
-        echo "memory or lower --maxShapes; (2) precision or device: none exists for that node in this precision or" >&2
-        echo "on DLA: add --allowGPUFallback, drop --useDLACore, or rebuild the kit with another precision." >&2
+        echo "the workspace ({workspace_mb} MiB) or the free memory: raise --memPoolSize if memory is free, else" >&2
+        echo "free memory or lower --maxShapes; (2) precision or device: none exists for that node in this" >&2
+        echo "precision or on DLA: add --allowGPUFallback, drop --useDLACore, or rebuild in another precision." >&2
     fi
     exit "$status"
 fi
