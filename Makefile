@@ -11,7 +11,8 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro clean typings
+.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-tensorrt clean typings \
+	tensorrt-api
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ $(STUBS): | $(VENV)/.installed
 
 typings: $(STUBS)
 
+# The TensorRT API names the tests' stand-in `tensorrt` is made of (tests/fake_tensorrt.py), from the stubs above.
+tensorrt-api: | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target typings/.site $(TRT_STUBS)
+	$(BIN)/python -m edgeres.tensorrt.stubs typings --from typings/.site --api-json tests/data/tensorrt-10.13-api.json
+
 lint: install $(STUBS)
 	$(BIN)/ruff check edgeres tests benchmarks
 	$(BIN)/ruff format --check edgeres tests benchmarks
@@ -56,6 +62,10 @@ bench-precision: install
 
 bench-repro: install
 	$(BIN)/python benchmarks/reproducibility.py
+
+# The TensorRT device check (NVIDIA GPU or Jetson; under 8 minutes): see README, "TensorRT device check".
+bench-tensorrt: install
+	$(BIN)/python benchmarks/tensorrt_smoke.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache typings

@@ -32,6 +32,15 @@ def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def default_cache_dir() -> Path:
+    """The artifact cache root: $EDGERES_CACHE, else $XDG_CACHE_HOME/edgeres, else ~/.cache/edgeres."""
+    env = os.environ.get("EDGERES_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeres"
+
+
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serialisable object in canonical form (sorted keys, no whitespace)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

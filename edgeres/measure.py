@@ -4,11 +4,18 @@ Runner, and the environment every figure is reported with.
 Scenarios follow MLPerf: single-stream (batch 1, latency percentiles) and offline (batch N, samples per second).
 Warm-up queries are kept apart, and a run is valid only when both the minimum query count and the minimum duration
 are met (stopped early at the maximum duration, it is reported invalid with the reason, never silently accepted).
-Memory is the peak resident set of the measuring process (run in a child process, see edgeres.worker).
+Memory is the peak resident set of the measuring process (run in a child process, see edgeres.worker), and on an
+NVIDIA GPU what NVML reports (`gpu_memory`).
+
+Latency is host end-to-end: `time.perf_counter` around each `infer` call, which for a GPU runner includes the copies
+to and from the device, the launch and the synchronisation. A runner on a GPU (TensorRT, torch on CUDA) also sets
+`last_gpu_ms` after each call: the GPU time of the compute alone, from CUDA events recorded on its stream around it.
+The report gives both, named apart (`p50_ms`... host end-to-end; `gpu_compute` from CUDA events).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -19,6 +26,16 @@ from edgeres.deps import require, versions
 from edgeres.recipe import Latency, Offline
 from edgeres.runtimes.base import Runner
 from edgeres.runtimes.settings import RuntimeSettings
+
+# Images per accuracy batch; never more than the engine's profile allows (`accuracy_batch_size`).
+ACCURACY_BATCH = 64
+HOST_CLOCK = "host end-to-end: time.perf_counter around each call (copies in and out, launch, compute, synchronise)"
+GPU_CLOCK = "GPU compute: CUDA events on the runner's stream around the compute alone (no host-device copies)"
+
+
+def accuracy_batch_size(max_batch: int | None) -> int:
+    """Images per accuracy batch for a model whose largest batch is `max_batch` (None: any)."""
+    return ACCURACY_BATCH if max_batch is None else max(1, min(ACCURACY_BATCH, max_batch))
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -38,7 +55,24 @@ def _validity(queries: int, elapsed_s: float, settings: Latency | Offline) -> li
     return problems
 
 
-def summarize_latency(times_s: list[float], elapsed_s: float, settings: Latency) -> dict[str, Any]:
+def gpu_summary(gpu_ms: list[float]) -> dict[str, Any] | None:
+    """Percentiles of the GPU compute times a runner reported (None when it reported none)."""
+    if not gpu_ms:
+        return None
+    ms = sorted(gpu_ms)
+    return {
+        "queries": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms),
+        "clock": GPU_CLOCK,
+    }
+
+
+def summarize_latency(
+    times_s: list[float], elapsed_s: float, settings: Latency, *, gpu_ms: list[float] | None = None
+) -> dict[str, Any]:
     ms = sorted(t * 1000.0 for t in times_s)
     problems = _validity(len(ms), elapsed_s, settings)
     return {
@@ -54,19 +88,25 @@ def summarize_latency(times_s: list[float], elapsed_s: float, settings: Latency)
         "max_ms": ms[-1] if ms else float("nan"),
         "valid": not problems,
         "invalid_reason": "; ".join(problems) or None,
+        "clock": HOST_CLOCK,
+        "gpu_compute": gpu_summary(gpu_ms or []),
     }
 
 
 def measure_latency(runner: Runner, samples: list[Any], settings: Latency) -> dict[str, Any]:
-    """Single-stream latency over real images (cycled), after `warmup` uncounted queries."""
-    times, elapsed = _timed_loop(runner, samples, settings)
-    return summarize_latency(times, elapsed, settings)
+    """Single-stream latency over real images (cycled), after `warmup` uncounted queries; with the GPU compute time
+    beside it where the runner reports one."""
+    times, elapsed, gpu_ms = _timed_loop(runner, samples, settings)
+    return summarize_latency(times, elapsed, settings, gpu_ms=gpu_ms)
 
 
-def _timed_loop(runner: Runner, inputs: list[Any], settings: Latency | Offline) -> tuple[list[float], float]:
+def _timed_loop(
+    runner: Runner, inputs: list[Any], settings: Latency | Offline
+) -> tuple[list[float], float, list[float]]:
     for i in range(settings.warmup):
         runner.infer(inputs[i % len(inputs)])
     times: list[float] = []
+    gpu_ms: list[float] = []
     start = time.perf_counter()
     while True:
         x = inputs[len(times) % len(inputs)]
@@ -74,17 +114,19 @@ def _timed_loop(runner: Runner, inputs: list[Any], settings: Latency | Offline) 
         runner.infer(x)
         t1 = time.perf_counter()
         times.append(t1 - t0)
+        if runner.last_gpu_ms is not None:
+            gpu_ms.append(runner.last_gpu_ms)
         elapsed = t1 - start
         if len(times) >= settings.min_queries and elapsed >= settings.min_duration_s:
             break
         if elapsed >= settings.max_duration_s:
             break
-    return times, time.perf_counter() - start
+    return times, time.perf_counter() - start, gpu_ms
 
 
 def measure_offline(runner: Runner, batches: list[Any], settings: Offline) -> dict[str, Any]:
     """Offline throughput: back-to-back batches of `settings.batch` images; samples per second."""
-    times, elapsed = _timed_loop(runner, batches, settings)
+    times, elapsed, gpu_ms = _timed_loop(runner, batches, settings)
     samples = len(times) * settings.batch
     problems = _validity(len(times), elapsed, settings)
     return {
@@ -96,6 +138,7 @@ def measure_offline(runner: Runner, batches: list[Any], settings: Offline) -> di
         "samples_per_s": samples / elapsed if elapsed > 0 else float("nan"),
         "valid": not problems,
         "invalid_reason": "; ".join(problems) or None,
+        "gpu_compute": gpu_summary(gpu_ms),
     }
 
 
@@ -188,21 +231,42 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
-def gpu_memory_used_bytes() -> int | None:
-    """Device memory in use on GPU 0 (NVML), or None where there is no NVML (CPU hosts; Jetson before JetPack 7)."""
+def gpu_memory(index: int = 0, *, pid: int | None = None) -> dict[str, Any] | None:
+    """GPU memory from NVML (the `nvidia-ml-py` package, module pynvml): {"total_bytes", "used_bytes",
+    "process_bytes"} of GPU `index`; process_bytes is what process `pid` (default: this one) holds there, None where
+    NVML does not say (it lists compute processes only, and not inside every container). None where there is no NVML:
+    a CPU host, or a Jetson before JetPack 7, where NVML reads N/A (use tegrastats or jetson-stats there)."""
     try:
         import pynvml
     except ImportError:
         return None
+    pid = os.getpid() if pid is None else pid
     try:
         pynvml.nvmlInit()
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
-            return int(info.used)
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
+    except Exception:  # pynvml.NVMLError: no driver or no GPU
         return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        mine = None
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            held = [p.usedGpuMemory for p in procs if p.pid == pid and p.usedGpuMemory is not None]
+            mine = int(sum(held)) if held else None
+        except Exception:  # not supported on this GPU or driver
+            mine = None
+        return {"total_bytes": int(info.total), "used_bytes": int(info.used), "process_bytes": mine}
+    except Exception:  # N/A fields (Jetson before JetPack 7) raise NVMLError_NotSupported
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def gpu_memory_used_bytes() -> int | None:
+    """Device memory in use on GPU 0 (NVML), or None where there is no NVML (CPU hosts; Jetson before JetPack 7)."""
+    mem = gpu_memory(0)
+    return None if mem is None else int(mem["used_bytes"])
 
 
 def cpu_name() -> str:

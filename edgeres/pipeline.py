@@ -28,6 +28,7 @@ from edgeres.artifact import (
     SCHEMA_VERSION,
     SIDECAR,
     Artifact,
+    default_cache_dir,
     hash_files,
     read_artifact,
     sha256_json,
@@ -42,15 +43,6 @@ from edgeres.progress import Reporter
 from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
 from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("EDGERES_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgeres"
-
 
 LOCK_TIMEOUT_S = 3600.0
 LOCK_POLL_S = 0.1
@@ -455,6 +447,7 @@ class Pipeline:
             lineage=result.lineage if variants else {},
             torch_source=torch_source,
             data_of=lambda r: self.data_loader(r)(),
+            cache_dir=self.cache_dir,
         )
 
     def _commit(

@@ -444,7 +444,8 @@ class CompileStage(StageBase):
         return paths
 
 
-RuntimeName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
+# cuda, ort-tensorrt: ONNX Runtime's CUDA and TensorRT execution providers (onnxruntime-gpu, the `gpu` extra)
+RuntimeName = Literal["onnxruntime", "openvino", "torch", "tensorrt", "cuda", "ort-tensorrt"]
 
 
 class Offline(Strict):

@@ -18,6 +18,8 @@ from typing import Any
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.measure import (
+    accuracy_batch_size,
+    gpu_memory,
     gpu_memory_used_bytes,
     measure_accuracy,
     measure_latency,
@@ -63,22 +65,32 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         out["latency"] = measure_latency(runner, samples, Latency(**spec["latency"]))
         peak = peak_rss_bytes()
         gpu_after = gpu_memory_used_bytes()
+        gpu_mine = (gpu_memory() or {}).get("process_bytes")
         out["memory"] = {
             "peak_rss_mb": None if peak is None else round(peak / MB, 1),
             "process_base_rss_mb": None if base_rss is None else round(base_rss / MB, 1),
             "gpu_used_mb": None if gpu_after is None or gpu_before is None else round((gpu_after - gpu_before) / MB, 1),
+            "gpu_process_mb": None if gpu_mine is None else round(gpu_mine / MB, 1),
             "note": "peak resident set of the inference process while loading and running single-stream "
             "(interpreter and runtime libraries included)",
         }
+        # the model's own largest batch bounds every batch fed to it (a TensorRT engine's profile: 8 by default)
+        limit = runner.max_batch
         if spec.get("offline"):
             off = Offline(**spec["offline"])
-            if spec["batch"] >= off.batch:
+            if limit is not None and off.batch > limit:
+                out["offline"] = {
+                    "scenario": "offline",
+                    "skipped": f"offline batch {off.batch} is larger than the engine's largest batch {limit} "
+                    f"(its profile): build it with max_batch >= {off.batch}, or set benchmark.offline.batch",
+                }
+            elif spec["batch"] >= off.batch:
                 batches = [x[i : i + off.batch] for i in range(0, len(x) - off.batch + 1, off.batch)][:16] or [x]
                 out["offline"] = measure_offline(runner, batches, off)
             else:
                 out["offline"] = {"scenario": "offline", "skipped": "the model has a fixed batch size of 1"}
         if spec.get("accuracy", True):
-            bs = spec["batch"]
+            bs = min(spec["batch"], accuracy_batch_size(limit))
             acc, preds = measure_accuracy(runner, ((x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)))
             out["accuracy"] = acc
             out["predictions"] = preds.tolist()

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+from onnx_models import images, init, tiny_classifier, tiny_qdq
 
 from edgeres.errors import DataError, MissingDependencyError, RecipeError, StageError
 from edgeres.recipe import Latency
@@ -71,77 +72,9 @@ ORIN_NANO = DeviceFacts(
 )
 
 
-def _init(name: str, arr: Any) -> Any:
-    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
-
-
-def tiny_classifier(path: Path, *, dynamic: bool = True, classes: int = 3) -> Path:
-    """Conv-BN-ReLU-pool-Gemm on 3x8x8 images: a ResNet in miniature, made with onnx.helper."""
-    rng = np.random.default_rng(0)
-    batch: int | str = "batch" if dynamic else 1
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["input", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
-            helper.make_node("Relu", ["bn"], ["r"]),
-            helper.make_node("GlobalAveragePool", ["r"], ["gp"]),
-            helper.make_node("Flatten", ["gp"], ["f"]),
-            helper.make_node("Gemm", ["f", "FW", "FB"], ["logits"], transB=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
-        [
-            _init("W", rng.normal(size=(8, 3, 3, 3))),
-            _init("B", rng.normal(size=8)),
-            _init("s", rng.uniform(0.5, 1.5, size=8)),
-            _init("b", rng.normal(size=8)),
-            _init("m", rng.normal(size=8) * 0.1),
-            _init("v", rng.uniform(0.5, 1.5, size=8)),
-            _init("FW", rng.normal(size=(classes, 8))),
-            _init("FB", rng.normal(size=classes)),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.metadata_props.add(key="edgeres.mean", value="[0.5]")
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def tiny_qdq(path: Path) -> Path:
-    """The input through a signed int8 QuantizeLinear/DequantizeLinear pair, then a Conv."""
-    rng = np.random.default_rng(1)
-    graph = helper.make_graph(
-        [
-            helper.make_node("QuantizeLinear", ["input", "sc", "zp"], ["q"]),
-            helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["dq"]),
-            helper.make_node("Conv", ["dq", "W"], ["c"]),
-            helper.make_node("GlobalAveragePool", ["c"], ["gp"]),
-            helper.make_node("Flatten", ["gp"], ["logits"]),
-        ],
-        "qdq",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        [
-            _init("sc", 0.05),
-            numpy_helper.from_array(np.array(0, dtype=np.int8), "zp"),
-            _init("W", rng.normal(size=(4, 3, 3, 3))),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def run_onnx(path: Path, x: Any) -> Any:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-def images(n: int, seed: int = 2) -> Any:
-    return np.random.default_rng(seed).normal(size=(n, 3, 8, 8)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ float16 cast
@@ -177,7 +110,7 @@ def test_fp16_cast_handles_constants_casts_and_resize_scales(tmp_path: Path) -> 
         "ops",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 4, 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 8, 8])],
-        [_init("big", np.full((1,), 1e6))],  # beyond float16: clipped to 65504, not inf
+        [init("big", np.full((1,), 1e6))],  # beyond float16: clipped to 65504, not inf
     )
     src = tmp_path / "ops.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
@@ -238,14 +171,27 @@ def test_trtexec_flags_qdq_int8_static_batch(major: int) -> None:
     assert flags == ["--onnx=model.onnx", "--saveEngine=engine.plan", "--stronglyTyped", *COMMON, *LAYERS]
 
 
+def test_trtexec_flags_fp32_turns_tf32_off() -> None:
+    """trtexec --help: "--noTF32  Disable tf32 precision (default is to enable tf32, in addition to fp32)"."""
+    for major in (10, 11):
+        flags = trtexec_flags(
+            replace(SETTINGS, precision="fp32"), trt_major=major, input_name="input", input_shape=DYNAMIC, qdq_nodes=0
+        )
+        assert "--noTF32" in flags and "--fp16" not in flags
+    assert "--noTF32" not in trtexec_flags(SETTINGS, trt_major=10, input_name="i", input_shape=DYNAMIC, qdq_nodes=0)
+
+
 def test_trtexec_flags_dla() -> None:
+    """DLA needs static shapes: min = opt = max (opt_batch), even though the settings ask for a 1..16 profile."""
     settings = replace(SETTINGS, dla_core=1)
     flags = trtexec_flags(settings, trt_major=10, input_name="input", input_shape=DYNAMIC, qdq_nodes=0)
     assert flags == [
         "--onnx=model.onnx",
         "--saveEngine=engine.plan",
         "--fp16",
-        *PROFILE,
+        "--minShapes=input:1x3x8x8",
+        "--optShapes=input:1x3x8x8",
+        "--maxShapes=input:1x3x8x8",
         "--shapes=input:1x3x8x8",
         *COMMON,
         "--useDLACore=1",
@@ -372,6 +318,14 @@ def test_build_sh_reports_out_of_memory(kit: Path, tmp_path: Path) -> None:
     assert "error: the build ran out of memory (workspace limit 512 MiB)" in proc.stderr
 
 
+def test_build_sh_says_both_causes_of_no_implementation(kit: Path, tmp_path: Path) -> None:
+    proc = _run_build_sh(kit, tmp_path, EDGERES_KIT_TRTEXEC="1", FAKE_TRT_CODE="100300", FAKE_EXIT="1")
+    assert proc.returncode == 1
+    assert "ran out of memory" not in proc.stderr
+    assert "error: TensorRT found no kernel for a node (named in trtexec.log). Two causes: (1) memory" in proc.stderr
+    assert "(2) precision or device: none exists for that node in this" in proc.stderr
+
+
 def test_target_mismatches() -> None:
     target = {"device": "jetson", "tensorrt_major": [10], "compute_capability": "8.7", "dla_core": 0}
     assert target_mismatches(target, replace(ORIN_NANO, dla_cores=2)) == []
@@ -431,13 +385,57 @@ def test_run_kit_report_shape(kit: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert report["schema"] == "edgeres.report/1"
     assert report["device"]["compute_capability"] == "8.7" and report["target_mismatches"] == []
     (row,) = report["results"]
-    assert set(row) == {"variant", "runtime", "runtime_version", "artifact", "accuracy", "latency", "offline", "memory"}
+    assert set(row) == {
+        "variant",
+        "runtime",
+        "runtime_version",
+        "artifact",
+        "accuracy",
+        "latency",
+        "effective",
+        "offline",
+        "memory",
+    }
     assert (row["variant"], row["runtime"], row["runtime_version"]) == ("fp16", "tensorrt", "10.3.0.30")
     assert row["artifact"]["format"] == "tensorrt" and row["artifact"]["bytes"] == len(b"engine")
     assert row["accuracy"]["images"] == 20 and row["accuracy"]["top1_agreement_onnxruntime"] == 1.0
     assert row["latency"]["scenario"] == "single-stream" and row["latency"]["queries"] >= 5
-    assert report["settings"]["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False}
+    assert report["settings"]["plan"] == {
+        "strongly_typed": False,
+        "fp16_flag": True,
+        "cast_onnx_to_fp16": False,
+        "tf32": True,
+    }
+    assert row["effective"]["tf32"] is True and row["latency"]["clock"].startswith("host end-to-end")
     assert any("top-1" in m for m in messages)
+
+
+class SmallProfileStandIn(OnnxStandIn):
+    """An engine whose profile stops at batch 4 (as a DLA engine, or one built with max_batch 4)."""
+
+    max_batch = 4
+
+    def infer(self, batch: Any) -> Any:
+        if len(batch) > self.max_batch:
+            raise StageError(f"batch of {len(batch)} does not fit engine: it takes 1..{self.max_batch}")
+        return super().infer(batch)
+
+
+def test_run_kit_batches_within_the_engine_profile(kit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accuracy batches follow the engine's own profile (the kit's settings say 16; this engine takes 4)."""
+    timing_caches: list[Path] = []
+
+    def build(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+        timing_caches.append(kw["timing_cache"])
+        return stand_in_build(onnx_path, engine_path, **kw)
+
+    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", build)
+    monkeypatch.setattr(runner_module, "TensorRTRunner", SmallProfileStandIn)
+    report = run_kit(kit, progress=lambda m: None, cache_dir=tmp_path / "cache")
+    assert report["results"][0]["accuracy"]["images"] == 20
+    (cache,) = timing_caches  # the device's shared timing cache, under the cache root
+    assert cache.parent == tmp_path / "cache" / "tensorrt-timing" and cache.name.startswith("trt10.3.0.30-sm87-")
 
 
 def rewrite_kit(kit: Path, **changes: Any) -> Path:
@@ -568,11 +566,9 @@ def _raise(child: ChildResult) -> dict[str, Any]:
 
 
 OOM_TAIL = (
-    "Workspace limit: 512 MiB; free shared CPU/GPU memory before the build: 4768 MiB of 7248 MiB. Fix: if free "
-    "memory is near or below the workspace limit, lower workspace_mb (now 512) and max_batch (now 16) and stop other "
-    "processes using the GPU (on a Jetson also the desktop: `sudo systemctl isolate multi-user.target`; or add "
-    "swap); if plenty is free, 'Could not find any implementation' means no kernel fits in the workspace: raise "
-    "workspace_mb. Then rebuild."
+    "Workspace limit: 512 MiB; free shared CPU/GPU memory before the build: 4768 MiB of 7248 MiB. Fix: lower "
+    "workspace_mb (now 512) and max_batch (now 16) and stop other processes using the GPU (on a Jetson also the "
+    "desktop: `sudo systemctl isolate multi-user.target`; or add swap). Then rebuild."
 )
 
 
@@ -586,7 +582,8 @@ def test_killed_build_is_out_of_memory(code: int) -> None:
     )
 
 
-def test_no_implementation_is_out_of_memory() -> None:
+def test_no_implementation_says_memory_or_precision() -> None:
+    """ "Could not find any implementation" is out of memory or an unsupported precision/DLA combination."""
     payload = {
         "ok": False,
         "error": "TensorRT 10.3.0.30 could not build an engine from m.onnx: ...",
@@ -596,8 +593,12 @@ def test_no_implementation_is_out_of_memory() -> None:
     with pytest.raises(EngineBuildError) as err:
         _raise(ChildResult(3, [], payload))
     assert str(err.value) == (
-        "the TensorRT engine build of m.onnx ran out of memory: TensorRT reported: [E] 10: Could not find any "
-        f"implementation for node /layer1/conv1/Conv.. {OOM_TAIL}"
+        "the TensorRT engine build of m.onnx failed: TensorRT reported: [E] 10: Could not find any implementation for "
+        "node /layer1/conv1/Conv.. TensorRT says this in two cases. (1) Memory: no kernel for that node fits in the "
+        "workspace (limit 512 MiB) or in the free shared CPU/GPU memory (4768 MiB of 7248 MiB before the build): "
+        "raise workspace_mb if memory is free, else free memory (stop other GPU processes) or lower max_batch (now "
+        "16). (2) Precision or device: no kernel exists for that node in fp16 on the GPU: try precision fp32. "
+        "TensorRT's messages before it name the layer; then rebuild."
     )
     with pytest.raises(EngineBuildError, match=r"TensorRT reported: .*cudaErrorMemoryAllocation"):
         _raise(ChildResult(1, ["Traceback ...", "RuntimeError: cudaErrorMemoryAllocation"], None))

@@ -51,8 +51,17 @@ ORIN_AGX = DeviceFacts(
     dla_cores=2,
     total_memory_bytes=64_000_000_000,
     free_memory_bytes=50_000_000_000,
+    board="NVIDIA Jetson AGX Orin Developer Kit",
+    sm_count=16,  # 2048 CUDA cores, 128 per SM (Ampere)
 )
-ORIN_NANO = replace(ORIN_AGX, dla_cores=0, total_memory_bytes=7_600_000_000, free_memory_bytes=5_000_000_000)
+ORIN_NANO = replace(
+    ORIN_AGX,
+    dla_cores=0,
+    total_memory_bytes=7_600_000_000,
+    free_memory_bytes=5_000_000_000,
+    board="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
+    sm_count=8,  # 1024 CUDA cores
+)
 RTX_4090 = DeviceFacts(
     trt_version="10.3.0.30",
     cuda_version="12.6",
@@ -108,11 +117,12 @@ def test_manifest_records_what_the_engine_depends_on(built: tuple[Path, EngineMa
         "opt_level": 3,
         "min_batch": 1,
         "opt_batch": 1,
-        "max_batch": 32,
+        "max_batch": 8,
         "dla_core": 1,
         "gpu_fallback": True,
     }
-    assert data["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False}
+    assert data["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False, "tf32": True}
+    assert (data["board"], data["sm_count"]) == ("NVIDIA Jetson AGX Orin Developer Kit", 16)
     assert data["timing_cache_sha256"] is None
     assert EngineManifest.from_dict(data) == manifest
 
@@ -145,12 +155,54 @@ def test_other_gpu_model_refused(tmp_path: Path) -> None:
 def test_other_compute_capability_refused(built: tuple[Path, EngineManifest]) -> None:
     engine, manifest = built
     with pytest.raises(EngineMismatchError) as err:
-        check_compatible(manifest, replace(RTX_4090, dla_cores=2), engine)
+        check_compatible(manifest, replace(RTX_4090, dla_cores=2, sm_count=128), engine)
     assert str(err.value) == (
         f"engine {engine} was built for another device and is not loaded here: compute capability: engine built "
-        f"for 8.7, this device has 8.9; GPU: engine built on Orin, this device has NVIDIA GeForce RTX 4090. "
-        f"{REBUILD_HINT}"
+        f"for 8.7, this device has 8.9; GPU: engine built on Orin, this device has NVIDIA GeForce RTX 4090; board: "
+        f"engine built on NVIDIA Jetson AGX Orin Developer Kit, this device is unknown (could not be read on this "
+        f"device); SM count: engine built for a GPU with 16 SMs, this device's has 128. {REBUILD_HINT}"
     )
+
+
+def test_other_orin_board_refused(tmp_path: Path) -> None:
+    """Every Orin reports the GPU "Orin" and compute capability 8.7: the board and SM count tell them apart."""
+    engine = tmp_path / "engine.plan"
+    engine.write_bytes(b"x")
+    (tmp_path / "model.onnx").write_bytes(b"y")
+    settings = EngineSettings()
+    manifest = make_manifest(
+        engine,
+        onnx_path=tmp_path / "model.onnx",
+        timing_cache=None,
+        facts=ORIN_AGX,
+        trt_version="10.3.0.30",
+        settings=settings,
+        plan=plan_build(settings, qdq_nodes=0, trt_major=10),
+        input_name="input",
+        input_shape=["batch", 3, 32, 32],
+    )
+    check_compatible(manifest, ORIN_AGX, engine)
+    with pytest.raises(EngineMismatchError) as err:
+        check_compatible(manifest, ORIN_NANO, engine)
+    assert str(err.value) == (
+        f"engine {engine} was built for another device and is not loaded here: board: engine built on NVIDIA Jetson "
+        "AGX Orin Developer Kit, this device is NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super; SM "
+        f"count: engine built for a GPU with 16 SMs, this device's has 8. {REBUILD_HINT}"
+    )
+    with pytest.raises(EngineMismatchError, match="this device's has unknown"):
+        check_compatible(manifest, replace(ORIN_AGX, sm_count=None), engine)
+
+
+def test_manifest_without_the_later_fields_still_reads(built: tuple[Path, EngineManifest]) -> None:
+    """Manifests written before board, SM count, profile, timing cache and DLA placement were recorded."""
+    engine, _ = built
+    data = json.loads(manifest_path(engine).read_text())
+    for key in ("board", "sm_count", "profile", "timing_cache", "dla_placement"):
+        del data[key]
+    del data["plan"]["tf32"]
+    old = EngineManifest.from_dict(data)
+    assert (old.board, old.sm_count, old.plan.tf32) == (None, None, True)
+    check_compatible(old, ORIN_AGX, engine)
 
 
 def test_other_tensorrt_version_refused(built: tuple[Path, EngineManifest]) -> None:
@@ -185,7 +237,7 @@ def test_tampered_engine_refused_before_anything_else(built: tuple[Path, EngineM
 def test_missing_dla_refused(built: tuple[Path, EngineManifest]) -> None:
     engine, manifest = built
     with pytest.raises(EngineMismatchError) as err:
-        check_compatible(manifest, ORIN_NANO, engine)
+        check_compatible(manifest, replace(ORIN_AGX, dla_cores=0), engine)
     assert str(err.value) == (
         f"engine {engine} was built for another device and is not loaded here: DLA: engine runs on DLA core 1, "
         f"this device has no DLA cores. {REBUILD_HINT}"
@@ -221,13 +273,30 @@ def test_engine_without_manifest_refused(tmp_path: Path) -> None:
         read_manifest(engine)
 
 
+def test_engine_settings_defaults_are_the_recipes() -> None:
+    """One source of truth: a build without settings uses what a recipe without settings asks for."""
+    from edgeres.recipe import TensorRTCompile
+
+    recipe, engine = TensorRTCompile(), EngineSettings()
+    for name in ("workspace_mb", "opt_level", "min_batch", "opt_batch", "max_batch", "dla_core"):
+        assert getattr(engine, name) == getattr(recipe, name), name
+
+
+def test_dla_profile_is_static() -> None:
+    from edgeres.tensorrt.manifest import profile_batches
+
+    assert profile_batches(EngineSettings(max_batch=8)) == (1, 1, 8)
+    assert profile_batches(EngineSettings(max_batch=8, dla_core=0)) == (1, 1, 1)
+    assert profile_batches(EngineSettings(min_batch=1, opt_batch=4, max_batch=8, dla_core=1)) == (4, 4, 4)
+
+
 def test_engine_settings_validation() -> None:
     with pytest.raises(RecipeError) as err:
         EngineSettings(precision="int4", workspace_mb=0, opt_level=7, min_batch=4, opt_batch=2)  # type: ignore[arg-type]
     assert str(err.value) == (
         "invalid TensorRT engine settings: precision 'int4' is not one of fp32, fp16, int8; workspace_mb 0 must be "
         "a whole number of MiB >= 1; opt_level 7 must be 0..5 (TensorRT's default is 3); min/opt/max_batch "
-        "(4, 2, 32) must be whole numbers with 1 <= min <= opt <= max."
+        "(4, 2, 8) must be whole numbers with 1 <= min <= opt <= max."
     )
     with pytest.raises(RecipeError, match="DLA runs only FP16 and INT8"):
         EngineSettings(precision="fp32", dla_core=0)
@@ -239,12 +308,13 @@ def test_engine_settings_validation() -> None:
 @pytest.mark.parametrize(
     ("precision", "qdq", "major", "plan"),
     [
-        ("fp16", 0, 10, BuildPlan(strongly_typed=False, fp16_flag=True, cast_onnx_to_fp16=False)),
-        ("fp16", 0, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=True)),
-        ("fp32", 0, 10, BuildPlan(strongly_typed=False, fp16_flag=False, cast_onnx_to_fp16=False)),
-        ("fp32", 0, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False)),
-        ("int8", 110, 10, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False)),
-        ("int8", 110, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False)),
+        ("fp16", 0, 10, BuildPlan(strongly_typed=False, fp16_flag=True, cast_onnx_to_fp16=False, tf32=True)),
+        ("fp16", 0, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=True, tf32=True)),
+        # an fp32 engine is FP32: TF32 (TensorRT's default on Ampere and newer) is cleared
+        ("fp32", 0, 10, BuildPlan(strongly_typed=False, fp16_flag=False, cast_onnx_to_fp16=False, tf32=False)),
+        ("fp32", 0, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=False)),
+        ("int8", 110, 10, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=True)),
+        ("int8", 110, 11, BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=True)),
     ],
 )
 def test_precision_plan(precision: str, qdq: int, major: int, plan: BuildPlan) -> None:
@@ -305,6 +375,7 @@ def test_probe_reads_jetson_files(tmp_path: Path) -> None:
     (tmp_path / "proc/meminfo").write_text("MemTotal:  7620000 kB\nMemAvailable:  5000000 kB\n")
     (tmp_path / "proc/device-tree").mkdir()
     (tmp_path / "proc/device-tree/compatible").write_bytes(b"nvidia,p3768-0000+p3767-0005\0nvidia,tegra234\0")
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\0")
 
     def run(cmd: list[str]) -> str | None:
         return "6.1+b123" if cmd[0] == "dpkg-query" else None
@@ -315,6 +386,7 @@ def test_probe_reads_jetson_files(tmp_path: Path) -> None:
     assert facts.sources["l4t"] == "/etc/nv_tegra_release"
     assert (facts.compute_capability, facts.sources["compute_capability"]) == ("8.7", "/proc/device-tree/compatible")
     assert facts.sources["total_memory_bytes"] == "/proc/meminfo (Jetson unified memory)"
+    assert (facts.board, facts.sources["board"]) == ("NVIDIA Jetson Orin Nano Developer Kit", "/proc/device-tree/model")
     assert DeviceFacts.from_dict(json.loads(json.dumps(facts.to_dict()))) == facts
 
 

@@ -108,6 +108,30 @@ def pareto(results: list[dict[str, Any]]) -> list[int]:
     return front
 
 
+def _precision_cell(r: dict[str, Any]) -> str:
+    """The precision a row ran, saying for a TensorRT fp32 engine whether TF32 was on (its manifest's plan)."""
+    precision = r.get("precision") or "-"
+    tf32 = (r.get("effective") or {}).get("tf32")
+    if precision == "fp32" and tf32 is not None:
+        return "fp32 (TF32 on)" if tf32 else "fp32 (TF32 off)"
+    return str(precision)
+
+
+def _gpu_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Where runners timed the GPU with CUDA events: those figures, apart from the host latency in the table."""
+    timed = [(r, r["latency"]["gpu_compute"]) for r in results if (r["latency"].get("gpu_compute") or {}).get("p50_ms")]
+    if not timed:
+        return []
+    each = "; ".join(
+        f"`{r['variant']}` on {r['runtime']}: p50 {g['p50_ms']:.3f} ms, p99 {g['p99_ms']:.3f} ms" for r, g in timed
+    )
+    return [
+        "p50/p90/p99 ms above are host end-to-end (input copy, launch, compute, output copy, synchronise). GPU "
+        f"compute alone, from CUDA events on the runner's stream: {each}.",
+        "",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
@@ -134,7 +158,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         star = " ★" if i in front else ""
         cold = r.get("cold_start") or {}
         lines.append(
-            f"| {r['variant']}{star} | {r['runtime']} | {r.get('precision') or '-'} | {_pct(a.get('top1'))} | "
+            f"| {r['variant']}{star} | {r['runtime']} | {_precision_cell(r)} | {_pct(a.get('top1'))} | "
             f"{_pct(a.get('top5'))} | "
             f"{'-' if drop is None else f'{100 * drop:+.2f}'} | {_pct(a.get('top1_agreement'))} | "
             f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
@@ -150,6 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "compiles for this CPU, ONNX Runtime optimises the graph); first ms: the first inference after it — together "
         "the cold start of a device that must answer at once.",
         "",
+        *_gpu_lines(report["results"]),
     ]
     for u in report.get("unmeasured", []):
         on = f" on {u['runtime']} ({u['precision']})" if u.get("runtime") else ""

@@ -1,7 +1,8 @@
 """Runtimes behind one Runner interface, so accuracy and latency are measured the same way on every artifact.
 
 `open_runner(runtime, artifact_file, threads=..., settings=...)` returns a Runner for a torch model folder, an ONNX
-file on ONNX Runtime or OpenVINO, an OpenVINO IR or a TensorRT engine. A compiled engine's manifest is checked (every
+file on ONNX Runtime (CPU; with onnxruntime-gpu its CUDA or TensorRT provider) or OpenVINO, an OpenVINO IR or a
+TensorRT engine. A compiled engine's manifest is checked (every
 file re-hashed) before anything loads, and the settings it records are the ones it is loaded with unless the caller
 passes its own (see runtimes.settings). Each runtime's module is imported only when it is used.
 """
@@ -18,6 +19,9 @@ from edgeres.runtimes.settings import RuntimeSettings, settings_from_manifest
 RUNTIMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # name -> (module, class, formats it runs)
     "onnxruntime": ("edgeres.runtimes.onnxruntime", "OnnxRuntimeRunner", ("onnx",)),
+    # onnxruntime-gpu (the `gpu` extra): ONNX Runtime's CUDA provider, and its TensorRT provider as a peer
+    "cuda": ("edgeres.runtimes.onnxruntime", "OnnxRuntimeCudaRunner", ("onnx",)),
+    "ort-tensorrt": ("edgeres.runtimes.onnxruntime", "OnnxRuntimeTensorRTRunner", ("onnx",)),
     "openvino": ("edgeres.runtimes.openvino", "OpenVinoRunner", ("onnx", "openvino")),
     "torch": ("edgeres.runtimes.torch", "TorchRunner", ("torch",)),
     "tensorrt": ("edgeres.tensorrt.runner", "TensorRTRunner", ("tensorrt",)),

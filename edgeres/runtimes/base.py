@@ -40,6 +40,10 @@ def check_manifest(path: Path) -> dict[str, Any] | None:
 
 class Runner(ABC):
     name: str = "base"
+    # The largest batch the loaded model takes (a TensorRT engine's profile), None for any: callers batch within it.
+    max_batch: int | None = None
+    # GPU runners: the GPU compute time of the last infer call, from CUDA events on their stream (edgeres.measure).
+    last_gpu_ms: float | None = None
 
     def __init__(self, path: Path, *, threads: int, settings: RuntimeSettings | None = None) -> None:
         self.path = path

@@ -1,4 +1,12 @@
-"""ONNX Runtime runner (CPU execution provider), loading with the graph optimisation level compile used."""
+"""ONNX Runtime runners: the CPU execution provider (`onnxruntime`), and with onnxruntime-gpu (the `gpu` extra) its
+CUDA provider (`cuda`) and its TensorRT provider (`ort-tensorrt`, a peer to measure edgeres' own TensorRT engines
+against). Each loads with the graph optimisation level compile used.
+
+A GPU runtime asks ONNX Runtime which providers this install has (`onnxruntime.get_available_providers()`) before
+it loads anything, and refuses, saying how to install onnxruntime-gpu, when its provider is missing: ONNX Runtime
+itself would only warn and run on the CPU, and the figures would be the CPU's under a GPU's name. After loading, the
+provider the session actually put first is checked too (a CUDA library that fails to load also falls back).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,44 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.deps import require
+from edgeres.errors import StageError
 from edgeres.runtimes.base import Runner
 from edgeres.runtimes.settings import RuntimeSettings
+
+CPU_EP, CUDA_EP, TENSORRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# runtime name -> the execution provider it measures (ONNX Runtime's names)
+EXECUTION_PROVIDERS = {"onnxruntime": CPU_EP, "cuda": CUDA_EP, "ort-tensorrt": TENSORRT_EP}
+
+
+class ProviderUnavailable(StageError):
+    """This ONNX Runtime install lacks the execution provider a runtime needs."""
+
+
+def provider_unavailable_reason(runtime: str, available: list[str], *, version: str = "?") -> str | None:
+    """Why `runtime` cannot run with these available providers, or None when it can."""
+    want = EXECUTION_PROVIDERS[runtime]
+    if want in available:
+        return None
+    return (
+        f"runtime {runtime} needs ONNX Runtime's {want}, but this onnxruntime {version} offers only "
+        f"{', '.join(available) or 'no providers'}. Install onnxruntime-gpu in place of onnxruntime (`pip uninstall "
+        f"onnxruntime` then `pip install 'edgeres[gpu]'`; never both: they share the module name), on a machine with "
+        "an NVIDIA driver, CUDA 12 and cuDNN 9" + (" and TensorRT's libraries" if want == TENSORRT_EP else "")
+    )
+
+
+def select_providers(runtime: str, available: list[str], settings: RuntimeSettings) -> list[Any]:
+    """The provider list an InferenceSession for `runtime` gets, checked against what ONNX Runtime reports."""
+    reason = provider_unavailable_reason(runtime, available)
+    if reason is not None:
+        raise ProviderUnavailable(reason)
+    if runtime == "cuda":
+        return [CUDA_EP, CPU_EP]
+    if runtime == "ort-tensorrt":
+        # nodes TensorRT cannot take run on CUDA where the install has it, else on the CPU
+        options = {"trt_fp16_enable": settings.precision == "fp16"}
+        return [(TENSORRT_EP, options), *([CUDA_EP] if CUDA_EP in available else []), CPU_EP]
+    return [CPU_EP]
 
 
 def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
@@ -32,11 +76,20 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(path, threads=threads, settings=settings)
         ort = require("onnxruntime", purpose="run ONNX models")
         self._ort = ort
+        if providers is None:
+            providers = select_providers(self.name, list(ort.get_available_providers()), settings)
         self.session = ort.InferenceSession(
-            str(path),
-            sess_options=session_options(ort, settings, threads),
-            providers=providers or ["CPUExecutionProvider"],
+            str(path), sess_options=session_options(ort, settings, threads), providers=providers
         )
+        want = EXECUTION_PROVIDERS.get(self.name)
+        got = self.session.get_providers()
+        if want is not None and want != CPU_EP and (not got or got[0] != want):
+            raise ProviderUnavailable(
+                f"ONNX Runtime loaded {path} with {', '.join(got)} although {want} was asked for and is installed: "
+                f"its libraries failed to load (see ONNX Runtime's warnings above: CUDA 12, cuDNN 9"
+                + (", TensorRT" if want == TENSORRT_EP else "")
+                + " must be on the library path). Fix that, or measure on another runtime."
+            )
         self.input_name = self.session.get_inputs()[0].name
 
     def infer(self, batch: Any) -> Any:
@@ -47,3 +100,16 @@ class OnnxRuntimeRunner(Runner):
 
     def effective(self) -> dict[str, Any]:
         return {"optimization_level": self.settings.ort_optimization_level, "providers": self.session.get_providers()}
+
+
+class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+    """ONNX Runtime's CUDA execution provider (onnxruntime-gpu)."""
+
+    name = "cuda"
+
+
+class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
+    """ONNX Runtime's TensorRT execution provider (onnxruntime-gpu with TensorRT's libraries): a peer to compare
+    edgeres' own TensorRT engines with."""
+
+    name = "ort-tensorrt"

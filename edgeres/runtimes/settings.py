@@ -69,7 +69,11 @@ class RuntimeSettings:
         }
 
     def unsupported_reason(self) -> str | None:
-        """Why this host cannot run these settings, or None. Asks the runtime itself where it can say."""
+        """Why this host cannot run these settings, or None. Asks the runtime itself where it can say (ONNX Runtime:
+        the execution providers this install has)."""
+        missing = self.provider_reason()
+        if missing is not None:
+            return missing
         if self.precision == "fp32":
             return None
         if self.runtime == "openvino":
@@ -85,7 +89,29 @@ class RuntimeSettings:
             return None
         if self.runtime in ("onnxruntime", "torch"):
             return f"{self.runtime} on a CPU runs fp32 only in edgeres; {self.precision} is not supported there"
+        if self.runtime == "cuda":
+            return (
+                f"ONNX Runtime's CUDA provider runs the model's own float types (fp32 here); {self.precision} is not "
+                "supported on it in edgeres (measure fp16 on tensorrt or ort-tensorrt)"
+            )
+        if self.runtime == "ort-tensorrt" and self.precision != "fp16":
+            return f"ONNX Runtime's TensorRT provider runs fp32 or fp16 in edgeres; {self.precision} is not supported"
         return None  # tensorrt: its build checks the device
+
+    def provider_reason(self) -> str | None:
+        """For ONNX Runtime's GPU runtimes (cuda, ort-tensorrt): why this install cannot run them, or None."""
+        if self.runtime not in ("cuda", "ort-tensorrt"):
+            return None
+        from edgeres.deps import available, require
+
+        if not available("onnxruntime"):
+            return f"runtime {self.runtime} needs onnxruntime-gpu, which is not installed (pip install 'edgeres[gpu]')"
+        from edgeres.runtimes.onnxruntime import provider_unavailable_reason
+
+        ort = require("onnxruntime")
+        return provider_unavailable_reason(
+            self.runtime, list(ort.get_available_providers()), version=str(ort.__version__)
+        )
 
 
 def _needs(precision: str) -> str:

@@ -35,6 +35,8 @@ class StageContext:
     torch_source: Artifact | None = None  # stages that ask for it (QAT): the last torch model upstream
     # benchmark: the data as another variant's recipe sets it (each variant is measured with its own preprocessing)
     data_of: Callable[[Recipe], DataBundle] | None = None
+    # the artifact cache root: state shared across builds on this machine (TensorRT's timing cache) lives under it
+    cache_dir: Path | None = None
 
     @property
     def data(self) -> DataBundle:

@@ -16,7 +16,7 @@ from typing import Any
 from edgeres import faults
 from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_text_atomic
 from edgeres.deps import require
-from edgeres.measure import environment
+from edgeres.measure import ACCURACY_BATCH, environment
 from edgeres.recipe import BenchmarkStage, variant_recipe
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, result_row, stage_rows
 from edgeres.runtimes import NATIVE, runs
@@ -24,8 +24,6 @@ from edgeres.runtimes.base import MANIFEST
 from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for, settings_from_manifest
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.worker import measure_artifact
-
-ACCURACY_BATCH = 64
 
 
 def _batch_size(art: Artifact) -> int:

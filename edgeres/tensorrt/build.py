@@ -2,15 +2,19 @@
 
 `engine_from_onnx` is the build itself (run it on the device): strongly typed network where the plan says so
 (always on TensorRT 11, and for Q/DQ INT8 ONNX on 10), BuilderFlag.FP16 for FP16 on TensorRT 10, and on TensorRT 11
-(no precision flags) an ONNX cast to float16 first (`fp16_onnx_from_fp32`, inputs and outputs kept float32). Parse
-errors are reported node by node; the optimisation profile covers min/opt/max batch; the workspace pool is limited;
-the timing cache is loaded from and saved to a file; progress is reported through an IProgressMonitor; DLA with GPU
-fallback on Jetson. It writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector)
-and, last, its manifest (`<stem>.manifest.json`).
+(no precision flags) an ONNX cast to float16 first (`fp16_onnx_from_fp32`, inputs and outputs kept float32). An fp32
+engine clears BuilderFlag.TF32 (on by default: Ampere and newer would otherwise round float32 convolutions to TF32).
+Parse errors are reported node by node; the optimisation profile covers min/opt/max batch, static (opt_batch) for
+DLA; the workspace pool is limited; the timing cache is loaded from and merged back into a file shared by the
+device's builds (edgeres.tensorrt.timing_cache), under a lock; progress is reported through an IProgressMonitor; DLA
+with GPU fallback on Jetson, and how many layers landed on DLA read from the engine inspector (`dla_placement`). It
+writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector) and, last, its manifest
+(`<stem>.manifest.json`).
 
 `build_in_subprocess` runs that in `python -m edgeres.tensorrt.build`, so that a build killed for memory (exit 137
-on Jetson) or failing with TensorRT's out-of-memory symptoms ("Could not find any implementation for node") becomes
-one clear error naming the workspace limit and the free memory.
+on Jetson) or failing with TensorRT's out-of-memory symptoms becomes one clear error naming the workspace limit and
+the free memory. "Could not find any implementation for node" has two causes (no kernel fits the memory, or none
+exists for that precision or on DLA), and its error says both and what to try for each.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ from edgeres.tensorrt.manifest import (
     make_manifest,
     manifest_path,
     plan_build,
+    profile_batches,
     write_manifest,
 )
+from edgeres.tensorrt.timing_cache import cache_lock
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -54,14 +60,19 @@ FP16_MAX = 65504.0
 # (op, input index) that must stay float32 when a model is cast to float16
 _FLOAT32_SLOTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 OOM_PATTERNS = (
-    r"Could not find any implementation for node",
     r"out of memory",
     r"cudaErrorMemoryAllocation",
     r"Requested amount of GPU memory",
     r"std::bad_alloc",
     r"\bMemoryError\b",
 )
+NO_IMPLEMENTATION = r"Could not find any implementation for node"
 KILLED_CODES = (137, -9)
+# Names TensorRT gives the layers of a DLA engine (its build log: "{ForeignNode[first...last]}" per subgraph that
+# runs on DLA; trtexec's profile of such an engine: "<tensor> to nvm", "<tensor> from nvm", "<tensor> copy finish"
+# for the copies between GPU and DLA memory). Myelin, a GPU compiler, also names its subgraphs ForeignNode.
+FOREIGN_NODE = re.compile(r"^\{ForeignNode\[")
+DLA_TRANSFER = re.compile(r" (to|from) nvm$| copy finish$")
 
 
 class EngineBuildError(StageError):
@@ -279,7 +290,9 @@ def format_parser_errors(errors: Iterable[ParserErrorLike]) -> list[str]:
     return lines
 
 
-def _new_logger(errors: list[str], report: Progress) -> trt.ILogger:
+def _new_logger(errors: list[str], report: Progress, placement: list[str] | None = None) -> trt.ILogger:
+    """A logger that keeps TensorRT's errors, reports warnings, and keeps the build log's "[DlaLayer] ..." and
+    "[GpuLayer] ..." lines (where TensorRT says where each layer of a DLA build runs) in `placement`."""
     import tensorrt as trt
 
     class Logger(trt.ILogger):
@@ -292,6 +305,8 @@ def _new_logger(errors: list[str], report: Progress) -> trt.ILogger:
             if severity <= trt.ILogger.Severity.WARNING:
                 with contextlib.suppress(Exception):
                     report(f"TensorRT: {msg}")
+            if placement is not None and re.match(r"\s*\[(Dla|Gpu)Layer\]", msg):
+                placement.append(msg.strip())
 
     return Logger()
 
@@ -352,7 +367,8 @@ def engine_from_onnx(
         + ("" if settings.dla_core is None else f", DLA core {settings.dla_core}")
     )
     errors: list[str] = []
-    logger = _new_logger(errors, report)
+    placement_log: list[str] = []
+    logger = _new_logger(errors, report, placement_log)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
     network = builder.create_network(flags)
@@ -382,13 +398,20 @@ def engine_from_onnx(
             f"the batch may be dynamic (-1). Export with fixed channels and image size."
         )
     config = builder.create_builder_config()
-    batches = (settings.min_batch, settings.opt_batch, settings.max_batch)
+    batches = profile_batches(settings)
+    profile_used: list[int] | None = None
     if shape[0] < 0:
+        if batches != (settings.min_batch, settings.opt_batch, settings.max_batch):
+            report(
+                f"DLA needs static shapes: building for batch {batches[0]} only (min = opt = max), not the profile "
+                f"{settings.min_batch}/{settings.opt_batch}/{settings.max_batch}"
+            )
         profile = builder.create_optimization_profile()
         dims = [trt.Dims([b, *shape[1:]]) for b in batches]
         profile.set_shape(tensor.name, dims[0], dims[1], dims[2])
         config.add_optimization_profile(profile)
-    elif batches != (shape[0],) * 3:
+        profile_used = list(batches)
+    elif settings.dla_core is None and batches != (shape[0],) * 3:
         raise RecipeError(
             f"{onnx_path} has a fixed batch of {shape[0]}, but min/opt/max_batch are {batches}. Set all three to "
             f"{shape[0]}, or export with dynamic_batch: true."
@@ -400,6 +423,8 @@ def engine_from_onnx(
     config.progress_monitor = monitor
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if not plan.tf32:  # an fp32 engine computes in FP32, not TF32 (as trtexec --noTF32)
+        config.clear_flag(trt.BuilderFlag.TF32)
     if settings.dla_core is not None:
         if settings.dla_core >= builder.num_DLA_cores:
             raise StageError(
@@ -410,17 +435,7 @@ def engine_from_onnx(
         config.DLA_core = settings.dla_core
         if settings.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache = None
-    if timing_cache is not None and timing_cache.is_file():
-        try:
-            cache = config.create_timing_cache(timing_cache.read_bytes())
-        except Exception:  # unreadable or corrupt: TensorRT raises or returns None
-            cache = None
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            report(f"timing cache {timing_cache} is unreadable or from another device/TensorRT; starting a new one")
-            cache = None
-    if cache is None:
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    cache_read = _load_timing_cache(config, timing_cache, report)
 
     report("building the engine (TensorRT times kernels for this GPU: minutes on a Jetson)")
     serialized = builder.build_serialized_network(network, config)
@@ -435,13 +450,20 @@ def engine_from_onnx(
     manifest_path(engine_path).unlink(missing_ok=True)  # the manifest is written last: none means unfinished
     write_bytes_atomic(engine_path, data)
     cache_path = None
+    cache_info = None
     if timing_cache is not None:
-        write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        _save_timing_cache(config, timing_cache, cache_read)
         cache_path = timing_cache
+        cache_info = {"path": str(timing_cache), "key": timing_cache.stem, "reused": cache_read is not None}
     runtime = trt.Runtime(logger)
     if settings.dla_core is not None:
         runtime.DLA_core = settings.dla_core
     layer_info = _write_layer_info(runtime, data, engine_path, report)
+    placement = None
+    if settings.dla_core is not None:
+        info_text = layer_info.read_text(encoding="utf-8") if layer_info is not None else None
+        placement = dla_placement(info_text, placement_log)
+        report(_placement_line(placement, settings))
     facts = facts or probe_device_facts()
     if facts.compute_capability is None:
         report(
@@ -458,11 +480,105 @@ def engine_from_onnx(
         plan=plan,
         input_name=tensor.name,
         input_shape=input_shape,
+        profile=profile_used,
+        timing_cache_info=cache_info,
+        dla_placement=placement,
     )
     written = write_manifest(engine_path, manifest)
     seconds = round(time.perf_counter() - started, 1)
     report(f"engine {engine_path.name}: {len(data) / 1e6:.1f} MB in {seconds:.0f} s")
     return BuildResult(engine_path, written, layer_info, cache_path, seconds, manifest)
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path | None, report: Progress) -> bytes | None:
+    """Give the builder the shared timing cache at `path` (under its lock); a fresh one when there is none, or when
+    TensorRT refuses it (another device or version, or a corrupt file). Returns the bytes loaded, or None."""
+    data = None
+    if path is not None:
+        with cache_lock(path):
+            data = path.read_bytes() if path.is_file() else None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # unreadable or corrupt: TensorRT raises or returns None
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            report(f"timing cache {path}: reusing the kernel choices of earlier builds on this device")
+            return data
+        report(f"timing cache {path} is unreadable or from another device/TensorRT; starting a new one")
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return None
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path, loaded: bytes | None) -> None:
+    """Write this build's timing cache to `path` atomically, under its lock, first merging in what another build of
+    this device wrote there since this one read it."""
+    ours = config.get_timing_cache()
+    with cache_lock(path):
+        current = path.read_bytes() if path.is_file() else None
+        if current and current != loaded:
+            with contextlib.suppress(Exception):  # a file TensorRT cannot read is replaced, not merged
+                theirs = config.create_timing_cache(current)
+                if theirs is not None:
+                    ours.combine(theirs, False)
+        write_bytes_atomic(path, bytes(memoryview(ours.serialize())))
+
+
+def dla_placement(layer_info: str | None, placement_log: Iterable[str] = ()) -> dict[str, Any]:
+    """Where the layers of a DLA engine run, read from the engine inspector's JSON (`<stem>.layers.json`).
+
+    In a DLA engine, each subgraph TensorRT gives to DLA is one layer named "{ForeignNode[first...last]}" (as TensorRT's
+    build log lists them under "Layers running on DLA"), and the copies between GPU and DLA memory are layers named
+    "... to nvm", "... from nvm" and "... copy finish"; every other layer runs on the GPU. A layer whose LayerType says
+    DLA counts as DLA too, one whose LayerType is Myelin (a GPU compiler that also names subgraphs ForeignNode) as GPU.
+    This reading of the inspector's JSON has not been checked on a device; `log_dla_layers`/`log_gpu_layers` count the
+    build log's own "[DlaLayer]"/"[GpuLayer]" lines beside it (None where the log had none).
+    """
+    log = list(placement_log)
+    out: dict[str, Any] = {
+        "dla_layers": None,
+        "gpu_layers": None,
+        "transfers": None,
+        "dla_subgraphs": [],
+        "source": "engine inspector JSON",
+        "log_dla_layers": sum(line.lstrip().startswith("[DlaLayer]") for line in log) if log else None,
+        "log_gpu_layers": sum(line.lstrip().startswith("[GpuLayer]") for line in log) if log else None,
+    }
+    try:
+        info = json.loads(layer_info) if layer_info else None
+    except json.JSONDecodeError:
+        info = None
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    if not isinstance(layers, list):
+        out["source"] = "unavailable: the engine inspector's JSON could not be read"
+        return out
+    dla, gpu, transfers = [], 0, 0
+    for layer in layers:
+        name = layer if isinstance(layer, str) else str(layer.get("Name", "")) if isinstance(layer, dict) else ""
+        kind = str(layer.get("LayerType", "")) if isinstance(layer, dict) else ""
+        if "DLA" in kind.upper() or (FOREIGN_NODE.match(name) and kind.lower() != "myelin"):
+            dla.append(name)
+        elif DLA_TRANSFER.search(name):
+            transfers += 1
+        else:
+            gpu += 1
+    out.update(dla_layers=len(dla), gpu_layers=gpu, transfers=transfers, dla_subgraphs=dla[:20])
+    return out
+
+
+def _placement_line(placement: dict[str, Any], settings: EngineSettings) -> str:
+    if placement["dla_layers"] is None:
+        return f"DLA core {settings.dla_core}: where the layers run is unknown ({placement['source']})"
+    line = (
+        f"DLA core {settings.dla_core}: {placement['dla_layers']} layer(s) on DLA, {placement['gpu_layers']} on "
+        f"the GPU, {placement['transfers']} GPU/DLA copies"
+    )
+    if placement["dla_layers"] == 0:
+        line += (
+            " — warning: nothing runs on DLA (GPU fallback took every layer); check TensorRT's warnings above for "
+            "why DLA refused them (unsupported layers, or dynamic shapes)"
+        )
+    return line
 
 
 def _write_layer_info(runtime: trt.Runtime, data: bytes, engine_path: Path, report: Progress) -> Path | None:
@@ -516,10 +632,39 @@ def out_of_memory_error(evidence: str, *, onnx_path: Path, settings: EngineSetti
         f"the TensorRT engine build of {onnx_path} ran out of memory: {evidence}. "
         f"Workspace limit: {settings.workspace_mb} MiB; free {memory} before the build: "
         f"{_mib(facts.free_memory_bytes)} of {_mib(facts.total_memory_bytes)}. "
-        f"Fix: if free memory is near or below the workspace limit, lower workspace_mb (now "
-        f"{settings.workspace_mb}) and max_batch (now {settings.max_batch}) and stop other processes using the "
-        f"GPU{jetson}; if plenty is free, 'Could not find any implementation' means no kernel fits in the "
-        f"workspace: raise workspace_mb. Then rebuild.",
+        f"Fix: lower workspace_mb (now {settings.workspace_mb}) and max_batch (now {settings.max_batch}) and stop "
+        f"other processes using the GPU{jetson}. Then rebuild.",
+        log=[evidence],
+    )
+
+
+def no_implementation_error(
+    evidence: str, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts
+) -> StageError:
+    """TensorRT's "Could not find any implementation for node": either no kernel fits in the memory the build may
+    use, or none exists for that node in the precision, or on the DLA, asked for. The message says both."""
+    memory = "shared CPU/GPU memory" if facts.is_jetson else "GPU memory"
+    if settings.dla_core is None:
+        where = "on the GPU"
+        dla_fix = ""
+    else:
+        fallback = "with" if settings.gpu_fallback else "without"
+        where = f"on DLA core {settings.dla_core} {fallback} GPU fallback"
+        dla_fix = (
+            "turn GPU fallback on (gpu_fallback), or build for the GPU (dla_core: null)"
+            if not settings.gpu_fallback
+            else "build for the GPU (dla_core: null)"
+        ) + ", or "
+    other = "fp16" if settings.precision == "fp32" else "fp32"
+    return EngineBuildError(
+        f"the TensorRT engine build of {onnx_path} failed: TensorRT reported: {evidence}. TensorRT says this in two "
+        f"cases. (1) Memory: no kernel for that node fits in the workspace (limit {settings.workspace_mb} MiB) or in "
+        f"the free {memory} ({_mib(facts.free_memory_bytes)} of {_mib(facts.total_memory_bytes)} before the build): "
+        f"raise workspace_mb if memory is free, else free memory (stop other GPU processes) or lower max_batch (now "
+        f"{settings.max_batch}). (2) Precision or device: no kernel exists for that node in {settings.precision} "
+        f"{where}: {dla_fix}try precision {other}"
+        + (", or check the Q/DQ nodes around that node" if settings.precision == "int8" else "")
+        + ". TensorRT's messages before it name the layer; then rebuild.",
         log=[evidence],
     )
 
@@ -553,6 +698,9 @@ def raise_for_child(
     evidence = out_of_memory_evidence(lines)
     if evidence is not None:
         raise out_of_memory_error(f"TensorRT reported: {evidence}", onnx_path=onnx_path, settings=settings, facts=facts)
+    missing = next((line.strip()[:300] for line in lines if re.search(NO_IMPLEMENTATION, line, re.IGNORECASE)), None)
+    if missing is not None:
+        raise no_implementation_error(missing, onnx_path=onnx_path, settings=settings, facts=facts)
     if payload.get("error"):
         cls = _ERROR_TYPES.get(str(payload.get("error_type")), EngineBuildError)
         raise cls(str(payload["error"]))

@@ -8,6 +8,11 @@ torch (late: importing it takes seconds), and on Jetson the device tree (Orin 8.
 capability when nothing else could read it. On Jetson, CPU and GPU share memory, so total and free memory come from
 /proc/meminfo (NVML reads N/A there before JetPack 7).
 
+Every Orin reports the GPU name "Orin" and compute capability 8.7, so an engine built on an AGX Orin would pass those
+checks on an Orin Nano. The board (the device tree's `model`, e.g. "NVIDIA Jetson AGX Orin Developer Kit") and the
+GPU's SM count (16 on AGX Orin, 8 or 4 on NX and Nano; from cuda-python or torch, which need a CUDA context) tell
+them apart.
+
 `DeviceFacts` round-trips through JSON, so tests and the compile stage can use facts recorded on a device.
 """
 
@@ -36,6 +41,8 @@ class DeviceFacts:
     jetpack: str | None = None  # "6.0" (from dpkg nvidia-jetpack)
     l4t: str | None = None  # "36.3.0" (from /etc/nv_tegra_release)
     dla_cores: int = 0  # 0 where TensorRT is absent or reports none
+    board: str | None = None  # Jetson: /proc/device-tree/model ("NVIDIA Jetson AGX Orin Developer Kit")
+    sm_count: int | None = None  # the GPU's streaming multiprocessors (needs a CUDA context to read)
     total_memory_bytes: int | None = None  # GPU memory; on Jetson the shared system memory
     free_memory_bytes: int | None = None
     sources: dict[str, str] = field(default_factory=dict)  # fact -> where it was read
@@ -115,6 +122,12 @@ def compute_capability_from_device_tree(raw: bytes) -> str | None:
     return None
 
 
+def board_from_device_tree(raw: bytes) -> str | None:
+    """The board name from /proc/device-tree/model (NUL-terminated), or None when empty."""
+    text = raw.split(b"\0", 1)[0].decode(errors="replace").strip()
+    return text or None
+
+
 def cuda_version_string(code: int) -> str:
     """CUDA's integer version (12060) -> '12.6'."""
     return f"{code // 1000}.{(code % 1000) // 10}"
@@ -186,6 +199,7 @@ def _probe_cuda_python(*, cuda_context: bool) -> dict[str, Any]:
             out["gpu_name"] = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).strip("\x00 ")
             out["compute_capability"] = f"{prop.major}.{prop.minor}"
             out["total_memory_bytes"] = int(prop.totalGlobalMem)
+            out["sm_count"] = int(prop.multiProcessorCount)
         err, free, total = cudart.cudaMemGetInfo()
         if int(err) == 0:
             out["free_memory_bytes"], out["total_memory_bytes"] = int(free), int(total)
@@ -230,6 +244,7 @@ def _probe_torch() -> dict[str, Any]:
         return {
             "gpu_name": str(torch.cuda.get_device_name(0)),
             "compute_capability": f"{major}.{minor}",
+            "sm_count": int(torch.cuda.get_device_properties(0).multi_processor_count),
             "free_memory_bytes": int(free),
             "total_memory_bytes": int(total),
         }
@@ -274,7 +289,7 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
     if missing("driver_version"):
         for path in ("proc/driver/nvidia/version", "sys/module/nvidia/version"):
             put({"driver_version": parse_driver_version(_read(root / path) or "")}, f"/{path}")
-    if cuda_context and missing("gpu_name", "compute_capability"):
+    if cuda_context and missing("gpu_name", "compute_capability", "sm_count"):
         put(_probe_torch(), "torch")
     if "l4t" in facts and missing("compute_capability"):
         try:
@@ -282,4 +297,10 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
         except OSError:
             raw = b""
         put({"compute_capability": compute_capability_from_device_tree(raw)}, "/proc/device-tree/compatible")
+    if "l4t" in facts:
+        try:
+            model = (root / "proc/device-tree/model").read_bytes()
+        except OSError:
+            model = b""
+        put({"board": board_from_device_tree(model)}, "/proc/device-tree/model")
     return DeviceFacts(**facts, sources=sources)

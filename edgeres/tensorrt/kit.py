@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from edgeres.artifact import sha256_file, write_json_atomic, write_text_atomic
+from edgeres.artifact import default_cache_dir, sha256_file, write_json_atomic, write_text_atomic
 from edgeres.deps import available, require
 from edgeres.errors import DataError, EdgeresError, RecipeError, StageError
 from edgeres.recipe import Latency
@@ -33,7 +33,8 @@ from edgeres.report import REPORT_SCHEMA
 from edgeres.tensorrt import tensorrt_major
 from edgeres.tensorrt.build import build_in_subprocess, count_qdq, fp16_onnx_from_fp32, onnx_input
 from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
-from edgeres.tensorrt.manifest import EngineSettings, plan_build
+from edgeres.tensorrt.manifest import EngineSettings, plan_build, profile_batches
+from edgeres.tensorrt.timing_cache import shared_timing_cache
 
 if TYPE_CHECKING:
     from edgeres.artifact import Artifact
@@ -45,7 +46,6 @@ KIT_SCHEMA = "edgeres.device-kit/1"
 ONNX, ONNX_FP16, VAL, KIT_JSON = "model.onnx", "model.fp16.onnx", "val.npz", "kit.json"
 ENGINE, LAYERS, TIMING_CACHE, REPORT = "engine.plan", "engine.layers.json", "timing.cache", "device-report.json"
 TRTEXEC_MAJORS = (10, 11)
-ACCURACY_BATCH = 64
 
 
 # ------------------------------------------------------------------------------------------------- val subset
@@ -86,11 +86,14 @@ def trtexec_flags(
         flags.append("--fp16")
     if plan.strongly_typed:
         flags.append("--stronglyTyped")
+    if not plan.tf32:
+        flags.append("--noTF32")
     chw = "x".join(str(d) for d in input_shape[1:])
-    if isinstance(input_shape[0], str):  # dynamic batch: the profile, and batch 1 for trtexec's own timing
-        for flag, batch in (("min", settings.min_batch), ("opt", settings.opt_batch), ("max", settings.max_batch)):
+    if isinstance(input_shape[0], str):  # dynamic batch: the profile (static for DLA), and its opt batch for timing
+        batches = profile_batches(settings)
+        for flag, batch in zip(("min", "opt", "max"), batches, strict=True):
             flags.append(f"--{flag}Shapes={input_name}:{batch}x{chw}")
-        flags.append(f"--shapes={input_name}:1x{chw}")
+        flags.append(f"--shapes={input_name}:{batches[0] if settings.dla_core is not None else 1}x{chw}")
     flags += [
         f"--memPoolSize=workspace:{settings.workspace_mb}M",
         f"--builderOptimizationLevel={settings.opt_level}",
@@ -161,10 +164,15 @@ set +e +o pipefail
 status=${{PIPESTATUS[0]}}
 set -e -o pipefail
 if [ "$status" -ne 0 ]; then
-    if [ "$status" -eq 137 ] || grep -qiE "Could not find any implementation for node|out of memory" trtexec.log; then
+    if [ "$status" -eq 137 ] || grep -qiE "out of memory" trtexec.log; then
         echo "error: the build ran out of memory (workspace limit {workspace_mb} MiB). Free memory (stop other GPU" >&2
         echo "processes; on Jetson the desktop: sudo systemctl isolate multi-user.target), or lower" >&2
         echo "--memPoolSize / --maxShapes in this script, then run it again." >&2
+    elif grep -qiE "Could not find any implementation for node" trtexec.log; then
+        echo "error: TensorRT found no kernel for a node (named in trtexec.log). Two causes: (1) memory: none fits" >&2
+        echo "the workspace ({workspace_mb} MiB) or the free memory: raise --memPoolSize if memory is free, else" >&2
+        echo "free memory or lower --maxShapes; (2) precision or device: none exists for that node in this" >&2
+        echo "precision or on DLA: add --allowGPUFallback, drop --useDLACore, or rebuild in another precision." >&2
     fi
     exit "$status"
 fi
@@ -363,9 +371,17 @@ def read_kit(folder: Path) -> dict[str, Any]:
     return kit
 
 
-def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s: float | None = None) -> dict[str, Any]:
-    """Build, check and measure the kit's engine on this device; writes and returns device-report.json."""
-    from edgeres.measure import environment, measure_accuracy, measure_latency, peak_rss_bytes
+def run_kit(
+    folder: Path,
+    *,
+    progress: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Build, check and measure the kit's engine on this device; writes and returns device-report.json. The timing
+    cache is the device's shared one under `cache_dir` (default: edgeres' cache root), so rebuilds of this kit and
+    other engines built here pick the same kernels."""
+    from edgeres.measure import accuracy_batch_size, environment, measure_accuracy, measure_latency, peak_rss_bytes
     from edgeres.tensorrt.runner import TensorRTRunner
 
     np = require("numpy")
@@ -373,14 +389,16 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
     kit = read_kit(folder)
     onnx_file, val_file = folder / kit["onnx"]["file"], folder / kit["val"]["file"]  # the files read_kit checked
     settings = EngineSettings.from_dict(kit["settings"])
+    build_facts = probe_device_facts(cuda_context=False)  # no CUDA context in this process while the child builds
+    timing_cache = shared_timing_cache(cache_dir or default_cache_dir(), build_facts) or folder / TIMING_CACHE
     result = build_in_subprocess(
         onnx_file,
         folder / ENGINE,
         settings=settings,
-        timing_cache=folder / TIMING_CACHE,
+        timing_cache=timing_cache,
         progress=progress,
         timeout_s=timeout_s,
-        facts=probe_device_facts(cuda_context=False),  # no CUDA context in this process while the child builds
+        facts=build_facts,
     )
     facts = probe_device_facts()
     mismatches = target_mismatches(kit["target"], facts)
@@ -388,9 +406,9 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
         progress(f"warning: {m}")
     x, y = load_val(val_file)
     threads = os.cpu_count() or 1
-    bs = min(settings.max_batch, ACCURACY_BATCH)
-    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
     with TensorRTRunner(folder / ENGINE, threads=threads, facts=facts) as runner:
+        bs = accuracy_batch_size(runner.max_batch)  # the engine's profile, not the recipe's: DLA builds are static
+        batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
         progress(f"measuring single-stream latency and top-1 on {len(x)} images")
         latency = measure_latency(runner, [x[i : i + 1] for i in range(min(len(x), 64))], Latency(**kit["latency"]))
         accuracy, preds = measure_accuracy(runner, batches)
@@ -419,6 +437,12 @@ def run_kit(folder: Path, *, progress: Callable[[str], None] = print, timeout_s:
         },
         "accuracy": accuracy,
         "latency": latency,
+        "effective": {
+            "tf32": result.manifest.plan.tf32,
+            "profile": result.manifest.profile,
+            "dla_placement": result.manifest.dla_placement,
+            "timing_cache": result.manifest.timing_cache,
+        },
         "offline": None,
         "memory": {
             "peak_rss_mb": None if peak is None else round(peak / 1e6, 1),
@@ -488,15 +512,24 @@ def compile_for_target(
     here = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
     info: dict[str, Any] = {"runtime": "tensorrt", "settings": settings.to_dict()}
     if here:
+        root = getattr(ctx, "cache_dir", None) or default_cache_dir()
         result = build_in_subprocess(
             inp.primary_path,
             ctx.workdir / ENGINE,
             settings=settings,
-            timing_cache=ctx.workdir / TIMING_CACHE,
+            timing_cache=shared_timing_cache(root, facts) or ctx.workdir / TIMING_CACHE,
             progress=ctx.reporter.log,
             facts=facts,
         )
-        info.update(runtime_version=result.manifest.tensorrt_version, built="here", plan=result.manifest.plan.to_dict())
+        manifest = result.manifest
+        info.update(
+            runtime_version=manifest.tensorrt_version,
+            built="here",
+            plan=manifest.plan.to_dict(),
+            profile=manifest.profile,
+            timing_cache=manifest.timing_cache,
+            dla_placement=manifest.dla_placement,
+        )
         return ENGINE, "tensorrt", info
     split = ctx.data.split("val")
     xs, ys = zip(*ctx.data.numpy_batches(split, 256, limit=trt_cfg.kit_val_images), strict=True)

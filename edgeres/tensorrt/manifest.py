@@ -3,11 +3,15 @@
 A TensorRT engine is native code, tied to the exact TensorRT version and to the GPU model (compute capability) it
 was built on; hardware-compatible engines are not supported on Jetson. So every engine gets a manifest: sha256 of
 the engine, of the ONNX it came from and of the timing cache; the TensorRT, CUDA and driver versions; GPU name and
-compute capability; JetPack/L4T; the DLA core; and the build settings with the precision plan actually used.
+compute capability, SM count and (Jetson) board; JetPack/L4T; the DLA core and how many layers landed on it; whether
+a shared timing cache was reused; and the build settings with the precision plan actually used (TF32 included).
 
 `check_compatible(manifest, facts, engine_path)` runs before any engine is deserialized: it re-hashes the engine
-and refuses a modified file, then refuses another TensorRT version, compute capability or GPU model, and a DLA core
-the device lacks, saying what differs and how to rebuild.
+and refuses a modified file, then refuses another TensorRT version, compute capability, GPU model, SM count or
+Jetson board (every Orin is "Orin", 8.7), and a DLA core the device lacks, saying what differs and how to rebuild.
+
+`EngineSettings` takes its defaults from the recipe's `stages.compile.tensorrt` (edgeres.recipe.TensorRTCompile):
+one source of truth for the profile, workspace and optimisation level.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from edgeres.artifact import sha256_file, write_json_atomic
 from edgeres.errors import RecipeError, StageError
+from edgeres.recipe import TensorRTCompile
 from edgeres.tensorrt.facts import DeviceFacts
 
 MANIFEST_SCHEMA = "edgeres.engine-manifest/1"
@@ -35,20 +40,25 @@ class EngineMismatchError(StageError):
     """An engine that must not be loaded here: modified since it was built, or built for another device."""
 
 
+def _recipe_default(name: str) -> Any:
+    return TensorRTCompile.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How an engine is built. precision: fp32 | fp16 | int8 (int8 = the ONNX's explicit Q/DQ nodes; TensorRT 11 has
     no other INT8). workspace_mb: TensorRT's workspace memory pool limit. opt_level: builder optimisation level 0-5
     (TensorRT's default 3). min/opt/max_batch: the optimisation profile of a dynamic-batch ONNX. dla_core: run on this
-    DLA core (Jetson), with GPU fallback for layers DLA cannot run."""
+    DLA core (Jetson), with GPU fallback for layers DLA cannot run; DLA needs static shapes, so a DLA engine's profile
+    is opt_batch for min, opt and max (`profile_batches`). Defaults: the recipe's (TensorRTCompile)."""
 
     precision: Precision = "fp16"
-    workspace_mb: int = 1024
-    opt_level: int = 3
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 32
-    dla_core: int | None = None
+    workspace_mb: int = _recipe_default("workspace_mb")
+    opt_level: int = _recipe_default("opt_level")
+    min_batch: int = _recipe_default("min_batch")
+    opt_batch: int = _recipe_default("opt_batch")
+    max_batch: int = _recipe_default("max_batch")
+    dla_core: int | None = _recipe_default("dla_core")
     gpu_fallback: bool = True
 
     def __post_init__(self) -> None:
@@ -81,6 +91,15 @@ class EngineSettings:
         return cls(**data)
 
 
+def profile_batches(settings: EngineSettings) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the optimisation profile a dynamic-batch ONNX is built with. DLA needs static shapes
+    (min = opt = max): with a dynamic profile a DLA build fails without GPU fallback, and with it every layer silently
+    runs on the GPU; so a DLA engine is built for opt_batch only."""
+    if settings.dla_core is not None:
+        return (settings.opt_batch,) * 3
+    return settings.min_batch, settings.opt_batch, settings.max_batch
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """How a precision is obtained on one TensorRT major version."""
@@ -88,6 +107,10 @@ class BuildPlan:
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (always on in TensorRT 11)
     fp16_flag: bool  # BuilderFlag.FP16 (TensorRT 10 only)
     cast_onnx_to_fp16: bool  # TensorRT 11 FP16: float initializers cast to float16 before parsing
+    # BuilderFlag.TF32 left on (TensorRT's default: float32 convolutions and matrix products on Ampere and newer round
+    # their inputs to 10-bit mantissas). Cleared for an fp32 engine, so that "fp32" means FP32 (trtexec --noTF32).
+    # Manifests written before this field existed had TensorRT's default: True.
+    tf32: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,11 +134,13 @@ def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int) -> B
             f"the ONNX has {qdq_nodes} QuantizeLinear/DequantizeLinear nodes, so it is an INT8 model, but precision "
             f"is {settings.precision}. Set precision: int8, or build {settings.precision} from the unquantized ONNX."
         )
+    tf32 = settings.precision != "fp32"
     if settings.precision == "int8":  # explicit quantization: strongly typed on 10 and 11
-        return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False)
+        return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=tf32)
     if trt_major == 10:
-        return BuildPlan(strongly_typed=False, fp16_flag=settings.precision == "fp16", cast_onnx_to_fp16=False)
-    return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=settings.precision == "fp16")
+        fp16 = settings.precision == "fp16"
+        return BuildPlan(strongly_typed=False, fp16_flag=fp16, cast_onnx_to_fp16=False, tf32=tf32)
+    return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=settings.precision == "fp16", tf32=tf32)
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,14 @@ class EngineManifest:
     input_shape: list[int | str]  # as in the ONNX: "batch" (or another name) for a dynamic axis
     created: str
     builder: str = "edgeres"
+    # Fields below were added later; a manifest without them reads with these defaults.
+    board: str | None = None  # Jetson board (device-tree model); None elsewhere
+    sm_count: int | None = None
+    profile: list[int] | None = None  # [min, opt, max] batch the engine was built for (None: fixed-batch ONNX)
+    # shared timing cache: {"path", "key", "reused"} (reused: entries from earlier builds were loaded), or None
+    timing_cache: dict[str, Any] | None = None
+    # DLA engines: where the layers landed, from the engine inspector (edgeres.tensorrt.build.dla_placement)
+    dla_placement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,10 +186,11 @@ class EngineManifest:
             )
         body = {k: v for k, v in data.items() if k != "schema"}
         known = {f.name for f in fields(cls)}
-        if set(body) - known or {f.name for f in fields(cls) if f.name != "builder"} - set(body):
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if set(body) - known or required - set(body):
             raise EngineMismatchError(
                 f"{source} does not have the fields of {MANIFEST_SCHEMA} (extra: {sorted(set(body) - known)}, "
-                f"missing: {sorted(known - set(body) - {'builder'})}). {REBUILD_HINT}"
+                f"missing: {sorted(required - set(body))}). {REBUILD_HINT}"
             )
         body["settings"] = EngineSettings.from_dict(body["settings"])
         body["plan"] = BuildPlan(**body["plan"])
@@ -179,6 +213,9 @@ def make_manifest(
     plan: BuildPlan,
     input_name: str,
     input_shape: list[int | str],
+    profile: list[int] | None = None,
+    timing_cache_info: dict[str, Any] | None = None,
+    dla_placement: dict[str, Any] | None = None,
 ) -> EngineManifest:
     """The manifest of a freshly built engine. `trt_version` is the version that built it (not a probe's)."""
     return EngineManifest(
@@ -200,6 +237,11 @@ def make_manifest(
         input_name=input_name,
         input_shape=input_shape,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        board=facts.board,
+        sm_count=facts.sm_count,
+        profile=profile,
+        timing_cache=timing_cache_info,
+        dla_placement=dla_placement,
     )
 
 
@@ -265,6 +307,13 @@ def check_compatible(
         )
     if manifest.gpu_name is not None and manifest.gpu_name != facts.gpu_name:
         differences.append(f"GPU: engine built on {manifest.gpu_name}, this device has {_device(facts.gpu_name)}")
+    if manifest.board is not None and manifest.board != facts.board:
+        differences.append(f"board: engine built on {manifest.board}, this device is {_device(facts.board)}")
+    if manifest.sm_count is not None and manifest.sm_count != facts.sm_count:
+        differences.append(
+            f"SM count: engine built for a GPU with {manifest.sm_count} SMs, this device's has "
+            f"{_device(facts.sm_count)}"
+        )
     if manifest.dla_core is not None and manifest.dla_core >= facts.dla_cores:
         cores = "no DLA cores" if facts.dla_cores == 0 else f"{facts.dla_cores} DLA core(s) (0..{facts.dla_cores - 1})"
         differences.append(f"DLA: engine runs on DLA core {manifest.dla_core}, this device has {cores}")

@@ -1,127 +1,31 @@
 """TensorRT runner: the Runner interface over a serialized engine (TensorRT 10+ tensor API).
 
 Loading reads the engine file once, checks those bytes and this device against the engine's manifest
-(`check_compatible`: hash, TensorRT version, GPU, DLA core) and only then deserializes them: an engine is native
-code, and one built elsewhere fails in obscure ways or not at all. Inference sets the input shape, points the
-execution context at device buffers sized for the profile's largest batch (`set_tensor_address`) and runs
-`execute_async_v3` on one stream. Buffers come from torch (a CUDA build; JetPack's own on Jetson) or, without it,
-from cuda-python. The runner times nothing: callers measure around `infer` (edgeres.measure).
+(`check_compatible`: hash, TensorRT version, GPU, SM count, Jetson board, DLA core) and only then deserializes them:
+an engine is native code, and one built elsewhere fails in obscure ways or not at all. Inference sets the input
+shape, points the execution context at device buffers sized for the profile's largest batch (`set_tensor_address`),
+copies the batch in through a pinned host buffer, runs `execute_async_v3` on a CUDA stream of the runner's own (not
+the legacy default stream) between two CUDA events, copies the logits out and synchronises: `last_gpu_ms` is the
+engine's GPU time from those events, while callers measure host end-to-end latency around `infer`
+(edgeres.measure). Buffers, stream and events come from edgeres.runtimes.cuda (torch, else cuda-python).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
-from edgeres.deps import available, require
-from edgeres.errors import MissingDependencyError, StageError
+from edgeres.deps import require
+from edgeres.errors import StageError
 from edgeres.runtimes.base import Runner, check_manifest
+from edgeres.runtimes.cuda import Backend, CudaIO, cuda_io
 from edgeres.runtimes.settings import RuntimeSettings
 from edgeres.tensorrt import require_tensorrt
-from edgeres.tensorrt.facts import DeviceFacts, import_cudart, probe_device_facts
+from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 from edgeres.tensorrt.manifest import check_compatible, read_manifest
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-Buffers = Literal["auto", "torch", "cuda-python"]
-
-
-class DeviceMemory(Protocol):
-    stream: int
-
-    def malloc(self, nbytes: int) -> int: ...
-    def to_device(self, ptr: int, host: Any) -> None: ...
-    def to_host(self, host: Any, ptr: int) -> None: ...
-    def synchronize(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class TorchMemory:
-    """Device buffers as torch CUDA tensors; copies and inference on torch's current stream."""
-
-    def __init__(self) -> None:
-        self.torch = require("torch", purpose="allocate CUDA buffers for TensorRT")
-        if not self.torch.cuda.is_available():
-            raise MissingDependencyError(
-                "torch is installed without CUDA (or sees no GPU), so it cannot hold TensorRT's buffers. Install a "
-                "CUDA build of torch (JetPack's on Jetson) or cuda-python (pip install cuda-python)."
-            )
-        self.stream = int(self.torch.cuda.current_stream().cuda_stream)
-        self._buffers: dict[int, Any] = {}
-
-    def malloc(self, nbytes: int) -> int:
-        t = self.torch.empty(max(nbytes, 1), dtype=self.torch.uint8, device="cuda")
-        ptr = int(t.data_ptr())
-        self._buffers[ptr] = t
-        return ptr
-
-    def _bytes(self, host: Any) -> Any:
-        return self.torch.from_numpy(host.reshape(-1).view("uint8"))
-
-    def to_device(self, ptr: int, host: Any) -> None:
-        self._buffers[ptr][: host.nbytes].copy_(self._bytes(host))
-
-    def to_host(self, host: Any, ptr: int) -> None:
-        self._bytes(host).copy_(self._buffers[ptr][: host.nbytes])
-
-    def synchronize(self) -> None:
-        self.torch.cuda.current_stream().synchronize()
-
-    def close(self) -> None:
-        self._buffers.clear()
-
-
-class CudaPythonMemory:
-    """Device buffers from cuda-python's runtime API (cudaMalloc, cudaMemcpyAsync on a stream of our own)."""
-
-    def __init__(self) -> None:
-        self.cudart = import_cudart()
-        self._stream = self._check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.stream = int(self._stream)
-        self._ptrs: list[int] = []
-
-    def _check(self, result: Any, call: str) -> Any:
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            _, text = self.cudart.cudaGetErrorString(err)
-            raise StageError(f"CUDA {call} failed: {text!r} (error {int(err)}). Is a GPU visible to this process?")
-        return rest[0] if len(rest) == 1 else rest
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = int(self._check(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
-        self._ptrs.append(ptr)
-        return ptr
-
-    def to_device(self, ptr: int, host: Any) -> None:
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self.cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self._stream), "memcpy")
-
-    def to_host(self, host: Any, ptr: int) -> None:
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self.cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self._stream), "memcpy")
-
-    def synchronize(self) -> None:
-        self._check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-
-    def close(self) -> None:
-        for ptr in self._ptrs:
-            self.cudart.cudaFree(ptr)
-        self._ptrs.clear()
-        self.cudart.cudaStreamDestroy(self._stream)
-
-
-def device_memory(buffers: Buffers = "auto") -> DeviceMemory:
-    if buffers == "torch" or (buffers == "auto" and available("torch") and _torch_has_cuda()):
-        return TorchMemory()
-    return CudaPythonMemory()
-
-
-def _torch_has_cuda() -> bool:
-    try:
-        return bool(require("torch").cuda.is_available())
-    except Exception:
-        return False
 
 
 class TensorRTRunner(Runner):
@@ -134,7 +38,8 @@ class TensorRTRunner(Runner):
         threads: int,
         settings: RuntimeSettings | None = None,
         facts: DeviceFacts | None = None,
-        buffers: Buffers = "auto",
+        buffers: Backend = "auto",
+        io: CudaIO | None = None,
     ) -> None:
         super().__init__(path, threads=threads, settings=settings)
         np = require("numpy")
@@ -145,7 +50,7 @@ class TensorRTRunner(Runner):
         require_tensorrt(purpose="run TensorRT engines")
         import tensorrt as trt
 
-        self._np, self._trt_version = np, str(trt.__version__)
+        self._np, self._trt_version, self._manifest = np, str(trt.__version__), manifest
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if manifest.dla_core is not None:
@@ -177,7 +82,7 @@ class TensorRTRunner(Runner):
         if not self.context.set_input_shape(self.input_name, biggest):
             raise StageError(f"TensorRT refused input shape {biggest} for {path}, the profile's largest")
         out_biggest = _dims(self.context.get_tensor_shape(self.output_name))
-        self.memory = device_memory(buffers)
+        self.memory: CudaIO = io or cuda_io(buffers)
         nbytes_in = int(np.prod(biggest)) * self.input_dtype.itemsize
         nbytes_out = int(np.prod(out_biggest)) * self.output_dtype.itemsize
         self._in_ptr, self._out_ptr = self.memory.malloc(nbytes_in), self.memory.malloc(nbytes_out)
@@ -198,14 +103,27 @@ class TensorRTRunner(Runner):
             raise StageError(f"TensorRT refused input shape {tuple(x.shape)} for {self.path}")
         out = np.empty(_dims(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype)
         self.memory.to_device(self._in_ptr, x)
+        self.memory.start_timing()
         if not self.context.execute_async_v3(self.memory.stream):
             raise StageError(f"TensorRT failed to run {self.path} on a batch of {n} (see TensorRT's messages above)")
+        self.memory.stop_timing()
         self.memory.to_host(out, self._out_ptr)
         self.memory.synchronize()
+        self.last_gpu_ms = self.memory.gpu_ms()
         return out.astype(np.float32, copy=False)
 
     def version(self) -> str:
         return self._trt_version
+
+    def effective(self) -> dict[str, Any]:
+        m = self._manifest
+        return {
+            "tf32": m.plan.tf32,
+            "profile": [self.min_batch, self.max_batch],
+            "dla_core": m.dla_core,
+            "dla_placement": m.dla_placement,
+            "timing_cache": m.timing_cache,
+        }
 
     def close(self) -> None:
         for attr in ("context", "engine"):
