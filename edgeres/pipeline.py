@@ -77,9 +77,12 @@ def try_lock(path: Path) -> IO[str] | None:
 
 
 @contextlib.contextmanager
-def entry_lock(path: Path, reporter: Reporter, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def entry_lock(
+    path: Path, reporter: Reporter, *, timeout_s: float = LOCK_TIMEOUT_S, remove: bool = False
+) -> Iterator[None]:
     """Exclusive lock on `path`, holding this process's PID; waits (saying so) while another build holds it, for at
-    most `timeout_s` seconds, then raises CacheError naming the holder's PID."""
+    most `timeout_s` seconds, then raises CacheError naming the holder's PID. With `remove`, the lock file is
+    deleted before the lock is released (a waiter then locks a new file: see try_lock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     waiting = False
@@ -106,6 +109,8 @@ def entry_lock(path: Path, reporter: Reporter, *, timeout_s: float = LOCK_TIMEOU
             yield
         finally:
             f.truncate(0)
+            if remove:
+                path.unlink(missing_ok=True)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -516,7 +521,7 @@ class Pipeline:
         reports = result.report.deliverables() if result.report is not None else []
         out.mkdir(parents=True, exist_ok=True)
         with (
-            entry_lock(out / OUT_LOCK, self.reporter, timeout_s=self.lock_timeout),
+            entry_lock(out / OUT_LOCK, self.reporter, timeout_s=self.lock_timeout, remove=True),
             storage_errors(f"delivering to {out}"),
         ):
             for stale in out.glob(".models-*"):  # a killed delivery's staging: nobody else writes here under the lock
