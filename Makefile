@@ -11,7 +11,7 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-tensorrt clean typings \
+.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt clean typings \
 	tensorrt-api
 
 $(BIN)/python:
@@ -62,6 +62,10 @@ bench-precision: install
 
 bench-repro: install
 	$(BIN)/python benchmarks/reproducibility.py
+
+# Streaming loader against training throughput: make bench-loader DATA_ROOT=<image folder root, e.g. CIFAR-10>
+bench-loader: install
+	$(BIN)/python benchmarks/loader.py $(DATA_ROOT) --json benchmarks/results/loader.json
 
 # The TensorRT device check (NVIDIA GPU or Jetson; under 8 minutes): see README, "TensorRT device check".
 bench-tensorrt: install
