@@ -50,6 +50,13 @@ class RegressionError(EdgeresError):
     exit_code = 7
 
 
+class BundleError(EdgeresError):
+    """A deploy bundle is refused: unsafe archive, a file that does not match the manifest or the signature, no or
+    the wrong signature, an older version than allowed, or built for another target or device."""
+
+    exit_code = 8
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug in edgeres: the traceback is printed; please report it)",
@@ -59,5 +66,6 @@ EXIT_CODES: dict[int, str] = {
     5: "the data set cannot be read or is unusable",
     6: "the artifact cache is locked, corrupt or lacks an entry --from needs",
     7: "edgeres compare found a regression beyond its thresholds",
+    8: "a bundle is refused (unsafe archive, changed file, bad or missing signature, rollback, other device)",
     130: "interrupted (Ctrl-C); completed stages stay cached and a re-run resumes",
 }

@@ -153,6 +153,7 @@ class BuildResult:
     variants: dict[str, Artifact] = field(default_factory=dict)
     lineage: dict[str, list[Artifact]] = field(default_factory=dict)
     report: Artifact | None = None
+    bundles: dict[str, Artifact] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
 
 
@@ -237,12 +238,13 @@ class Pipeline:
         result = BuildResult()
         names = self.recipe.variant_names()
         bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
+        package = next((s for s in self.recipe.stages if s.type == "package"), None)
         planned: dict[str, Input] = {}
         for vname in names:
             vrecipe = variant_recipe(self.recipe, vname)
             made: list[Input] = []
             for st in vrecipe.chain(vname):
-                if st.type == "benchmark":
+                if st.type in ("benchmark", "package"):
                     continue
                 out = self._stage(result, vname, vrecipe, st, made)
                 if out is None:
@@ -256,10 +258,22 @@ class Pipeline:
                 result.variants[vname] = result.lineage[vname][-1]
             if made:
                 planned[vname] = made[-1]
-        until_ok = self.until_stage is None or (bench is not None and self.until_stage == bench.id)
+        last = [s.id for s in (bench, package) if s is not None]
+        until_ok = self.until_stage is None or self.until_stage in last
+        report: Input | None = None
         if bench is not None and until_ok and len(planned) == len(names):
             report = self._stage(result, "*", self.recipe, bench, [], variants=planned)
             result.report = report if isinstance(report, Artifact) else None
+        if package is not None and report is not None and self.until_stage in (None, package.id):
+            # After the report, per variant: a bundle carries its variant's measured figures (the report is keyed).
+            for vname in names:
+                vrecipe = variant_recipe(self.recipe, vname)
+                st = next((s for s in vrecipe.chain(vname) if s.id == package.id), None)
+                if st is None or vname not in planned:
+                    continue
+                out = self._stage(result, vname, vrecipe, st, [planned[vname]], extra={"report": report})
+                if isinstance(out, Artifact):
+                    result.bundles[vname] = out
         if self.out_dir is not None and not self.dry_run:
             self._deliver(result)
         return result
@@ -273,6 +287,7 @@ class Pipeline:
         made: list[Input],
         *,
         variants: dict[str, Input] | None = None,
+        extra: dict[str, Input] | None = None,
     ) -> Input | None:
         """One stage: look its key up in the cache, else (unless a dry run) execute it and commit its output.
         A dry run returns a Planned input for a stage that would run, so the stages after it get planned keys."""
@@ -280,6 +295,7 @@ class Pipeline:
         inputs = {"input": identity(inp)} if inp is not None else {}
         if variants is not None:
             inputs = {f"variant:{k}": identity(a) for k, a in variants.items()}
+        inputs.update({k: identity(a) for k, a in (extra or {}).items()})
         torch_source: Input | None = None
         if getattr(st, "uses_torch_model", lambda: False)():
             torch_source = next((a for a in reversed(made) if a.format == "torch"), None)
@@ -297,7 +313,8 @@ class Pipeline:
         existing = self._look_up(final, forced=forced, vname=vname, st=st, rec=rec)
         if existing is not None:
             return existing
-        if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in (variants or {}).values()):
+        upstream = [*(variants or {}).values(), *(extra or {}).values()]
+        if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in upstream):
             rec.status = "planned"
             self.reporter.log(f"[{vname}] {st.id}: would run ({key[:12]})")
             return Planned(key, STAGE_IO[st.type][1])
@@ -309,7 +326,9 @@ class Pipeline:
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
             real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
-            work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+            report = (extra or {}).get("report")
+            assert report is None or isinstance(report, Artifact)
+            work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source, report)
             self._commit(work, final, out, st, recipe, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
@@ -343,6 +362,7 @@ class Pipeline:
         variants: dict[str, Artifact],
         result: BuildResult,
         torch_source: Artifact | None,
+        report: Artifact | None = None,
     ) -> tuple[Path, StageOutput]:
         """Run the stage in `<entry>.partial/`, keeping only the checkpoints a killed run left to resume from."""
         work = Path(rec.path).with_name(Path(rec.path).name + ".partial")
@@ -359,9 +379,10 @@ class Pipeline:
             reporter=self.reporter,
             load_data=self.data_loader(recipe),
             variants=variants,
-            lineage=result.lineage if variants else {},
+            lineage=result.lineage if variants else ({vname: result.lineage[vname]} if report else {}),
             torch_source=torch_source,
             data_of=lambda r: self.data_loader(r)(),
+            report=report,
         )
         self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
         t0 = time.monotonic()
@@ -419,6 +440,22 @@ class Pipeline:
         rec.status = "ran"
         self.reporter.log(f"[{rec.variant}] {st.id}: done in {rec.seconds:.1f}s")
 
+    @staticmethod
+    def _swap_in(folder: Path, copies: dict[str, Path]) -> None:
+        """Fill a new `folder` with copies (relative name -> source), assembled beside the old one and swapped in."""
+        staging = folder.with_name(f".{folder.name}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for rel, src in copies.items():
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)  # keeps modes: a kit's build.sh stays executable
+        old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+
     def _is_before(self, stage_id: str, ref: str) -> bool:
         ids = [s.id for s in self.recipe.stages]
         return ids.index(stage_id) < ids.index(ref)
@@ -432,21 +469,16 @@ class Pipeline:
         # Every entry's deliverables are checked against its hashed files before anything is written.
         delivered = {vname: art.deliverables() for vname, art in result.variants.items()}
         reports = result.report.deliverables() if result.report is not None else []
+        bundles = {vname: art.deliverables() for vname, art in result.bundles.items()}
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
         # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
-        staging = out / f".models-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        copies = {}
         for vname, art in result.variants.items():
-            for rel in [*delivered[vname], SIDECAR]:
-                dest = staging / vname / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
-        old = out / f".models-old-{os.getpid()}"
-        if (out / "models").exists():
-            os.rename(out / "models", old)
-        os.rename(staging, out / "models")
-        shutil.rmtree(old, ignore_errors=True)
+            copies.update({f"{vname}/{rel}": art.path / rel for rel in [*delivered[vname], SIDECAR]})
+        self._swap_in(out / "models", copies)
+        if result.bundles:  # bundles/<variant>.tar
+            self._swap_in(out / "bundles", {f"{v}.tar": art.path / bundles[v][0] for v, art in result.bundles.items()})
         if result.report is not None:
             for rel in reports:
                 write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())

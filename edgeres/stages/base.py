@@ -35,6 +35,7 @@ class StageContext:
     torch_source: Artifact | None = None  # stages that ask for it (QAT): the last torch model upstream
     # benchmark: the data as another variant's recipe sets it (each variant is measured with its own preprocessing)
     data_of: Callable[[Recipe], DataBundle] | None = None
+    report: Artifact | None = None  # package: the benchmark's report, whose figures a bundle carries
 
     @property
     def data(self) -> DataBundle:
