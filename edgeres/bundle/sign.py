@@ -23,6 +23,7 @@ from edgeres.deps import require
 from edgeres.errors import BundleError, RecipeError
 
 PURPOSE = "sign and verify bundles"
+IN_TOTO = "application/vnd.in-toto+json"
 
 
 def key_id(public_pem: bytes) -> str:
@@ -91,23 +92,72 @@ def verify_folder(content: Path, signature: Path, public_keys: list[Path], *, so
     raise BundleError(f"{source}: {diagnose(content, signature, public_keys)} ({'; '.join(errors)}). Refused")
 
 
-def signed_digests(signature: Path) -> tuple[dict[str, str], str | None]:
-    """The file digests and key hint a signature claims (not checked: for saying what differs when it fails)."""
+def read_signature(signature: Path) -> tuple[bytes, bytes, str | None]:
+    """(payload, DER signature, key hint) of a model-signing signature file; ValueError when it cannot be read."""
     try:
         bundle = json.loads(signature.read_text(encoding="utf-8"))
-        payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
-        resources = payload["predicate"]["resources"]
+        envelope = bundle["dsseEnvelope"]
+        if envelope.get("payloadType") != IN_TOTO:
+            raise ValueError(f"payload type {envelope.get('payloadType')!r}")
         hint = bundle.get("verificationMaterial", {}).get("publicKey", {}).get("hint")
-        return {str(r["name"]): str(r["digest"]) for r in resources}, hint
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return {}, None
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        return payload, base64.b64decode(envelope["signatures"][0]["sig"], validate=True), hint
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def pae(payload: bytes) -> bytes:
+    """What the signature signs: DSSE's pre-authentication encoding of the in-toto payload."""
+    return b"DSSEv1 %d %s %d %s" % (len(IN_TOTO), IN_TOTO.encode(), len(payload), payload)
+
+
+def signed_by(signature: Path, public_keys: list[Path]) -> Path | None:
+    """The key whose ECDSA signature over the statement verifies (files not looked at), or None."""
+    require("cryptography", purpose=PURPOSE)
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        payload, sig, _ = read_signature(signature)
+    except ValueError:
+        return None
+    for key in public_keys:
+        try:
+            public = serialization.load_pem_public_key(key.read_bytes())
+        except ValueError:
+            continue
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            continue
+        digest = {256: hashes.SHA256(), 384: hashes.SHA384()}.get(public.curve.key_size, hashes.SHA512())
+        try:
+            public.verify(sig, pae(payload), ec.ECDSA(digest))
+            return key
+        except InvalidSignature:
+            continue
+    return None
 
 
 def diagnose(content: Path, signature: Path, public_keys: list[Path]) -> str:
-    """Why a signature check failed, in words: which files differ from the signed digests, or which key signed."""
-    claimed, hint = signed_digests(signature)
-    if not claimed:
-        return f"the signature {signature.name} cannot be read or was changed, so nothing it covers can be trusted"
+    """Why a signature check failed, in words: the signature file itself, the signer's key, or which files differ
+    from the digests it signed (named only once the signed statement itself is authentic)."""
+    try:
+        payload, _, hint = read_signature(signature)
+    except ValueError as exc:
+        return f"{signature.name} cannot be read ({exc}): it was changed or damaged, so nothing it covers is trusted"
+    if signed_by(signature, public_keys) is None:
+        ids = [key_id(k.read_bytes()) for k in public_keys]
+        if hint and hint not in ids:
+            return (
+                f"the signature was made with key {hint[:16]}..., not with the given key(s) "
+                f"({', '.join(i[:16] + '...' for i in ids)}); pass the public key of the signer"
+            )
+        return f"{signature.name} does not verify with the signer's key: the signature file was changed"
+    try:
+        resources = json.loads(payload)["predicate"]["resources"]
+        claimed = {str(r["name"]): str(r["digest"]) for r in resources}
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"the signed statement in {signature.name} is not model-signing's ({exc})"
     actual = {p.relative_to(content).as_posix(): p for p in content.rglob("*") if p.is_file()}
     changed = sorted(n for n in set(claimed) & set(actual) if sha256_file(actual[n]) != claimed[n])
     missing = sorted(set(claimed) - set(actual))
@@ -119,15 +169,7 @@ def diagnose(content: Path, signature: Path, public_keys: list[Path]) -> str:
         parts.append(f"missing: {', '.join(missing)}")
     if extra:
         parts.append(f"not signed: {', '.join(extra)}")
-    if parts:
-        return "signature check failed; " + "; ".join(parts)
-    ids = [key_id(k.read_bytes()) for k in public_keys if k.is_file()]
-    if hint and hint not in ids:
-        return (
-            f"the signature was made with key {hint[:16]}..., not with the given key(s) "
-            f"({', '.join(i[:16] + '...' for i in ids)}); pass the public key of the signer"
-        )
-    return f"the signature in {signature.name} does not verify over these files (it was changed)"
+    return "signature check failed; " + ("; ".join(parts) or "the signed statement does not match these files")
 
 
 def sign_bundle(bundle: Path, private_key: Path, *, out: Path | None = None, password: str | None = None) -> str:
@@ -135,7 +177,7 @@ def sign_bundle(bundle: Path, private_key: Path, *, out: Path | None = None, pas
     The files are first checked against the manifest, so only a consistent bundle is signed. Returns the key id."""
     import tempfile
 
-    from edgeres.bundle.manifest import MANIFEST, SIGNATURE
+    from edgeres.bundle.manifest import SIGNATURE
     from edgeres.bundle.tarsafe import write_tar
     from edgeres.bundle.verify import open_bundle
 
@@ -146,6 +188,5 @@ def sign_bundle(bundle: Path, private_key: Path, *, out: Path | None = None, pas
         signature = Path(tmp) / SIGNATURE
         signature.unlink(missing_ok=True)
         sign_folder(opened.root, signature, private_key, password=password)
-        members = [(MANIFEST, opened.path(MANIFEST)), *((rel, opened.path(rel)) for rel in opened.manifest.files)]
-        write_tar(dest, [*members, (SIGNATURE, signature)])
-        return signed_digests(signature)[1] or "unknown"
+        write_tar(dest, [*((rel, opened.path(rel)) for rel in opened.names), (SIGNATURE, signature)])
+        return read_signature(signature)[2] or "unknown"

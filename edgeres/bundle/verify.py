@@ -34,6 +34,7 @@ class Opened:
     data: dict[str, Any]  # the manifest as JSON
     signature: Path | None
     signed_by: Path | None  # the public key that verified the signature; None when only integrity was checked
+    names: tuple[str, ...]  # the files in archive order, signature left out
 
     def path(self, rel: str) -> Path:
         return self.root.joinpath(*rel.split("/"))
@@ -83,4 +84,4 @@ def open_bundle(
             f"{source} has version {manifest.version}, older than {min_version}, the lowest this device accepts "
             "(anti-rollback): an older bundle is never installed over a newer one"
         )
-    return Opened(Path(path), root, manifest, data, signature, signed_by)
+    return Opened(Path(path), root, manifest, data, signature, signed_by, tuple(names))

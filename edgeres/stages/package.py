@@ -21,7 +21,7 @@ from edgeres.deps import available, require
 from edgeres.errors import StageError
 from edgeres.keys import host_facts
 from edgeres.preprocess import Preprocessing, model_input
-from edgeres.recipe import DigitsData, ImageFolderData, PackageStage
+from edgeres.recipe import PackageStage
 from edgeres.runtimes import NATIVE, open_runner
 from edgeres.runtimes.base import MANIFEST
 from edgeres.runtimes.settings import RuntimeSettings, settings_from_manifest
@@ -32,9 +32,9 @@ BUNDLE = "bundle.tar"
 
 def resize_rule(data: Any, height: int, width: int) -> dict[str, Any]:
     """How the images were brought to the model's size when they were decoded (a device must do the same)."""
-    if isinstance(data, DigitsData):
+    if data.type == "digits":
         how = "bilinear interpolation (align_corners=False) of the 8x8 digit, grey replicated to RGB"
-    elif isinstance(data, ImageFolderData) and data.image_size is not None:
+    elif data.type == "imagefolder" and data.image_size is not None:
         how = "bilinear resize with antialiasing (torchvision) of the decoded RGB image, aspect ratio not kept"
     else:
         how = "none: the images already have this size"
