@@ -53,18 +53,27 @@ def tiny_onnx(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def compiled_folder(folder: Path, *, seed: int = 0, level: str = "extended") -> tuple[Path, Path]:
-    """(deliverable folder as compile writes it for cpu-onnxruntime, source ONNX)."""
-    import onnxruntime as ort
-
-    from edgeres.runtimes.onnxruntime import session_options
-
+def compiled_folder(
+    folder: Path, *, seed: int = 0, level: str = "extended", runtime: str = "onnxruntime"
+) -> tuple[Path, Path]:
+    """(deliverable folder as compile writes it for cpu-onnxruntime or cpu-openvino, source ONNX)."""
     folder.mkdir(parents=True, exist_ok=True)
     source = tiny_onnx(folder.parent / f"source-{seed}.onnx", seed=seed)
-    settings = RuntimeSettings("onnxruntime", ort_optimization_level=level)  # type: ignore[arg-type]
-    opts = session_options(ort, settings, 1)
-    opts.optimized_model_filepath = str(folder / "model.ort.onnx")
-    ort.InferenceSession(str(source), sess_options=opts, providers=["CPUExecutionProvider"])
+    settings = RuntimeSettings(runtime, ort_optimization_level=level)  # type: ignore[arg-type]
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        from edgeres.runtimes.onnxruntime import session_options
+
+        opts = session_options(ort, settings, 1)
+        opts.optimized_model_filepath = str(folder / "model.ort.onnx")
+        ort.InferenceSession(str(source), sess_options=opts, providers=["CPUExecutionProvider"])
+        engine, files, fmt, version = "model.ort.onnx", ["model.ort.onnx"], "onnx", ort.__version__
+    else:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(source)), str(folder / "model.xml"))
+        engine, files, fmt, version = "model.xml", ["model.xml", "model.bin"], "openvino", ov.get_version()
     spec = {
         "arch": "tiny",
         "num_classes": 4,
@@ -75,15 +84,15 @@ def compiled_folder(folder: Path, *, seed: int = 0, level: str = "extended") -> 
     (folder / "model.json").write_text(json.dumps(spec), encoding="utf-8")
     manifest = {
         "schema": "edgeres.manifest/1",
-        "target": "cpu-onnxruntime",
-        "engine": "model.ort.onnx",
-        "format": "onnx",
-        "sha256": {n: sha256_file(folder / n) for n in ("model.json", "model.ort.onnx")},
+        "target": f"cpu-{runtime}",
+        "engine": engine,
+        "format": fmt,
+        "sha256": {n: sha256_file(folder / n) for n in ("model.json", *files)},
         "source_onnx_sha256": sha256_file(source),
         "precision": "fp32",
         "runtime_settings": settings.to_dict(),
-        "runtime": "onnxruntime",
-        "runtime_version": ort.__version__,
+        "runtime": runtime,
+        "runtime_version": version,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return folder, source
@@ -95,17 +104,24 @@ def images(n: int = 16, *, seed: int = 1) -> np.ndarray:
 
 
 def make_bundle(
-    dest: Path, *, version: int = 1, seed: int = 0, level: str = "extended", info: dict[str, Any] | None = None
+    dest: Path,
+    *,
+    version: int = 1,
+    seed: int = 0,
+    level: str = "extended",
+    runtime: str = "onnxruntime",
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """A bundle of the tiny model at `dest`, written by the package stage's writer."""
     work = dest.parent / f".{dest.name}.work"
-    deliverable, source = compiled_folder(work / "compiled", seed=seed, level=level)
+    deliverable, source = compiled_folder(work / "compiled", seed=seed, level=level, runtime=runtime)
     manifest = json.loads((deliverable / "manifest.json").read_text(encoding="utf-8"))
     pre = Preprocessing(SIDE, SIDE, MEAN, STD)
     x = images()
+    fmt = manifest["format"]
 
     def logits_of(batch: Any) -> Any:
-        with open_runner("onnxruntime", deliverable / "model.ort.onnx", fmt="onnx", threads=1) as runner:
+        with open_runner(runtime, deliverable / manifest["engine"], fmt=fmt, threads=1) as runner:
             return runner.infer(batch)
 
     golden = golden_set(logits_of, x, model_input(x, pre), count=3, exact=True, max_abs_diff=None, reference="test")
@@ -114,15 +130,15 @@ def make_bundle(
         "name": "tiny",
         "variant": "main",
         "recipe_sha256": "0" * 64,
-        "target": {"name": "cpu-onnxruntime", "runtime": "onnxruntime", "device": "cpu"},
+        "target": {"name": f"cpu-{runtime}", "runtime": runtime, "device": "cpu"},
         "engine": {
-            "format": "onnx",
-            "runtime": "onnxruntime",
+            "format": fmt,
+            "runtime": runtime,
             "runtime_version": manifest["runtime_version"],
             "precision": "fp32",
             "runtime_settings": manifest["runtime_settings"],
-            "primary": "model.ort.onnx",
-            "files": engine_files("onnx", manifest),
+            "primary": manifest["engine"],
+            "files": engine_files(fmt, manifest),
             "built_on": {"machine": "x86_64", "isa": []},
         },
         "input": {"name": "input", "shape": ["batch", 3, SIDE, SIDE], "dtype": "float32", "layout": "NCHW",
@@ -138,7 +154,7 @@ def make_bundle(
         dest,
         staging,
         deliverable=deliverable,
-        files=["manifest.json", "model.json", "model.ort.onnx"],
+        files=["manifest.json", *manifest["sha256"]],
         source_onnx=source,
         info=base,
         golden=golden,

@@ -116,7 +116,8 @@ def c_float(value: float) -> str:
     """An exact C float literal (hexadecimal) of a float32 value."""
     if not math.isfinite(value):
         raise BundleError(f"cannot embed the non-finite value {value} (golden logits or preprocessing)")
-    return f"{float(value).hex()}f"
+    mantissa, exponent = float(value).hex().split("p")
+    return f"{mantissa.rstrip('0').rstrip('.')}p{exponent}f"
 
 
 def hex_rows(data: bytes, per_row: int = 16) -> str:
@@ -404,7 +405,7 @@ def cmake_snippet(p: str, source: str, asm: str | None, blobs: list[Blob]) -> st
             f'add_library({p} STATIC "${{CMAKE_CURRENT_LIST_DIR}}/{source}")',
         ]
     else:
-        deps = " ".join(f'"${{CMAKE_CURRENT_LIST_DIR}}/{b.ident}.dat"' for b in blobs)
+        deps = ";".join(f"${{CMAKE_CURRENT_LIST_DIR}}/{b.ident}.dat" for b in blobs)
         lines += [
             "enable_language(ASM)",
             f'add_library({p} STATIC "${{CMAKE_CURRENT_LIST_DIR}}/{source}" "${{CMAKE_CURRENT_LIST_DIR}}/{asm}")',
