@@ -166,3 +166,26 @@ def engine_logits(path: Path, x: np.ndarray) -> np.ndarray:
     """Logits of an ONNX Runtime engine file as the benchmark loads it (its manifest's settings, one thread)."""
     with open_runner("onnxruntime", path, fmt="onnx", threads=1) as runner:
         return np.asarray(runner.infer(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+class FakeTensorRTRunner:
+    """Stands in for the TensorRT runner on a host without TensorRT: runs the kit's ONNX on ONNX Runtime."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, *, threads: int, settings: Any = None) -> None:
+        self.path = path
+        self.settings = settings
+        self._runner = open_runner("onnxruntime", path.parent / "model.onnx", fmt="onnx", threads=threads)
+
+    def infer(self, batch: Any) -> Any:
+        return self._runner.infer(batch)
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def __enter__(self) -> FakeTensorRTRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
