@@ -234,3 +234,18 @@ def test_package_refuses_a_kit_without_an_engine(build: PBuild, tmp_path: Path) 
     res = run_cli("package", str(kit), "--out", str(tmp_path / "k.tar"))
     assert res.code == 8
     assert "has no engine.plan: run `bash build.sh` in the kit on the device first" in res.stderr
+
+
+def test_package_command_adds_the_stage_to_a_recipe_without_one(build: PBuild, tmp_path: Path) -> None:
+    from conftest import write_recipe
+
+    cache = tmp_path / "cache"
+    shutil.copytree(build.cache, cache)
+    raw = tiny_recipe(stages=[FINETUNE, EXPORT, COMPILE, BENCH])  # the ort variant's chain: all of it cached
+    path = write_recipe(tmp_path / "r.yaml", raw)
+    out = tmp_path / "out"
+    res = run_cli("package", str(path), "--version", "9", "--cache", str(cache), "--out", str(out), "--quiet")
+    assert res.code == 0, res.stderr
+    assert res.stdout.strip() == f"bundle {out / 'bundles' / 'main.tar'}"
+    with tarfile.open(out / "bundles" / "main.tar", "r:") as tf:
+        assert json.loads(tf.extractfile("manifest.json").read())["version"] == 9  # type: ignore[union-attr]
