@@ -46,7 +46,7 @@ from typing import Any
 
 from edgeres import __version__
 from edgeres.artifact import write_bytes_atomic, write_text_atomic
-from edgeres.bundle.verify import Opened
+from edgeres.bundle.verify import Opened, read_golden
 from edgeres.deps import require
 from edgeres.errors import BundleError, RecipeError
 
@@ -145,16 +145,10 @@ def _crc_table() -> list[int]:
 
 
 def _golden(opened: Opened) -> tuple[Any, Any, Any, float] | None:
-    np = require("numpy")
-    g = opened.manifest.golden
-    if g is None:
+    arrays = read_golden(opened)
+    if arrays is None or opened.manifest.golden is None:
         return None
-    c = len(opened.manifest.classes)
-    h, w = opened.manifest.input.height, opened.manifest.input.width
-    inputs = np.fromfile(opened.path(g.inputs), dtype="<f4").reshape(g.count, 3, h, w)
-    logits = np.fromfile(opened.path(g.logits), dtype="<f4").reshape(g.count, c)
-    images = None if g.images is None else np.fromfile(opened.path(g.images), dtype=np.uint8)
-    return images, inputs, logits, g.max_abs_diff
+    return arrays[0], arrays[1], arrays[2], opened.manifest.golden.max_abs_diff
 
 
 def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64, incbin: bool = False) -> list[Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from edgeres.bundle.verify import Opened, open_bundle
+from edgeres.bundle.verify import Opened, open_bundle, read_golden
 from edgeres.deps import require
 from edgeres.errors import BundleError
 from edgeres.preprocess import Preprocessing, model_input
@@ -52,18 +52,20 @@ def device_differences(opened: Opened, *, target: str | None = None) -> list[str
         return out
     from edgeres.runtimes.settings import RuntimeSettings
 
-    settings = RuntimeSettings.from_dict(engine.runtime_settings or {"runtime": engine.runtime})
+    recorded = engine.runtime_settings.model_dump() if engine.runtime_settings else {"runtime": engine.runtime}
+    settings = RuntimeSettings.from_dict(recorded)
     unsupported = settings.unsupported_reason()
     if unsupported is not None:
         out.append(f"precision: {unsupported}")
-    built = opened.data["engine"].get("built_on") or {}
+    built = engine.built_on or {}
     if engine.runtime == "onnxruntime" and settings.ort_optimization_level == "all" and built:
         from edgeres.keys import host_facts
 
         here = host_facts()
         if built.get("machine") != here["machine"]:
             out.append(f"CPU architecture: engine optimised on {built.get('machine')}, this is {here['machine']}")
-        lacking = sorted(set(built.get("isa", [])) - set(here["isa"]))
+        isa = built.get("isa")
+        lacking = sorted({str(f) for f in (isa if isinstance(isa, list) else [])} - set(here["isa"]))
         if lacking:
             out.append(
                 "instruction sets: the engine was optimised at level 'all' on a CPU with "
@@ -96,7 +98,7 @@ class Model:
         from edgeres.runtimes.settings import RuntimeSettings
 
         engine = opened.manifest.engine
-        settings = RuntimeSettings.from_dict(engine.runtime_settings) if engine.runtime_settings else None
+        settings = RuntimeSettings.from_dict(engine.runtime_settings.model_dump()) if engine.runtime_settings else None
         self.runner = open_runner(
             NATIVE[engine.format], opened.path(engine.primary), fmt=engine.format, threads=threads, settings=settings
         )
@@ -127,18 +129,16 @@ class Model:
         the engine computes something else than what was measured."""
         np = require("numpy")
         golden = self.opened.manifest.golden
-        if golden is None:
+        arrays = read_golden(self.opened)
+        if golden is None or arrays is None:
             return {"ran": False, "reason": "the bundle carries no golden inputs"}
-        n, c = golden.count, len(self.classes)
-        h, w = self.preprocessing.height, self.preprocessing.width
-        inputs = np.fromfile(self.opened.path(golden.inputs), dtype="<f4").reshape(n, 3, h, w)
-        expected = np.fromfile(self.opened.path(golden.logits), dtype="<f4").reshape(n, c)
+        images, inputs, expected = arrays
+        n = golden.count
         got = self.logits(inputs)
         diff = float(np.abs(got - expected).max())
         top1 = bool((got.argmax(1) == expected.argmax(1)).all())
         result = {"ran": True, "images": n, "max_abs_diff": diff, "tolerance": golden.max_abs_diff, "top1_match": top1}
-        if golden.images is not None:  # the uint8 images through predict's preprocessing give the same inputs
-            images = np.fromfile(self.opened.path(golden.images), dtype=np.uint8).reshape(n, h, w, 3)
+        if images is not None:  # the uint8 images through predict's preprocessing give the same inputs
             result["preprocessing_matches"] = bool(np.array_equal(model_input(images, self.preprocessing), inputs))
         if diff > golden.max_abs_diff or not top1 or result.get("preprocessing_matches") is False:
             raise BundleError(

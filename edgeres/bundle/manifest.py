@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeres.artifact import sha256_file
 from edgeres.errors import BundleError
@@ -48,15 +48,26 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
+class SettingsEntry(BaseModel):
+    """The runtime settings the engine is loaded with (edgeres.runtimes.settings.RuntimeSettings)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    runtime: Literal["onnxruntime", "openvino", "torch", "tensorrt"]
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ort_optimization_level: Literal["basic", "extended", "all"] = "extended"
+    openvino_hint: Literal["latency", "throughput"] = "latency"
+
+
 class EngineEntry(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-    format: str
-    runtime: str
+    format: Literal["onnx", "openvino", "tensorrt", "tensorrt-kit"]
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
     precision: str | None
     primary: str
     files: list[str]
     manifest: str | None
-    runtime_settings: dict[str, Any] | None = None
+    runtime_settings: SettingsEntry | None = None
+    built_on: dict[str, Any] | None = None
 
 
 class GoldenEntry(BaseModel):
@@ -74,12 +85,19 @@ class InputEntry(BaseModel):
     name: str
     shape: list[int | str]
     dtype: str
-    height: int
-    width: int
+    height: int = Field(ge=1, le=65536)
+    width: int = Field(ge=1, le=65536)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     layout: str
     color: str
+
+    @field_validator("shape")
+    @classmethod
+    def _nchw(cls, shape: list[int | str]) -> list[int | str]:
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            raise ValueError(f"shape {shape} is not N x C x H x W with fixed C, H, W")
+        return shape
 
 
 class Manifest(BaseModel):
@@ -93,7 +111,7 @@ class Manifest(BaseModel):
     target: dict[str, Any]
     engine: EngineEntry
     input: InputEntry
-    classes: list[str]
+    classes: list[str] = Field(min_length=1)
     golden: GoldenEntry | None
     files: dict[str, FileEntry]
 

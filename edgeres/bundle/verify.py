@@ -85,3 +85,31 @@ def open_bundle(
             "(anti-rollback): an older bundle is never installed over a newer one"
         )
     return Opened(Path(path), root, manifest, data, signature, signed_by, tuple(names))
+
+
+def read_golden(opened: Opened) -> tuple[Any, Any, Any] | None:
+    """The golden (images or None, inputs, logits) arrays of a verified bundle, their sizes checked against the
+    manifest; None where it carries none."""
+    from edgeres.deps import require
+
+    np = require("numpy")
+    g = opened.manifest.golden
+    if g is None:
+        return None
+    n, c = g.count, len(opened.manifest.classes)
+    h, w = opened.manifest.input.height, opened.manifest.input.width
+    arrays: list[Any] = []
+    for rel, dtype, shape in ((g.images, np.uint8, (n, h, w, 3)), (g.inputs, "<f4", (n, 3, h, w)),
+                              (g.logits, "<f4", (n, c))):  # fmt: skip
+        if rel is None:
+            arrays.append(None)
+            continue
+        if rel not in opened.manifest.files:
+            raise BundleError(f"{opened.source}: golden file {rel!r} is not one the manifest lists; refused")
+        data = np.fromfile(opened.path(rel), dtype=dtype)
+        if data.size != int(np.prod(shape)):
+            raise BundleError(
+                f"{opened.source}: {rel} holds {data.size} values, not the {shape} the manifest says; refused"
+            )
+        arrays.append(data.reshape(shape))
+    return arrays[0], arrays[1], arrays[2]
