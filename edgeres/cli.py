@@ -239,6 +239,190 @@ def compare(
     click.echo("no regression beyond the thresholds")
 
 
+@cli.command(
+    help="Write deploy bundles: build RECIPE through its package stage (added with --version where it has "
+    "none), or bundle the engine a device kit FOLDER built on the device."
+)
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(), help="Output folder (recipe) [out/<name>] or bundle file (kit) [KIT.tar].")
+@click.option("--cache", type=click.Path(file_okay=False), help="Artifact cache (recipe).")
+@click.option("--version", "version", type=click.IntRange(0, 2**32 - 1), help="Bundle version (anti-rollback).")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress output on stderr.")
+def package(
+    source: str, out: str | None, cache: str | None, version: int | None, sets: tuple[str, ...], quiet: bool
+) -> None:
+    from edgeres.bundle.kit import bundle_from_kit, is_kit
+
+    src = Path(source)
+    if src.is_dir() and is_kit(src):
+        dest = Path(out) if out else src.with_suffix(".tar")
+        manifest = bundle_from_kit(src, dest, version=version if version is not None else 1)
+        click.echo(f"bundle {dest}: {manifest['engine']['format']} engine, version {manifest['version']}")
+        return
+    if src.is_dir():
+        raise RecipeError(
+            f"{src} is a folder but not a device kit with a built engine (kit.json, engine.plan); pass a recipe "
+            "file, or a kit folder after `bash build.sh` ran in it on the device"
+        )
+    from edgeres.pipeline import Pipeline
+    from edgeres.progress import Reporter
+    from edgeres.recipe import Recipe
+
+    r = _recipe(source, sets)
+    if not any(st.type == "package" for st in r.stages):
+        raw = r.model_dump(mode="json", exclude_none=True)
+        raw["stages"].append({"type": "package", **({"version": version} if version is not None else {})})
+        r = Recipe.model_validate(raw)
+    elif version is not None:
+        r = _recipe(source, (*sets, f"stages.{next(s.id for s in r.stages if s.type == 'package')}.version={version}"))
+    out_dir = Path(out) if out else Path("out") / r.name
+    result = Pipeline(
+        r, cache_dir=Path(cache) if cache else None, out_dir=out_dir, reporter=Reporter(quiet=quiet)
+    ).run()
+    for vname in result.bundles:
+        click.echo(f"bundle {out_dir / 'bundles' / (vname + '.tar')}")
+
+
+@cli.command(help="Make a signing key pair (ECDSA P-256, PEM): NAME.key (private, mode 0600) and NAME.pub.")
+@click.argument("name", type=click.Path(dir_okay=False))
+@click.option("--password-env", metavar="VAR", help="Encrypt the private key with the password in this variable.")
+def keygen(name: str, password_env: str | None) -> None:
+    from edgeres.bundle.sign import generate_key
+
+    password = _password(password_env)
+    base = Path(name)
+    kid = generate_key(
+        base.with_suffix(".key"), base.with_suffix(".pub"), password=password.encode() if password else None
+    )
+    click.echo(f"private key {base.with_suffix('.key')} (keep it secret: never put it in a bundle or a repository)")
+    click.echo(f"public key {base.with_suffix('.pub')} (install it on devices), key id {kid}")
+
+
+def _password(env: str | None) -> str | None:
+    import os
+
+    if env is None:
+        return None
+    if env not in os.environ:
+        raise RecipeError(f"--password-env {env}: the variable is not set")
+    return os.environ[env]
+
+
+@cli.command(help="Sign a bundle (OpenSSF model-signing format, every file covered); replaces an earlier signature.")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key (PEM).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Signed bundle [default: replace BUNDLE].")
+@click.option("--password-env", metavar="VAR", help="The private key's password is in this variable.")
+def sign(bundle: str, key: str, out: str | None, password_env: str | None) -> None:
+    from edgeres.bundle.sign import sign_bundle
+
+    t0 = time.monotonic()
+    kid = sign_bundle(Path(bundle), Path(key), out=Path(out) if out else None, password=_password(password_env))
+    click.echo(f"signed {out or bundle} with key {kid} in {time.monotonic() - t0:.2f}s")
+
+
+def _verify_options(f: Any) -> Any:
+    f = click.option("--target", help="Refuse a bundle for another target than this one.")(f)
+    f = click.option("--min-version", type=int, help="Refuse a bundle older than this version (anti-rollback).")(f)
+    f = click.option("--integrity-only", is_flag=True, help="No key: check only that files match the manifest.")(f)
+    f = click.option(
+        "--key",
+        "keys",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Public key (PEM) of a trusted signer (repeatable: any may have signed).",
+    )(f)
+    return f
+
+
+@cli.command(help="Check a bundle before use: safe archive, signature, manifest and every file's sha256, version.")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_verify_options
+@click.option("--load", "load_too", is_flag=True, help="Also load the engine here and run the golden self-test.")
+def verify(
+    bundle: str,
+    keys: tuple[str, ...],
+    integrity_only: bool,
+    min_version: int | None,
+    target: str | None,
+    load_too: bool,
+) -> None:
+    import tempfile
+
+    from edgeres.bundle.load import device_differences
+    from edgeres.bundle.verify import open_bundle
+
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edgeres-verify-") as tmp:
+        opened = open_bundle(
+            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
+            min_version=min_version,
+        )  # fmt: skip
+        m = opened.manifest
+        by = f"signed by {opened.signed_by}" if opened.signed_by else "integrity only (signature not checked)"
+        click.echo(
+            f"{bundle}: OK, {len(m.files) + 1} files match the manifest; {by}; {m.name}/{m.variant} version "
+            f"{m.version}, target {m.target.get('name')}, {m.engine.format} {m.engine.precision} "
+            f"({time.monotonic() - t0:.2f}s)"
+        )
+        if target is not None or load_too:
+            differences = device_differences(opened, target=target)
+            if differences:
+                from edgeres.errors import BundleError
+
+                raise BundleError(f"{bundle} was not built for this device: " + "; ".join(differences) + ". Refused")
+    if load_too:
+        from edgeres.bundle.load import load
+
+        with load(Path(bundle), public_keys=[Path(k) for k in keys], integrity_only=integrity_only) as model:
+            result = model.self_test()
+        click.echo(f"self-test: {result}")
+
+
+@cli.command(help="Write a verified bundle's engine for firmware: C arrays (or .incbin) + CMake, or raw images.")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["c", "bin"]), required=True, help="C sources, or raw images.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--prefix", default="model", show_default=True, help="Prefix of C names and files.")
+@click.option("--align", type=int, default=64, show_default=True, help="Alignment of engine data in bytes.")
+@click.option("--incbin", is_flag=True, help="C: the engine bytes through an assembler .incbin file (large engines).")
+@_verify_options
+def embed(
+    bundle: str,
+    fmt: str,
+    out: str,
+    prefix: str,
+    align: int,
+    incbin: bool,
+    keys: tuple[str, ...],
+    integrity_only: bool,
+    min_version: int | None,
+    target: str | None,
+) -> None:
+    import tempfile
+
+    from edgeres.bundle.embed import embed_bin, embed_c
+    from edgeres.bundle.verify import open_bundle
+    from edgeres.errors import BundleError
+
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edgeres-embed-") as tmp:
+        opened = open_bundle(
+            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
+            min_version=min_version,
+        )  # fmt: skip
+        if target is not None and opened.manifest.target.get("name") != target:
+            raise BundleError(f"{bundle} is for target {opened.manifest.target.get('name')}, not {target}; refused")
+        if fmt == "c":
+            written = embed_c(opened, Path(out), prefix=prefix, align=align, incbin=incbin)
+        else:
+            written = embed_bin(opened, Path(out), prefix=prefix, align=align)
+    for p in written:
+        click.echo(f"wrote {p}")
+    click.echo(f"embedded in {time.monotonic() - t0:.2f}s")
+
+
 @cli.group(help="Inspect or clean the artifact cache.")
 def cache() -> None:
     pass

@@ -29,6 +29,9 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "report"),
     "psutil": ("psutil", "cpu"),
     "onnx": ("onnx", "core"),
+    "model_signing": ("model-signing", "sign"),
+    "cryptography": ("cryptography", "sign"),
+    "OpenSSL": ("pyopenssl", "sign"),
 }
 
 

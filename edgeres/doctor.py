@@ -29,6 +29,7 @@ PACKAGES: list[tuple[str, str]] = [
     ("onnxruntime", "runtime onnxruntime: parity checks and benchmarks (extra: cpu, or gpu)"),
     ("openvino", "runtime openvino and cpu-openvino engines (extra: cpu)"),
     ("tensorrt", "TensorRT engines on NVIDIA GPUs and Jetson (extra: tensorrt)"),
+    ("model_signing", "signing and verifying deploy bundles (extra: sign)"),
 ]
 DIST = {"yaml": "PyYAML", "sklearn": "scikit-learn"}
 

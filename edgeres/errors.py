@@ -75,6 +75,13 @@ def write_failure(exc: BaseException) -> OSError | None:
     return None
 
 
+class BundleError(EdgeresError):
+    """A deploy bundle is refused: unsafe archive, a file that does not match the manifest or the signature, no or
+    the wrong signature, an older version than allowed, or built for another target or device."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug in edgeres: the traceback is printed; please report it)",
@@ -85,5 +92,6 @@ EXIT_CODES: dict[int, str] = {
     6: "the artifact cache is locked, corrupt or lacks an entry --from needs",
     7: "edgeres compare found a regression beyond its thresholds",
     8: "a write failed (disk full, quota, read-only); committed stages are intact and a re-run resumes",
+    9: "a bundle is refused (unsafe archive, changed file, bad or missing signature, rollback, other device)",
     130: "interrupted (Ctrl-C); completed stages stay cached and a re-run resumes",
 }

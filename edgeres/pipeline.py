@@ -150,6 +150,7 @@ class BuildResult:
     variants: dict[str, Artifact] = field(default_factory=dict)
     lineage: dict[str, list[Artifact]] = field(default_factory=dict)
     report: Artifact | None = None
+    bundles: dict[str, Artifact] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
 
 
@@ -254,13 +255,14 @@ class Pipeline:
         result = BuildResult()
         names = self.recipe.variant_names()
         bench = next((s for s in self.recipe.stages if s.type == "benchmark"), None)
+        package = next((s for s in self.recipe.stages if s.type == "package"), None)
         planned: dict[str, Input] = {}
         self._position, self._collective_until = -1, self._last_training() if dist.active() else -1
         for vname in names:
             vrecipe = variant_recipe(self.recipe, vname)
             made: list[Input] = []
             for st in vrecipe.chain(vname):
-                if st.type == "benchmark":
+                if st.type in ("benchmark", "package"):
                     continue
                 self._position += 1
                 if not dist.is_main() and not self._collective():
@@ -278,10 +280,22 @@ class Pipeline:
                 result.variants[vname] = result.lineage[vname][-1]
             if made:
                 planned[vname] = made[-1]
-        until_ok = self.until_stage is None or (bench is not None and self.until_stage == bench.id)
+        last = [s.id for s in (bench, package) if s is not None]
+        until_ok = self.until_stage is None or self.until_stage in last
+        report: Input | None = None
         if bench is not None and until_ok and len(planned) == len(names):
             report = self._stage(result, "*", self.recipe, bench, [], variants=planned)
             result.report = report if isinstance(report, Artifact) else None
+        if package is not None and report is not None and self.until_stage in (None, package.id):
+            # After the report, per variant: a bundle carries its variant's measured figures (the report is keyed).
+            for vname in names:
+                vrecipe = variant_recipe(self.recipe, vname)
+                st = next((s for s in vrecipe.chain(vname) if s.id == package.id), None)
+                if st is None or vname not in planned:
+                    continue
+                out = self._stage(result, vname, vrecipe, st, [planned[vname]], extra={"report": report})
+                if isinstance(out, Artifact):
+                    result.bundles[vname] = out
         if self.out_dir is not None and not self.dry_run and dist.is_main():
             self._deliver(result)
         return result
@@ -295,6 +309,7 @@ class Pipeline:
         made: list[Input],
         *,
         variants: dict[str, Input] | None = None,
+        extra: dict[str, Input] | None = None,
     ) -> Input | None:
         """One stage: look its key up in the cache, else (unless a dry run) execute it and commit its output.
         A dry run returns a Planned input for a stage that would run, so the stages after it get planned keys."""
@@ -302,6 +317,7 @@ class Pipeline:
         inputs = {"input": identity(inp)} if inp is not None else {}
         if variants is not None:
             inputs = {f"variant:{k}": identity(a) for k, a in variants.items()}
+        inputs.update({k: identity(a) for k, a in (extra or {}).items()})
         torch_source: Input | None = None
         if getattr(st, "uses_torch_model", lambda: False)():
             torch_source = next((a for a in reversed(made) if a.format == "torch"), None)
@@ -324,7 +340,8 @@ class Pipeline:
         if existing is not None:
             self._announce("cached")
             return existing
-        if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in (variants or {}).values()):
+        upstream = [*(variants or {}).values(), *(extra or {}).values()]
+        if self.dry_run or isinstance(inp, Planned) or any(isinstance(a, Planned) for a in upstream):
             rec.status = "planned"
             self.reporter.log(f"[{vname}] {st.id}: would run ({key[:12]})")
             return Planned(key, STAGE_IO[st.type][1])
@@ -338,9 +355,11 @@ class Pipeline:
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
             real_variants = {k: a for k, a in (variants or {}).items() if isinstance(a, Artifact)}
+            report = (extra or {}).get("report")
+            assert report is None or isinstance(report, Artifact)
             with storage_errors(f"stage {st.id} of variant {vname}"):
                 try:
-                    work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source)
+                    work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source, report)
                 except EdgeresError:  # bad data, a failed check: keep checkpoints to resume from, nothing else
                     drop_if_empty(final.with_name(final.name + ".partial"))
                     raise
@@ -410,6 +429,7 @@ class Pipeline:
         variants: dict[str, Artifact],
         result: BuildResult,
         torch_source: Artifact | None,
+        report: Artifact | None = None,
     ) -> tuple[Path, StageOutput]:
         """Run the stage in `<entry>.partial/`, keeping only the checkpoints a killed run left to resume from."""
         work = Path(rec.path).with_name(Path(rec.path).name + ".partial")
@@ -417,7 +437,7 @@ class Pipeline:
         for leftover in work.iterdir():
             if leftover.name != SCRATCH:
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        ctx = self._context(work, vname, recipe, variants, result, torch_source)
+        ctx = self._context(work, vname, recipe, variants, result, torch_source, report)
         if self._collective() and st.trains():
             dist.barrier()  # the other ranks train too, reading checkpoints from this work folder
         self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
@@ -439,6 +459,7 @@ class Pipeline:
         variants: dict[str, Artifact],
         result: BuildResult,
         torch_source: Artifact | None,
+        report: Artifact | None = None,
     ) -> StageContext:
         return StageContext(
             workdir=work,
@@ -449,10 +470,11 @@ class Pipeline:
             reporter=self.reporter,
             load_data=self.data_loader(recipe),
             variants=variants,
-            lineage=result.lineage if variants else {},
+            lineage=result.lineage if variants else ({vname: result.lineage[vname]} if report else {}),
             torch_source=torch_source,
             data_of=lambda r: self.data_loader(r)(),
             cache_dir=self.cache_dir,
+            report=report,
         )
 
     def _commit(
@@ -505,6 +527,23 @@ class Pipeline:
         rec.status = "ran"
         self.reporter.log(f"[{rec.variant}] {st.id}: done in {rec.seconds:.1f}s")
 
+    @staticmethod
+    def _swap_in(folder: Path, copies: dict[str, Path]) -> None:
+        """Fill a new `folder` with copies (relative name -> source), assembled beside the old one and swapped in."""
+        staging = folder.with_name(f".{folder.name}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for rel, src in copies.items():
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)  # keeps modes: a kit's build.sh stays executable
+        faults.point("deliver:staged", folder.name)
+        old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+
     def _is_before(self, stage_id: str, ref: str) -> bool:
         ids = [s.id for s in self.recipe.stages]
         return ids.index(stage_id) < ids.index(ref)
@@ -519,27 +558,23 @@ class Pipeline:
         # Every entry's deliverables are checked against its hashed files before anything is written.
         delivered = {vname: art.deliverables() for vname, art in result.variants.items()}
         reports = result.report.deliverables() if result.report is not None else []
+        bundles = {vname: art.deliverables() for vname, art in result.bundles.items()}
         out.mkdir(parents=True, exist_ok=True)
         with (
             entry_lock(out / OUT_LOCK, self.reporter, timeout_s=self.lock_timeout, remove=True),
             storage_errors(f"delivering to {out}"),
         ):
-            for stale in out.glob(".models-*"):  # a killed delivery's staging: nobody else writes here under the lock
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in [*out.glob(".models-*"), *out.glob(".bundles-*")]:  # a killed delivery's staging
+                shutil.rmtree(stale, ignore_errors=True)  # nobody else writes here while we hold the lock
             write_text_atomic(out / "recipe.resolved.yaml", dump_recipe(self.recipe))
             # models/ is assembled beside the old one and swapped in, so it never mixes two builds' variants.
-            staging = out / f".models-{os.getpid()}"
+            copies = {}
             for vname, art in result.variants.items():
-                for rel in [*delivered[vname], SIDECAR]:
-                    dest = staging / vname / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(art.path / rel, dest)  # keeps modes: a kit's build.sh stays executable
-            faults.point("deliver:staged")
-            old = out / f".models-old-{os.getpid()}"
-            if (out / "models").exists():
-                os.rename(out / "models", old)
-            os.rename(staging, out / "models")
-            shutil.rmtree(old, ignore_errors=True)
+                copies.update({f"{vname}/{rel}": art.path / rel for rel in [*delivered[vname], SIDECAR]})
+            self._swap_in(out / "models", copies)
+            if result.bundles:  # bundles/<variant>.tar
+                tars = {f"{v}.tar": art.path / bundles[v][0] for v, art in result.bundles.items()}
+                self._swap_in(out / "bundles", tars)
             if result.report is not None:
                 for rel in reports:
                     write_bytes_atomic(out / rel, (result.report.path / rel).read_bytes())

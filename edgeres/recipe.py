@@ -483,8 +483,44 @@ class BenchmarkStage(StageBase):
         return ["*", "@host", "@source"]
 
 
+class GoldenSettings(Strict):
+    images: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Golden test images (of the first 64) whose logits the bundle carries for the "
+        "device's boot self-test: those the reference is surest of.",
+    )
+    max_abs_diff: float | None = Field(
+        None,
+        gt=0,
+        description="Largest |logit difference| the self-test allows; default 1e-3 for fp32 engines, 10% of the "
+        "largest golden |logit| for int8/bf16/fp16 (and for a device kit, whose reference is ONNX Runtime).",
+    )
+
+
+class PackageStage(StageBase):
+    type: Literal["package"] = Field(
+        description="Write a deploy bundle per variant (engine, source ONNX, labels, golden self-test data, one "
+        "manifest with the measured figures); after benchmark, last."
+    )
+    version: int = Field(
+        1,
+        ge=0,
+        le=2**32 - 1,
+        description="Monotonic bundle version (a uint32): devices refuse a bundle older than the newest they "
+        "installed (anti-rollback). Raise it for every release.",
+    )
+    include_onnx: bool = Field(True, description="Ship the ONNX the engine was compiled from (source/model.onnx).")
+    golden: GoldenSettings = Field(default_factory=GoldenSettings, description="Boot self-test data.")
+
+    def reads(self, recipe: Recipe, variant: str) -> list[str]:
+        # Golden images come from the test split, preprocessed as the data says; their logits are computed here.
+        return [self.own(), "target", *data_reads(recipe), "@host"]
+
+
 StageConfig = Annotated[
-    FinetuneStage | PruneStage | ExportStage | QuantizeStage | CompileStage | BenchmarkStage,
+    FinetuneStage | PruneStage | ExportStage | QuantizeStage | CompileStage | BenchmarkStage | PackageStage,
     Field(discriminator="type"),
 ]
 
@@ -496,6 +532,7 @@ STAGE_IO: dict[str, tuple[str | None, str]] = {
     "quantize": ("onnx", "onnx"),
     "compile": ("onnx", "engine"),
     "benchmark": ("any", "report"),
+    "package": ("any", "bundle"),
 }
 
 
@@ -589,8 +626,15 @@ class Recipe(Strict):
                 "Use finetune with epochs: 0 and weights: <path> to start from a checkpoint"
             )
         bench = [s for s in self.stages if s.type == "benchmark"]
-        if (bench and self.stages[-1].type != "benchmark") or len(bench) > 1:
-            raise ValueError("benchmark must be the last stage and appear at most once")
+        package = [s for s in self.stages if s.type == "package"]
+        body = self.stages[:-1] if package else self.stages
+        if (bench and body[-1].type != "benchmark") or len(bench) > 1:
+            raise ValueError("benchmark must be the last stage (only package may follow it) and appear at most once")
+        if package and (len(package) > 1 or self.stages[-1].type != "package" or not bench):
+            raise ValueError(
+                "package must be the last stage, right after benchmark, and appear at most once: a bundle carries "
+                "the figures the benchmark measured"
+            )
         for vname, variant in self.variants.items():
             unknown = [s for s in variant.skip if s not in ids]
             if unknown:
@@ -601,6 +645,11 @@ class Recipe(Strict):
                 raise ValueError(f"variants.{vname} skips the benchmark stage; benchmark measures every variant")
         for vname in self.variant_names():
             chain = self.chain(vname)
+            if package and package[0] in chain and not any(s.type == "compile" for s in chain):
+                raise ValueError(
+                    f"variant {vname} packages a bundle but skips compile, so it has no engine to ship; add "
+                    f"{package[0].id} to variants.{vname}.skip, or keep compile"
+                )
             produced: str | None = None
             for st in chain:
                 need, out = STAGE_IO[st.type]

@@ -19,6 +19,9 @@ BLOCKED = [
     "sklearn",
     "onnxscript",
     "torch_pruning",
+    "model_signing",
+    "cryptography",
+    "OpenSSL",
 ]
 
 SCRIPT = textwrap.dedent(
@@ -90,9 +93,10 @@ def test_help_validate_and_dry_run_without_optional_packages(tmp_path: Path) -> 
             ["validate", str(recipe)],
             ["build", str(recipe), "--dry-run", "--cache", str(cache), "--out", str(out)],
             ["cache", "ls", "--cache", str(cache)],
+            *([cmd, "--help"] for cmd in ("package", "keygen", "sign", "verify", "embed")),
         ],
     )
-    assert result == {"codes": [0, 0, 0, 0, 0], "loaded": []}
+    assert result == {"codes": [0] * 10, "loaded": []}
     assert "Usage: edgeres [OPTIONS] COMMAND [ARGS]..." in stdout
     assert "Usage: edgeres build [OPTIONS] RECIPE" in stdout
     assert "name: tiny" in stdout
@@ -106,5 +110,6 @@ def test_help_lists_exit_codes() -> None:
     text = " ".join(res.stdout.split())
     assert "Exit codes: 0 success; 1 internal error; 2 bad usage or invalid recipe; " in text
     assert "6 the artifact cache is locked, corrupt or lacks an entry --from needs;" in text
-    for cmd in ("build", "validate", "cache", "doctor"):
+    assert "8 a bundle is refused" in text
+    for cmd in ("build", "validate", "cache", "doctor", "package", "keygen", "sign", "verify", "embed"):
         assert f"  {cmd} " in res.stdout

@@ -1,5 +1,6 @@
-"""Property-based tests (hypothesis): whatever the input, the recipe loader, the kit reader and the cache-entry reader
-end in a result or an EdgeresError (a message and an exit code), never another exception (exit 1, a traceback).
+"""Property-based tests (hypothesis): whatever the input, the recipe loader, the kit reader, the cache-entry reader and
+the bundle reader end in a result or an EdgeresError (a message and an exit code), never another exception (exit 1, a
+traceback).
 
 Each property runs a bounded number of examples (EXAMPLES, no deadline) so the default suite stays fast; the
 counts are printed (pytest -s) and checked to have run. EDGERES_FUZZ_EXAMPLES=5000 runs a longer hunt.
@@ -247,3 +248,57 @@ def test_cache_entry_reader_on_arbitrary_and_mutated_sidecars() -> None:
         check()
     print(f"sidecars: {count.n} examples {count.kinds}")
     assert count.kinds.get("artifact", 0) > 0 and count.kinds.get("CacheError", 0) > 0
+
+
+# ----------------------------------------------------------------------------------------------- bundle manifests
+
+
+def test_bundle_reader_on_arbitrary_and_mutated_manifests() -> None:
+    """A manifest edgeres did not write (resealed with its own digest, as an attacker of an unsigned bundle would)
+    ends in a verified bundle whose loader checks, golden data and C embedding run, or in an EdgeresError."""
+    import shutil
+
+    from bundle_fixtures import make_bundle
+
+    from edgeres.bundle.embed import embed_c
+    from edgeres.bundle.load import device_differences
+    from edgeres.bundle.manifest import MANIFEST, seal
+    from edgeres.bundle.tarsafe import extract, write_tar
+    from edgeres.bundle.verify import open_bundle, read_golden
+    from edgeres.preprocess import Preprocessing
+
+    count = Count()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bundle = make_bundle(root / "base.tar")
+        files = root / "files"
+        files.mkdir()
+        names = extract(bundle, files)
+        base = json.loads((files / MANIFEST).read_text())
+
+        # A quarter of the examples: each one writes, extracts and embeds a bundle (~0.1 s).
+        @settings(FUZZ, max_examples=max(EXAMPLES // 4, 10))
+        @given(values | mutated(base) | st.text(max_size=100).map(lambda t: {"raw": t}))
+        def check(doc: Any) -> None:
+            raw = doc["raw"].encode() if isinstance(doc, dict) and set(doc) == {"raw"} else None
+            (files / MANIFEST).write_bytes(raw if raw is not None else seal(doc) if isinstance(doc, dict) else b"[]")
+            work = Path(tempfile.mkdtemp(dir=root))
+            try:
+                path = work / "fuzz.tar"
+                write_tar(path, [(n, files / n) for n in names])
+                (work / "open").mkdir()
+                opened = open_bundle(path, work / "open", integrity_only=True)
+                device_differences(opened, target="cpu-onnxruntime")
+                Preprocessing.from_spec(opened.manifest.input.model_dump())
+                read_golden(opened)
+                embed_c(opened, work / "c")
+                count.add("bundle")
+            except EdgeresError as exc:
+                assert str(exc)
+                count.add(type(exc).__name__)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+        check()
+    print(f"bundle manifests: {count.n} examples {count.kinds}")
+    assert count.kinds.get("bundle", 0) > 0 and count.kinds.get("BundleError", 0) > 0

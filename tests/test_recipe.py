@@ -108,7 +108,7 @@ def test_quickstart_recipe_is_valid() -> None:
     r = load_recipe(REPO / "recipes" / "quickstart.yaml")
     assert r.name == "quickstart"
     assert r.stages[0].type == "finetune"
-    assert r.stages[-1].type == "benchmark"
+    assert [s.type for s in r.stages[-2:]] == ["benchmark", "package"]
 
 
 def test_set_overrides_by_stage_name_and_index() -> None:
@@ -292,12 +292,16 @@ def test_duplicate_stage_names() -> None:
 
 def test_benchmark_not_last() -> None:
     msg = error_of(edit("  - type: export\n", "") + "  - type: export\n")
-    assert msg == HEAD + "  - (top level): benchmark must be the last stage and appear at most once"
+    assert msg == HEAD + (
+        "  - (top level): benchmark must be the last stage (only package may follow it) and appear at most once"
+    )
 
 
 def test_two_benchmarks() -> None:
     msg = error_of(BASE + "  - type: benchmark\n    name: bench2\n")
-    assert msg == HEAD + "  - (top level): benchmark must be the last stage and appear at most once"
+    assert msg == HEAD + (
+        "  - (top level): benchmark must be the last stage (only package may follow it) and appear at most once"
+    )
 
 
 def test_first_stage_must_be_finetune() -> None:

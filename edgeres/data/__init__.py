@@ -124,8 +124,19 @@ class DataBundle:
                 imgs = torch.stack([_augment_one(img, augment, key, int(i)) for img, i in zip(imgs, idx, strict=True)])
             yield self.normalize(imgs), split.labels[idx]
 
+    def pixels(self, split: Split, limit: int | None = None) -> torch.Tensor:
+        """The split's first `limit` images (all by default) as uint8 N x 3 x H x W, not normalised: what a deployed
+        model's own preprocessing starts from. A streamed split is decoded for it (held only while the caller uses
+        it: the benchmark's accuracy split, a bundle's golden images)."""
+        torch = require("torch")
+        n = len(split) if limit is None else min(limit, len(split))
+        if split.images is not None:
+            return split.images[:n]
+        chunks = [c for c in torch.arange(n).split(256)]
+        return torch.cat([x for x, _ in self._streamed(split, chunks, "none", 0, normalize=False)])
+
     def _streamed(
-        self, split: Split, chunks: list[torch.Tensor], augment: str, key: int
+        self, split: Split, chunks: list[torch.Tensor], augment: str, key: int, *, normalize: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         torch = require("torch")
         loader = torch.utils.data.DataLoader(
@@ -135,7 +146,7 @@ class DataBundle:
             pin_memory=torch.cuda.is_available(),
         )
         for imgs, labels in loader:
-            yield self.normalize(imgs), labels
+            yield (self.normalize(imgs) if normalize else imgs), labels
 
     def numpy_batches(self, split: Split, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
         n = len(split) if limit is None else min(limit, len(split))

@@ -45,6 +45,7 @@ register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onn
 register("quantize", StageSpec("edgeres.stages.quantize", "train", 4, ("onnx", "nncf", "onnxruntime", "openvino")))
 register("compile", StageSpec("edgeres.stages.compile", "cpu", 2, ("onnx", "onnxruntime", "openvino", "tensorrt")))
 register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 3, ("onnx", "onnxruntime", "openvino", "torch")))
+register("package", StageSpec("edgeres.stages.package", "cpu", 1, ("onnx", "onnxruntime", "openvino", "numpy")))
 
 
 class StageModule(Protocol):

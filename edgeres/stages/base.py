@@ -37,6 +37,7 @@ class StageContext:
     data_of: Callable[[Recipe], DataBundle] | None = None
     # the artifact cache root: state shared across builds on this machine (TensorRT's timing cache) lives under it
     cache_dir: Path | None = None
+    report: Artifact | None = None  # package: the benchmark's report, whose figures a bundle carries
 
     @property
     def data(self) -> DataBundle:

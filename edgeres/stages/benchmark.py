@@ -17,6 +17,7 @@ from edgeres import faults
 from edgeres.artifact import Artifact, sha256_json, write_json_atomic, write_text_atomic
 from edgeres.deps import require
 from edgeres.measure import ACCURACY_BATCH, environment
+from edgeres.preprocess import Preprocessing, model_input
 from edgeres.recipe import BenchmarkStage, variant_recipe
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, result_row, stage_rows
 from edgeres.runtimes import NATIVE, runs
@@ -53,9 +54,11 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         key = sha256_json([vrecipe.data.model_dump(mode="json"), vrecipe.seed])
         if key not in evals:
             data = ctx.data_of(vrecipe) if ctx.data_of is not None else ctx.data
-            xs, ys = zip(*data.numpy_batches(data.split(cfg.accuracy_split), 256), strict=True)
+            split = data.split(cfg.accuracy_split)
+            # The preprocessing a deployed bundle applies (edgeres.preprocess): what is measured is what runs.
+            x = model_input(data.pixels(split).numpy(), Preprocessing.from_spec(data.preprocessing()))
             npz = scratch / f"eval-{len(evals)}.npz"
-            np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))
+            np.savez(npz, x=x, y=split.labels.numpy())
             evals[key] = (npz, data.fingerprint)
         return evals[key]
 
