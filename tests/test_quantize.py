@@ -27,6 +27,7 @@ from edgeres.errors import DataError, RecipeError, StageError
 from edgeres.qdq import (
     check_rules,
     constants_to_initializers,
+    drop_conv_branch_qdq,
     float_layers,
     scales_digest,
     signed_from_unsigned,
@@ -441,6 +442,18 @@ def test_signed_from_unsigned_rescales_every_scale_read_with_a_shared_zero_point
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def test_signed_from_unsigned_retypes_the_zero_points_shape_records() -> None:
+    """NNCF records the zero-point initializers' types in value_info too: left as uint8 after the rewrite, strict
+    shape inference (and onnx.version_converter, which the fp16 cast needs) refuses the model."""
+    model = uint8_pair_model()
+    model.graph.value_info.append(helper.make_tensor_value_info("zp", TensorProto.UINT8, []))
+    assert signed_from_unsigned(model) == 1
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    assert types == {"q": TensorProto.INT8, "zp": TensorProto.INT8}
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.version_converter.convert_version(model, 19)
+
+
 def test_signed_from_unsigned_is_idempotent_and_skips_signed() -> None:
     model = uint8_pair_model()
     assert signed_from_unsigned(model) == 1
@@ -490,12 +503,13 @@ def test_per_channel_weights_on_axis_0_pass() -> None:
     assert report.float_layers == []
 
 
-def test_per_tensor_weight_scale_is_an_error() -> None:
+def test_per_tensor_weight_scale_is_legal_for_tensorrt() -> None:
+    """TensorRT takes a weight scale per output channel or one scalar for the whole weight (explicit quantization,
+    TensorRT developer guide): a per-tensor weight scale is not an error."""
     model = conv_model(np.array(0.1), np.array(0), axis=None)
-    assert check_rules(model, "tensorrt").errors == ["conv: weight scale is per tensor; TensorRT needs per channel"]
-    # exempt layers (kept in higher precision on purpose) are not held to it
-    assert check_rules(model, "tensorrt", exempt=["conv"]).errors == []
-    # and the CPU rules do not check it at all
+    report = check_rules(model, "tensorrt")
+    assert report.errors == []
+    assert report.quantized_layers == 1
     assert check_rules(model, "cpu").errors == []
 
 
@@ -528,10 +542,15 @@ def test_missing_zero_point_is_an_error() -> None:
     for n in model.graph.node:
         if n.op_type in QDQ_OPS:
             del n.input[2]
-    assert check_rules(model, "tensorrt").errors == [
-        "QuantizeLinear q: no zero point (ONNX default uint8); TensorRT needs int8 0",
-        "DequantizeLinear dq: no zero point (ONNX default uint8); TensorRT needs int8 0",
-    ]
+    # TensorRT reads a missing zero point as int8 0, ONNX Runtime (quantize's judge) as uint8 0: refused for that
+    # difference, and the message must not blame TensorRT
+    why = (
+        "no zero point, which ONNX Runtime (where quantize measures accuracy) reads as uint8 and TensorRT as int8 "
+        "0: the accuracy measured here would not be the engine's. Write an explicit int8 zero point 0"
+    )
+    errors = check_rules(model, "tensorrt").errors
+    assert errors == [f"QuantizeLinear q: {why}", f"DequantizeLinear dq: {why}"]
+    assert not any("TensorRT needs" in e or "TensorRT refuses" in e for e in errors)
 
 
 def gemm_model(trans_b: int, axis: int) -> Any:
@@ -594,6 +613,148 @@ def test_matmul_constant_weight_on_its_output_axis_passes() -> None:
         numpy_helper.from_array(np.zeros(3, dtype=np.int8), "wzp"),
     ]
     assert check_rules(_model(nodes, inits, [x], [y]), "tensorrt").errors == []
+
+
+def test_per_channel_activation_scale_is_an_error() -> None:
+    """TensorRT refuses per-channel scales on activations (only weights may have them)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"], name="q", axis=1),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq", axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0.1, 0.2, 0.3], dtype=np.float32), "s"),
+        numpy_helper.from_array(np.zeros(3, dtype=np.int8), "zp"),
+    ]
+    model = _model(nodes, inits, [x], [y])
+    onnx.checker.check_model(model, full_check=True)
+    why = "activation scale per channel (3 values on axis 1); TensorRT takes one scale per activation tensor"
+    assert check_rules(model, "tensorrt").errors == [f"QuantizeLinear q: {why}", f"DequantizeLinear dq: {why}"]
+    assert check_rules(model, "cpu").errors == []
+
+
+def _qdq(name: str, src: str, out: str) -> list[Any]:
+    """A signed int8 Q/DQ pair on activation `src` (shared scale `s`, zero point `z`), writing `out`."""
+    return [
+        helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{name}_q"], name=f"{name}_q"),
+        helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [out], name=f"{name}_dq"),
+    ]
+
+
+def _conv(name: str, src: str, out: str) -> list[Any]:
+    """A 3x3 Conv on 2 channels whose weight comes through a per-channel DequantizeLinear."""
+    return [
+        helper.make_node("DequantizeLinear", [f"{name}_w", f"{name}_ws", "wz"], [f"{name}_wd"], name=f"{name}_wdq",
+                         axis=0),
+        helper.make_node("Conv", [src, f"{name}_wd"], [out], name=name, pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+
+
+def residual_model(*, conv_qdq: bool, identity_qdq: bool, downsample: bool = False, pool: bool = False) -> Any:
+    """A residual block as NNCF and torch export it: r = Relu(x) through a Q/DQ pair into the conv branch
+    (Conv-Relu-Q/DQ-Conv) and the identity; Add(conv branch, identity) -> y.
+
+    conv_qdq: a Q/DQ pair on the conv-branch output too. identity_qdq: the identity input through a Q/DQ pair
+    (the block input's own pair, shared with the conv branch, as NNCF writes it). downsample: the identity is a
+    1-Conv downsample of the block input (both Add inputs then come from a Conv). pool: the identity is a MaxPool
+    of the quantized block input (TensorRT moves the DequantizeLinear past it)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), *_qdq("in", "r", "rd")]
+    nodes += [*_conv("conv1", "rd", "c1"), helper.make_node("Relu", ["c1"], ["c1r"], name="relu1")]
+    nodes += [*_qdq("mid", "c1r", "c1d"), *_conv("conv2", "c1d", "c2")]
+    main = "c2"
+    if conv_qdq:
+        nodes += _qdq("out", "c2", "c2d")
+        main = "c2d"
+    if downsample:
+        nodes += _conv("down", "rd", "cds")
+        identity = "cds"
+        if identity_qdq:
+            nodes += _qdq("id", "cds", "idd")
+            identity = "idd"
+    elif pool:
+        nodes.append(helper.make_node("MaxPool", ["rd" if identity_qdq else "r"], ["p"], name="pool",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))  # fmt: skip
+        identity = "p"
+    else:
+        identity = "rd" if identity_qdq else "r"
+    nodes.append(helper.make_node("Add", [main, identity], ["y"], name="add"))
+    inits = [
+        numpy_helper.from_array(np.array(0.05, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "z"),
+        numpy_helper.from_array(np.zeros(2, dtype=np.int8), "wz"),
+    ]
+    for conv in ("conv1", "conv2", "down"):
+        inits.append(numpy_helper.from_array(rng.integers(-100, 100, size=(2, 2, 3, 3)).astype(np.int8), f"{conv}_w"))
+        inits.append(numpy_helper.from_array(np.array([0.01, 0.02], dtype=np.float32), f"{conv}_ws"))
+    used = {i for n in nodes for i in n.input}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])
+    model = _model(nodes, [i for i in inits if i.name in used], [x], [y])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+CONV_QDQ = (
+    "residual Add add: its conv-branch input c2d (from Conv conv2) has a Q/DQ pair of its own, which keeps TensorRT "
+    "from fusing the Conv and the Add; quantize only the identity input"
+)
+IDENTITY_FLOAT = (
+    "residual Add add: its identity input {name} is not quantized; TensorRT keeps the Add in higher precision and "
+    "INT8 may be slower than FP16"
+)
+
+
+@pytest.mark.parametrize(("layout", "warnings"), [
+    ({"conv_qdq": False, "identity_qdq": True}, []),  # NVIDIA's layout: the identity only
+    ({"conv_qdq": False, "identity_qdq": True, "downsample": True}, []),
+    ({"conv_qdq": False, "identity_qdq": True, "pool": True}, []),  # DQ -> MaxPool is still quantized
+    ({"conv_qdq": True, "identity_qdq": True}, [CONV_QDQ]),
+    ({"conv_qdq": True, "identity_qdq": True, "downsample": True}, [CONV_QDQ]),
+    ({"conv_qdq": True, "identity_qdq": False}, [CONV_QDQ, IDENTITY_FLOAT.format(name="r")]),
+    ({"conv_qdq": False, "identity_qdq": False}, [IDENTITY_FLOAT.format(name="r")]),
+    ({"conv_qdq": False, "identity_qdq": False, "downsample": True}, [IDENTITY_FLOAT.format(name="cds")]),
+    ({"conv_qdq": False, "identity_qdq": False, "pool": True}, [IDENTITY_FLOAT.format(name="p")]),
+])  # fmt: skip
+def test_residual_add_wants_the_identity_quantized_and_the_conv_branch_not(
+    layout: dict[str, bool], warnings: list[str]
+) -> None:
+    """NVIDIA's quantized ResNet (pytorch-quantization's torchvision example) quantizes only the identity input of a
+    residual Add; an extra Q/DQ on the conv-branch input keeps TensorRT from fusing Conv + Add."""
+    report = check_rules(residual_model(**layout), "tensorrt")
+    assert report.errors == []
+    assert report.warnings == warnings
+    assert check_rules(residual_model(**layout), "cpu").warnings == []
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+def test_drop_conv_branch_qdq_leaves_the_identity_only_layout(downsample: bool) -> None:
+    import onnxruntime as ort
+
+    model = residual_model(conv_qdq=True, identity_qdq=True, downsample=downsample)
+    x = np.random.default_rng(1).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    want = residual_model(conv_qdq=False, identity_qdq=True, downsample=downsample)
+    assert drop_conv_branch_qdq(model) == 1
+    assert check_rules(model, "tensorrt").warnings == []
+    assert sorted(n.name for n in model.graph.node) == sorted(n.name for n in want.graph.node)
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(want.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ref)
+    assert drop_conv_branch_qdq(model) == 0  # idempotent
+
+
+def test_drop_conv_branch_qdq_keeps_a_pair_with_other_readers_and_an_unquantized_identity() -> None:
+    model = residual_model(conv_qdq=True, identity_qdq=False)
+    assert drop_conv_branch_qdq(model) == 0  # without a quantized identity, TensorRT cannot fuse the Add anyway
+    model = residual_model(conv_qdq=True, identity_qdq=True)
+    model.graph.output.append(helper.make_tensor_value_info("c2d", TensorProto.FLOAT, [1, 2, 4, 4]))
+    assert drop_conv_branch_qdq(model) == 1
+    names = {n.name for n in model.graph.node}
+    assert {"out_q", "out_dq"} <= names  # the pair still feeds a graph output
+    assert next(n for n in model.graph.node if n.name == "add").input[0] == "c2"
 
 
 def test_uint8_zero_points_are_fine_for_cpu_rules() -> None:
