@@ -29,6 +29,7 @@ from edgeres.qdq import (
     constants_to_initializers,
     drop_conv_branch_qdq,
     float_layers,
+    residual_adds,
     scales_digest,
     signed_from_unsigned,
 )
@@ -68,14 +69,16 @@ class QBuild:
         return onnx.load(str(self.out / "models" / "main" / "model.onnx"))
 
 
-def _build(root: Path, recipe: dict[str, Any], *, copy_from: Path | None = None, cache: Path | None = None) -> QBuild:
-    """Build `recipe` into a copy of the cache `copy_from`, or into the existing `cache`."""
+def _build(
+    root: Path, recipe: dict[str, Any], *, copy_from: Path | None = None, cache: Path | None = None, **kw: Any
+) -> QBuild:
+    """Build `recipe` into a copy of the cache `copy_from`, or into the existing `cache` (`kw`: Pipeline options)."""
     if cache is None:
         assert copy_from is not None
         cache = root / "cache"
         shutil.copytree(copy_from, cache)
     out = root / "out"
-    result, log = run_pipeline(recipe, cache, out)
+    result, log = run_pipeline(recipe, cache, out, **kw)
     return QBuild(cache, out, result, log)
 
 
@@ -90,10 +93,31 @@ def cpu_build_again(base_build: Build, tmp_path_factory: pytest.TempPathFactory)
     return _build(tmp_path_factory.mktemp("q-cpu-again"), quantize_recipe(), copy_from=base_build.cache)
 
 
+def trt_recipe(**compile_cfg: Any) -> dict[str, Any]:
+    """The TensorRT target's recipe with a compile stage (its precision decides the INT8 model's float islands)."""
+    recipe = quantize_recipe("nvidia-gpu")
+    recipe["stages"].append({"type": "compile", **compile_cfg})
+    return recipe
+
+
 @pytest.fixture(scope="module")
 def trt_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
-    """The TensorRT target, built in the CPU build's cache (finetune and export are shared)."""
-    return _build(tmp_path_factory.mktemp("q-trt"), quantize_recipe("nvidia-gpu"), cache=cpu_build.cache)
+    """The TensorRT target up to quantize, built in the CPU build's cache (finetune and export are shared)."""
+    root = tmp_path_factory.mktemp("q-trt")
+    return _build(root, trt_recipe(), cache=cpu_build.cache, until_stage="quantize")
+
+
+@pytest.fixture(scope="module")
+def trt_compiled(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    """The same recipe to the end: compile runs over trt_build's quantize entry (a device kit, without TensorRT)."""
+    return _build(tmp_path_factory.mktemp("q-trt-compiled"), trt_recipe(), cache=trt_build.cache)
+
+
+@pytest.fixture(scope="module")
+def trt_fp32_islands(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    """The TensorRT target with stages.compile.precision fp32: the INT8 model's float parts stay float32."""
+    root = tmp_path_factory.mktemp("q-trt-fp32")
+    return _build(root, trt_recipe(precision="fp32"), cache=trt_build.cache, until_stage="quantize")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +140,21 @@ def qdq_constants(model: Any) -> dict[str, bytes]:
 
 
 def ort_predictions(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """Top-1 classes from ONNX Runtime, with the graph passes edgeres' runner turns off for a float16 Q/DQ graph
+    (test_fp16.py checks the runner against ONNX Runtime without graph optimisation)."""
     import onnxruntime as ort
+
+    from edgeres.runtimes.onnxruntime import disabled_optimizers
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(
+        str(model_path),
+        sess_options=opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers(model_path)),
+    )
     return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
 
 
@@ -285,6 +319,71 @@ def test_tensorrt_model_runs_and_agrees(trt_build: QBuild, data: Any) -> None:
     int8 = ort_predictions(trt_build.out / "models" / "main" / "model.onnx", x)
     fp32 = ort_predictions(trt_build.export.primary_path, x)
     assert m["agreement"] == pytest.approx(float(np.mean(int8 == fp32)))
+
+
+def test_tensorrt_residual_adds_quantize_only_the_identity(trt_build: QBuild) -> None:
+    """NNCF quantizes both inputs of most residual Adds; for TensorRT the conv-branch pair is dropped so that TensorRT
+    fuses Conv + Add, and every identity input stays quantized."""
+    model = trt_build.model()
+    adds = residual_adds(model)
+    assert len(adds) == 8  # resnet18: 8 basic blocks
+    assert all(a.identity_quantized and not a.conv_branch_qdq for a in adds)
+    assert check_rules(model, "tensorrt").warnings == []
+    assert trt_build.metrics["rules"]["warnings"] == []
+    # all 8 (the first block's identity, a MaxPool of a quantized tensor, counts as quantized: TensorRT moves the
+    # DequantizeLinear past the MaxPool)
+    assert trt_build.metrics["conv_branch_qdq_dropped"] == 8
+
+
+def test_tensorrt_int8_ships_fp16_islands(trt_build: QBuild) -> None:
+    """A strongly typed INT8 engine runs the graph's float parts in the ONNX's types: fp16 by default (the target's
+    float precision), cast in quantize's output so that the accuracy judged is that of the graph that ships."""
+    model = trt_build.model()
+    m = trt_build.metrics
+    assert m["float_islands"] == "fp16"
+    floats = [i for i in model.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    assert floats and {i.data_type for i in floats} == {TensorProto.FLOAT16}  # Q/DQ scales and biases
+    assert TensorProto.FLOAT not in {i.data_type for i in model.graph.initializer}  # the rest: int8, int64 shapes
+    io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
+    assert io_types == [TensorProto.FLOAT, TensorProto.FLOAT]  # callers still feed and read float32
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19  # float16 Q/DQ scales
+    assert {p.key: p.value for p in model.metadata_props}["edgeres.float_islands"] == "fp16"
+    onnx.checker.check_model(model, full_check=True)
+    assert check_rules(model, "tensorrt").errors == []
+    assert m["scales_sha256"] == scales_digest(model)
+
+
+def test_tensorrt_accuracy_is_that_of_the_fp16_island_graph(trt_build: QBuild, data: Any) -> None:
+    x, y = split_arrays(data, "test")
+    int8 = ort_predictions(trt_build.out / "models" / "main" / "model.onnx", x)
+    assert trt_build.metrics["test"]["int8_top1"] == pytest.approx(float(np.mean(int8 == y)))
+
+
+def test_tensorrt_fp32_precision_keeps_fp32_islands(trt_fp32_islands: QBuild, trt_build: QBuild) -> None:
+    assert statuses(trt_fp32_islands.result)[-1] == ("main", "quantize", "ran")  # its own key
+    model = trt_fp32_islands.model()
+    m = trt_fp32_islands.metrics
+    assert m["float_islands"] == "fp32"
+    assert TensorProto.FLOAT16 not in {i.data_type for i in model.graph.initializer}
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18  # as exported
+    assert "edgeres.float_islands" not in {p.key for p in model.metadata_props}
+    # the same PTQ scales before the cast: only the float parts differ
+    assert m["calibration"] == trt_build.metrics["calibration"]
+    assert m["conv_branch_qdq_dropped"] == trt_build.metrics["conv_branch_qdq_dropped"]
+
+
+def test_tensorrt_compile_records_the_float_islands(trt_compiled: QBuild, trt_build: QBuild) -> None:
+    import json
+
+    assert statuses(trt_compiled.result)[-2:] == [("main", "quantize", "cached"), ("main", "compile", "ran")]
+    folder = trt_compiled.out / "models" / "main"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["precision"] == "int8+fp16"
+    assert manifest["float_islands"] == "fp16"
+    assert trt_compiled.artifact.metadata["metrics"]["precision"] == "int8+fp16"
+    kit = json.loads((folder / "kit.json").read_text(encoding="utf-8"))
+    assert kit["settings"]["precision"] == "int8"  # strongly typed: the ONNX's types decide the float parts
+    assert sha256_file(folder / "model.onnx") == sha256_file(trt_build.out / "models" / "main" / "model.onnx")
 
 
 def test_nncf_default_output_breaks_the_tensorrt_rules(trt_build: QBuild, data: Any) -> None:
