@@ -22,6 +22,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "nncf": ("nncf", "train"),
     "sklearn": ("scikit-learn", "train"),
     "onnxscript": ("onnxscript", "train"),
+    "onnxconverter_common": ("onnxconverter-common", "train"),  # also in `tensorrt`: TensorRT 11's FP16 cast
     "onnxruntime": ("onnxruntime", "cpu"),
     "openvino": ("openvino", "cpu"),
     "tensorrt": ("tensorrt", "tensorrt"),
@@ -44,6 +45,8 @@ def install_hint(module: str) -> str:
             "pip install 'edgeres[cpu]'  (or 'edgeres[gpu]' for onnxruntime-gpu on NVIDIA machines; "
             "never both: they share one module name)"
         )
+    if module == "onnxconverter_common":  # the build host casts INT8 models' float parts, a device FP16 models
+        return "pip install 'edgeres[train]' on a build host, or 'edgeres[tensorrt]' on a device"
     if extra == "train":
         # torch first, pinned: PyPI's newest torch may not match the torchvision wheel (see README).
         return f"pip install 'edgeres[{extra}]'"

@@ -26,6 +26,7 @@ PACKAGES: list[tuple[str, str]] = [
     ("onnxscript", "the dynamo ONNX exporter (extra: train)"),
     ("torch_pruning", "stage prune (extra: train)"),
     ("nncf", "stage quantize (extra: train)"),
+    ("onnxconverter_common", "float16 casts for TensorRT (extra: train on a build host, tensorrt on a device)"),
     ("onnxruntime", "runtime onnxruntime: parity checks and benchmarks (extra: cpu, or gpu)"),
     ("openvino", "runtime openvino and cpu-openvino engines (extra: cpu)"),
     ("tensorrt", "TensorRT engines on NVIDIA GPUs and Jetson (extra: tensorrt)"),

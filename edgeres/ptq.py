@@ -3,15 +3,17 @@
 One function for every graph edgeres quantizes this way: the quantize stage's PTQ and prune's latency probe (which
 must time the graph that will ship). The preset follows the target's Q/DQ rules (TensorRT accepts only zero point
 0, so its activations are symmetric), and for TensorRT targets NNCF's uint8 activations are rewritten as signed int8
-over the same range (`qdq.signed_from_unsigned`).
+over the same range (`qdq.signed_from_unsigned`) and the Q/DQ pairs NNCF puts on the conv-branch input of residual
+Adds are dropped, so that TensorRT fuses Conv + Add (`qdq.drop_conv_branch_qdq`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from edgeres.deps import require
-from edgeres.qdq import signed_from_unsigned
+from edgeres.qdq import drop_conv_branch_qdq, signed_from_unsigned
 
 
 def symmetric_activations(preset: str, qdq_rules: str) -> bool:
@@ -33,6 +35,16 @@ def quantize_ptq(fp32: Any, calibration: list[Any], *, symmetric: bool, fast_bia
     )
 
 
-def for_target(model: Any, qdq_rules: str) -> int:
-    """Rewrite a Q/DQ model in place for the target's rules; returns how many quantizers were made signed int8."""
-    return signed_from_unsigned(model) if qdq_rules == "tensorrt" else 0
+@dataclass(frozen=True)
+class TargetRewrite:
+    """What `for_target` changed."""
+
+    unsigned_to_int8: int = 0  # uint8 quantizers made signed int8
+    conv_branch_qdq_dropped: int = 0  # residual Adds whose conv-branch Q/DQ pair was removed
+
+
+def for_target(model: Any, qdq_rules: str) -> TargetRewrite:
+    """Rewrite a Q/DQ model in place for the target's rules (TensorRT's; CPU targets take NNCF's output as it is)."""
+    if qdq_rules != "tensorrt":
+        return TargetRewrite()
+    return TargetRewrite(signed_from_unsigned(model), drop_conv_branch_qdq(model))

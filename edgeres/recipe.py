@@ -428,7 +428,9 @@ class CompileStage(StageBase):
         None,
         description="Precision of the engine's float compute (an INT8 model's non-quantized parts too): fp32; bf16 "
         "on OpenVINO where the CPU has AVX512_BF16 or AMX; fp16 on TensorRT. Null: the target's float_precision "
-        "(fp32 on CPU targets). Passed to the runtime explicitly and recorded in the manifest.",
+        "(fp32 on CPU targets, fp16 on TensorRT ones). Passed to the runtime explicitly and recorded in the "
+        "manifest; for TensorRT, whose INT8 engines run their float parts in the ONNX's own types, quantize casts "
+        "them to it (fp16 or fp32).",
     )
     onnxruntime: OnnxRuntimeCompile = Field(default_factory=OnnxRuntimeCompile, description="ONNX Runtime targets.")
     openvino: OpenVinoCompile = Field(default_factory=OpenVinoCompile, description="OpenVINO targets.")

@@ -309,6 +309,33 @@ def test_prune_latency_key_follows_whether_the_variant_quantizes(tmp_path: Path)
     assert keys[("fp32", "prune")] == keys[("int8", "prune")]
 
 
+def test_tensorrt_quantize_key_follows_the_float_islands_precision(tmp_path: Path) -> None:
+    """For a TensorRT target quantize writes the INT8 model's float parts in stages.compile.precision (fp16 by
+    default): a change there is a new quantize entry, and finetune and export are shared."""
+    raw = {
+        "name": "k",
+        "threads": 1,
+        "target": "nvidia-gpu",
+        "data": dict(TINY_DATA),
+        "stages": [{"type": "finetune", "epochs": 1}, {"type": "export"}, {"type": "quantize"}, {"type": "compile"}],
+    }
+    recipe = recipe_from_text(yaml_dump(raw), source="k")
+    quantize = recipe.stage("quantize")
+    assert "stages.compile.precision" in quantize.reads(recipe, "main")
+    fp16 = planned_keys(raw, tmp_path / "cache")  # null: the target's float precision, fp16
+    raw["stages"][3] = {"type": "compile", "precision": "fp32"}
+    fp32 = planned_keys(raw, tmp_path / "cache")
+    assert fp32[("main", "finetune")] == fp16[("main", "finetune")]
+    assert fp32[("main", "export")] == fp16[("main", "export")]
+    assert fp32[("main", "quantize")] != fp16[("main", "quantize")]
+
+
+def yaml_dump(raw: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 def test_benchmark_key_names_the_host_and_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A measurement is never reused on another machine or by other code; training is kept across both."""
     from edgeres import keys

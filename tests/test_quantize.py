@@ -27,7 +27,9 @@ from edgeres.errors import DataError, RecipeError, StageError
 from edgeres.qdq import (
     check_rules,
     constants_to_initializers,
+    drop_conv_branch_qdq,
     float_layers,
+    residual_adds,
     scales_digest,
     signed_from_unsigned,
 )
@@ -67,14 +69,16 @@ class QBuild:
         return onnx.load(str(self.out / "models" / "main" / "model.onnx"))
 
 
-def _build(root: Path, recipe: dict[str, Any], *, copy_from: Path | None = None, cache: Path | None = None) -> QBuild:
-    """Build `recipe` into a copy of the cache `copy_from`, or into the existing `cache`."""
+def _build(
+    root: Path, recipe: dict[str, Any], *, copy_from: Path | None = None, cache: Path | None = None, **kw: Any
+) -> QBuild:
+    """Build `recipe` into a copy of the cache `copy_from`, or into the existing `cache` (`kw`: Pipeline options)."""
     if cache is None:
         assert copy_from is not None
         cache = root / "cache"
         shutil.copytree(copy_from, cache)
     out = root / "out"
-    result, log = run_pipeline(recipe, cache, out)
+    result, log = run_pipeline(recipe, cache, out, **kw)
     return QBuild(cache, out, result, log)
 
 
@@ -89,10 +93,31 @@ def cpu_build_again(base_build: Build, tmp_path_factory: pytest.TempPathFactory)
     return _build(tmp_path_factory.mktemp("q-cpu-again"), quantize_recipe(), copy_from=base_build.cache)
 
 
+def trt_recipe(**compile_cfg: Any) -> dict[str, Any]:
+    """The TensorRT target's recipe with a compile stage (its precision decides the INT8 model's float islands)."""
+    recipe = quantize_recipe("nvidia-gpu")
+    recipe["stages"].append({"type": "compile", **compile_cfg})
+    return recipe
+
+
 @pytest.fixture(scope="module")
 def trt_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
-    """The TensorRT target, built in the CPU build's cache (finetune and export are shared)."""
-    return _build(tmp_path_factory.mktemp("q-trt"), quantize_recipe("nvidia-gpu"), cache=cpu_build.cache)
+    """The TensorRT target up to quantize, built in the CPU build's cache (finetune and export are shared)."""
+    root = tmp_path_factory.mktemp("q-trt")
+    return _build(root, trt_recipe(), cache=cpu_build.cache, until_stage="quantize")
+
+
+@pytest.fixture(scope="module")
+def trt_compiled(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    """The same recipe to the end: compile runs over trt_build's quantize entry (a device kit, without TensorRT)."""
+    return _build(tmp_path_factory.mktemp("q-trt-compiled"), trt_recipe(), cache=trt_build.cache)
+
+
+@pytest.fixture(scope="module")
+def trt_fp32_islands(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+    """The TensorRT target with stages.compile.precision fp32: the INT8 model's float parts stay float32."""
+    root = tmp_path_factory.mktemp("q-trt-fp32")
+    return _build(root, trt_recipe(precision="fp32"), cache=trt_build.cache, until_stage="quantize")
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +140,21 @@ def qdq_constants(model: Any) -> dict[str, bytes]:
 
 
 def ort_predictions(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """Top-1 classes from ONNX Runtime, with the graph passes edgeres' runner turns off for a float16 Q/DQ graph
+    (test_fp16.py checks the runner against ONNX Runtime without graph optimisation)."""
     import onnxruntime as ort
+
+    from edgeres.runtimes.onnxruntime import disabled_optimizers
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(
+        str(model_path),
+        sess_options=opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers(model_path)),
+    )
     return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
 
 
@@ -286,6 +321,71 @@ def test_tensorrt_model_runs_and_agrees(trt_build: QBuild, data: Any) -> None:
     assert m["agreement"] == pytest.approx(float(np.mean(int8 == fp32)))
 
 
+def test_tensorrt_residual_adds_quantize_only_the_identity(trt_build: QBuild) -> None:
+    """NNCF quantizes both inputs of most residual Adds; for TensorRT the conv-branch pair is dropped so that TensorRT
+    fuses Conv + Add, and every identity input stays quantized."""
+    model = trt_build.model()
+    adds = residual_adds(model)
+    assert len(adds) == 8  # resnet18: 8 basic blocks
+    assert all(a.identity_quantized and not a.conv_branch_qdq for a in adds)
+    assert check_rules(model, "tensorrt").warnings == []
+    assert trt_build.metrics["rules"]["warnings"] == []
+    # all 8 (the first block's identity, a MaxPool of a quantized tensor, counts as quantized: TensorRT moves the
+    # DequantizeLinear past the MaxPool)
+    assert trt_build.metrics["conv_branch_qdq_dropped"] == 8
+
+
+def test_tensorrt_int8_ships_fp16_islands(trt_build: QBuild) -> None:
+    """A strongly typed INT8 engine runs the graph's float parts in the ONNX's types: fp16 by default (the target's
+    float precision), cast in quantize's output so that the accuracy judged is that of the graph that ships."""
+    model = trt_build.model()
+    m = trt_build.metrics
+    assert m["float_islands"] == "fp16"
+    floats = [i for i in model.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    assert floats and {i.data_type for i in floats} == {TensorProto.FLOAT16}  # Q/DQ scales and biases
+    assert TensorProto.FLOAT not in {i.data_type for i in model.graph.initializer}  # the rest: int8, int64 shapes
+    io_types = [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)]
+    assert io_types == [TensorProto.FLOAT, TensorProto.FLOAT]  # callers still feed and read float32
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19  # float16 Q/DQ scales
+    assert {p.key: p.value for p in model.metadata_props}["edgeres.float_islands"] == "fp16"
+    onnx.checker.check_model(model, full_check=True)
+    assert check_rules(model, "tensorrt").errors == []
+    assert m["scales_sha256"] == scales_digest(model)
+
+
+def test_tensorrt_accuracy_is_that_of_the_fp16_island_graph(trt_build: QBuild, data: Any) -> None:
+    x, y = split_arrays(data, "test")
+    int8 = ort_predictions(trt_build.out / "models" / "main" / "model.onnx", x)
+    assert trt_build.metrics["test"]["int8_top1"] == pytest.approx(float(np.mean(int8 == y)))
+
+
+def test_tensorrt_fp32_precision_keeps_fp32_islands(trt_fp32_islands: QBuild, trt_build: QBuild) -> None:
+    assert statuses(trt_fp32_islands.result)[-1] == ("main", "quantize", "ran")  # its own key
+    model = trt_fp32_islands.model()
+    m = trt_fp32_islands.metrics
+    assert m["float_islands"] == "fp32"
+    assert TensorProto.FLOAT16 not in {i.data_type for i in model.graph.initializer}
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18  # as exported
+    assert "edgeres.float_islands" not in {p.key for p in model.metadata_props}
+    # the same PTQ scales before the cast: only the float parts differ
+    assert m["calibration"] == trt_build.metrics["calibration"]
+    assert m["conv_branch_qdq_dropped"] == trt_build.metrics["conv_branch_qdq_dropped"]
+
+
+def test_tensorrt_compile_records_the_float_islands(trt_compiled: QBuild, trt_build: QBuild) -> None:
+    import json
+
+    assert statuses(trt_compiled.result)[-2:] == [("main", "quantize", "cached"), ("main", "compile", "ran")]
+    folder = trt_compiled.out / "models" / "main"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["precision"] == "int8+fp16"
+    assert manifest["float_islands"] == "fp16"
+    assert trt_compiled.artifact.metadata["metrics"]["precision"] == "int8+fp16"
+    kit = json.loads((folder / "kit.json").read_text(encoding="utf-8"))
+    assert kit["settings"]["precision"] == "int8"  # strongly typed: the ONNX's types decide the float parts
+    assert sha256_file(folder / "model.onnx") == sha256_file(trt_build.out / "models" / "main" / "model.onnx")
+
+
 def test_nncf_default_output_breaks_the_tensorrt_rules(trt_build: QBuild, data: Any) -> None:
     """NNCF's default PTQ writes uint8 zero points for post-ReLU activations: TensorRT refuses them."""
     import nncf
@@ -441,6 +541,18 @@ def test_signed_from_unsigned_rescales_every_scale_read_with_a_shared_zero_point
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def test_signed_from_unsigned_retypes_the_zero_points_shape_records() -> None:
+    """NNCF records the zero-point initializers' types in value_info too: left as uint8 after the rewrite, strict
+    shape inference (and onnx.version_converter, which the fp16 cast needs) refuses the model."""
+    model = uint8_pair_model()
+    model.graph.value_info.append(helper.make_tensor_value_info("zp", TensorProto.UINT8, []))
+    assert signed_from_unsigned(model) == 1
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    assert types == {"q": TensorProto.INT8, "zp": TensorProto.INT8}
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.version_converter.convert_version(model, 19)
+
+
 def test_signed_from_unsigned_is_idempotent_and_skips_signed() -> None:
     model = uint8_pair_model()
     assert signed_from_unsigned(model) == 1
@@ -490,12 +602,13 @@ def test_per_channel_weights_on_axis_0_pass() -> None:
     assert report.float_layers == []
 
 
-def test_per_tensor_weight_scale_is_an_error() -> None:
+def test_per_tensor_weight_scale_is_legal_for_tensorrt() -> None:
+    """TensorRT takes a weight scale per output channel or one scalar for the whole weight (explicit quantization,
+    TensorRT developer guide): a per-tensor weight scale is not an error."""
     model = conv_model(np.array(0.1), np.array(0), axis=None)
-    assert check_rules(model, "tensorrt").errors == ["conv: weight scale is per tensor; TensorRT needs per channel"]
-    # exempt layers (kept in higher precision on purpose) are not held to it
-    assert check_rules(model, "tensorrt", exempt=["conv"]).errors == []
-    # and the CPU rules do not check it at all
+    report = check_rules(model, "tensorrt")
+    assert report.errors == []
+    assert report.quantized_layers == 1
     assert check_rules(model, "cpu").errors == []
 
 
@@ -528,10 +641,15 @@ def test_missing_zero_point_is_an_error() -> None:
     for n in model.graph.node:
         if n.op_type in QDQ_OPS:
             del n.input[2]
-    assert check_rules(model, "tensorrt").errors == [
-        "QuantizeLinear q: no zero point (ONNX default uint8); TensorRT needs int8 0",
-        "DequantizeLinear dq: no zero point (ONNX default uint8); TensorRT needs int8 0",
-    ]
+    # TensorRT reads a missing zero point as int8 0, ONNX Runtime (quantize's judge) as uint8 0: refused for that
+    # difference, and the message must not blame TensorRT
+    why = (
+        "no zero point, which ONNX Runtime (where quantize measures accuracy) reads as uint8 and TensorRT as int8 "
+        "0: the accuracy measured here would not be the engine's. Write an explicit int8 zero point 0"
+    )
+    errors = check_rules(model, "tensorrt").errors
+    assert errors == [f"QuantizeLinear q: {why}", f"DequantizeLinear dq: {why}"]
+    assert not any("TensorRT needs" in e or "TensorRT refuses" in e for e in errors)
 
 
 def gemm_model(trans_b: int, axis: int) -> Any:
@@ -594,6 +712,148 @@ def test_matmul_constant_weight_on_its_output_axis_passes() -> None:
         numpy_helper.from_array(np.zeros(3, dtype=np.int8), "wzp"),
     ]
     assert check_rules(_model(nodes, inits, [x], [y]), "tensorrt").errors == []
+
+
+def test_per_channel_activation_scale_is_an_error() -> None:
+    """TensorRT refuses per-channel scales on activations (only weights may have them)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"], name="q", axis=1),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq", axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0.1, 0.2, 0.3], dtype=np.float32), "s"),
+        numpy_helper.from_array(np.zeros(3, dtype=np.int8), "zp"),
+    ]
+    model = _model(nodes, inits, [x], [y])
+    onnx.checker.check_model(model, full_check=True)
+    why = "activation scale per channel (3 values on axis 1); TensorRT takes one scale per activation tensor"
+    assert check_rules(model, "tensorrt").errors == [f"QuantizeLinear q: {why}", f"DequantizeLinear dq: {why}"]
+    assert check_rules(model, "cpu").errors == []
+
+
+def _qdq(name: str, src: str, out: str) -> list[Any]:
+    """A signed int8 Q/DQ pair on activation `src` (shared scale `s`, zero point `z`), writing `out`."""
+    return [
+        helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{name}_q"], name=f"{name}_q"),
+        helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [out], name=f"{name}_dq"),
+    ]
+
+
+def _conv(name: str, src: str, out: str) -> list[Any]:
+    """A 3x3 Conv on 2 channels whose weight comes through a per-channel DequantizeLinear."""
+    return [
+        helper.make_node("DequantizeLinear", [f"{name}_w", f"{name}_ws", "wz"], [f"{name}_wd"], name=f"{name}_wdq",
+                         axis=0),
+        helper.make_node("Conv", [src, f"{name}_wd"], [out], name=name, pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+
+
+def residual_model(*, conv_qdq: bool, identity_qdq: bool, downsample: bool = False, pool: bool = False) -> Any:
+    """A residual block as NNCF and torch export it: r = Relu(x) through a Q/DQ pair into the conv branch
+    (Conv-Relu-Q/DQ-Conv) and the identity; Add(conv branch, identity) -> y.
+
+    conv_qdq: a Q/DQ pair on the conv-branch output too. identity_qdq: the identity input through a Q/DQ pair
+    (the block input's own pair, shared with the conv branch, as NNCF writes it). downsample: the identity is a
+    1-Conv downsample of the block input (both Add inputs then come from a Conv). pool: the identity is a MaxPool
+    of the quantized block input (TensorRT moves the DequantizeLinear past it)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), *_qdq("in", "r", "rd")]
+    nodes += [*_conv("conv1", "rd", "c1"), helper.make_node("Relu", ["c1"], ["c1r"], name="relu1")]
+    nodes += [*_qdq("mid", "c1r", "c1d"), *_conv("conv2", "c1d", "c2")]
+    main = "c2"
+    if conv_qdq:
+        nodes += _qdq("out", "c2", "c2d")
+        main = "c2d"
+    if downsample:
+        nodes += _conv("down", "rd", "cds")
+        identity = "cds"
+        if identity_qdq:
+            nodes += _qdq("id", "cds", "idd")
+            identity = "idd"
+    elif pool:
+        nodes.append(helper.make_node("MaxPool", ["rd" if identity_qdq else "r"], ["p"], name="pool",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))  # fmt: skip
+        identity = "p"
+    else:
+        identity = "rd" if identity_qdq else "r"
+    nodes.append(helper.make_node("Add", [main, identity], ["y"], name="add"))
+    inits = [
+        numpy_helper.from_array(np.array(0.05, dtype=np.float32), "s"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "z"),
+        numpy_helper.from_array(np.zeros(2, dtype=np.int8), "wz"),
+    ]
+    for conv in ("conv1", "conv2", "down"):
+        inits.append(numpy_helper.from_array(rng.integers(-100, 100, size=(2, 2, 3, 3)).astype(np.int8), f"{conv}_w"))
+        inits.append(numpy_helper.from_array(np.array([0.01, 0.02], dtype=np.float32), f"{conv}_ws"))
+    used = {i for n in nodes for i in n.input}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])
+    model = _model(nodes, [i for i in inits if i.name in used], [x], [y])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+CONV_QDQ = (
+    "residual Add add: its conv-branch input c2d (from Conv conv2) has a Q/DQ pair of its own, which keeps TensorRT "
+    "from fusing the Conv and the Add; quantize only the identity input"
+)
+IDENTITY_FLOAT = (
+    "residual Add add: its identity input {name} is not quantized; TensorRT keeps the Add in higher precision and "
+    "INT8 may be slower than FP16"
+)
+
+
+@pytest.mark.parametrize(("layout", "warnings"), [
+    ({"conv_qdq": False, "identity_qdq": True}, []),  # NVIDIA's layout: the identity only
+    ({"conv_qdq": False, "identity_qdq": True, "downsample": True}, []),
+    ({"conv_qdq": False, "identity_qdq": True, "pool": True}, []),  # DQ -> MaxPool is still quantized
+    ({"conv_qdq": True, "identity_qdq": True}, [CONV_QDQ]),
+    ({"conv_qdq": True, "identity_qdq": True, "downsample": True}, [CONV_QDQ]),
+    ({"conv_qdq": True, "identity_qdq": False}, [CONV_QDQ, IDENTITY_FLOAT.format(name="r")]),
+    ({"conv_qdq": False, "identity_qdq": False}, [IDENTITY_FLOAT.format(name="r")]),
+    ({"conv_qdq": False, "identity_qdq": False, "downsample": True}, [IDENTITY_FLOAT.format(name="cds")]),
+    ({"conv_qdq": False, "identity_qdq": False, "pool": True}, [IDENTITY_FLOAT.format(name="p")]),
+])  # fmt: skip
+def test_residual_add_wants_the_identity_quantized_and_the_conv_branch_not(
+    layout: dict[str, bool], warnings: list[str]
+) -> None:
+    """NVIDIA's quantized ResNet (pytorch-quantization's torchvision example) quantizes only the identity input of a
+    residual Add; an extra Q/DQ on the conv-branch input keeps TensorRT from fusing Conv + Add."""
+    report = check_rules(residual_model(**layout), "tensorrt")
+    assert report.errors == []
+    assert report.warnings == warnings
+    assert check_rules(residual_model(**layout), "cpu").warnings == []
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+def test_drop_conv_branch_qdq_leaves_the_identity_only_layout(downsample: bool) -> None:
+    import onnxruntime as ort
+
+    model = residual_model(conv_qdq=True, identity_qdq=True, downsample=downsample)
+    x = np.random.default_rng(1).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    want = residual_model(conv_qdq=False, identity_qdq=True, downsample=downsample)
+    assert drop_conv_branch_qdq(model) == 1
+    assert check_rules(model, "tensorrt").warnings == []
+    assert sorted(n.name for n in model.graph.node) == sorted(n.name for n in want.graph.node)
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(want.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ref)
+    assert drop_conv_branch_qdq(model) == 0  # idempotent
+
+
+def test_drop_conv_branch_qdq_keeps_a_pair_with_other_readers_and_an_unquantized_identity() -> None:
+    model = residual_model(conv_qdq=True, identity_qdq=False)
+    assert drop_conv_branch_qdq(model) == 0  # without a quantized identity, TensorRT cannot fuse the Add anyway
+    model = residual_model(conv_qdq=True, identity_qdq=True)
+    model.graph.output.append(helper.make_tensor_value_info("c2d", TensorProto.FLOAT, [1, 2, 4, 4]))
+    assert drop_conv_branch_qdq(model) == 1
+    names = {n.name for n in model.graph.node}
+    assert {"out_q", "out_dq"} <= names  # the pair still feeds a graph output
+    assert next(n for n in model.graph.node if n.name == "add").input[0] == "c2"
 
 
 def test_uint8_zero_points_are_fine_for_cpu_rules() -> None:

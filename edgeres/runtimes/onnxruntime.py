@@ -57,6 +57,9 @@ def select_providers(runtime: str, available: list[str], settings: RuntimeSettin
 def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
     """ONNX Runtime session options for `settings`: what compile saves the engine with and what runners load it with."""
     opts = ort.SessionOptions()
+    # Errors only: a float16 graph (an INT8 model's float parts for TensorRT) makes its optimiser warn once per node
+    # it cannot constant-fold on the CPU, which runs the graph all the same.
+    opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = {
@@ -65,6 +68,15 @@ def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.ort_optimization_level]
     return opts
+
+
+def disabled_optimizers(path: Path) -> tuple[str, ...]:
+    """ONNX Runtime graph passes to leave out for this model: those that miscompute a float16 Q/DQ graph (an INT8
+    model's float parts cast for TensorRT, judged here on the CPU; see edgeres.fp16)."""
+    from edgeres.fp16 import ORT_DISABLED_FOR_FP16_QDQ, has_float16_qdq
+
+    onnx = require("onnx")
+    return ORT_DISABLED_FOR_FP16_QDQ if has_float16_qdq(onnx.load(str(path), load_external_data=False)) else ()
 
 
 class OnnxRuntimeRunner(Runner):
@@ -79,7 +91,10 @@ class OnnxRuntimeRunner(Runner):
         if providers is None:
             providers = select_providers(self.name, list(ort.get_available_providers()), settings)
         self.session = ort.InferenceSession(
-            str(path), sess_options=session_options(ort, settings, threads), providers=providers
+            str(path),
+            sess_options=session_options(ort, settings, threads),
+            providers=providers,
+            disabled_optimizers=list(disabled_optimizers(path)),
         )
         want = EXECUTION_PROVIDERS.get(self.name)
         got = self.session.get_providers()

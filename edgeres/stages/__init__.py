@@ -42,8 +42,18 @@ register(
     ),
 )
 register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
-register("quantize", StageSpec("edgeres.stages.quantize", "train", 4, ("onnx", "nncf", "onnxruntime", "openvino")))
-register("compile", StageSpec("edgeres.stages.compile", "cpu", 2, ("onnx", "onnxruntime", "openvino", "tensorrt")))
+register(
+    "quantize",
+    StageSpec(
+        "edgeres.stages.quantize", "train", 5, ("onnx", "nncf", "onnxruntime", "openvino", "onnxconverter_common")
+    ),
+)
+register(
+    "compile",
+    StageSpec(
+        "edgeres.stages.compile", "cpu", 3, ("onnx", "onnxruntime", "openvino", "tensorrt", "onnxconverter_common")
+    ),
+)
 register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 3, ("onnx", "onnxruntime", "openvino", "torch")))
 register("package", StageSpec("edgeres.stages.package", "cpu", 1, ("onnx", "onnxruntime", "openvino", "numpy")))
 

@@ -5,7 +5,8 @@
 - cpu-openvino: OpenVINO IR (`model.xml` + `model.bin`), converted from the ONNX.
 - nvidia-gpu / jetson-orin (TensorRT): on a host with TensorRT and a GPU, the engine is built in a child process;
   elsewhere (the normal case on a build server or laptop) a device build kit is written instead, whose script builds
-  and measures the engine on the device with the same code.
+  and measures the engine on the device with the same code. An INT8 engine's float parts run in the precision the
+  quantize stage cast them to (`float_islands` in the manifest; its precision reads int8+fp16 then).
 
 `manifest.json` records the engine's sha256, the source ONNX's, the runtime version, the settings and the facts the
 engine depends on; the loader checks it before use.
@@ -90,7 +91,13 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
     if spec_path.is_file() and not (ctx.workdir / "model.json").exists():
         shutil.copyfile(spec_path, ctx.workdir / "model.json")
     files = sorted(p.name for p in ctx.workdir.iterdir() if p.is_file() and p.name != MANIFEST)
-    precision = precision_label(quantized=inp.metadata.get("metrics", {}).get("precision") == "int8", settings=settings)
+    upstream = inp.metadata.get("metrics", {})
+    quantized = upstream.get("precision") == "int8"
+    precision = precision_label(quantized=quantized, settings=settings)
+    if target.runtime == "tensorrt" and quantized:
+        # Strongly typed: an INT8 engine's float parts run in the ONNX's own types, which quantize wrote.
+        info["float_islands"] = upstream.get("float_islands", "fp32")
+        precision = "int8" if info["float_islands"] == "fp32" else f"int8+{info['float_islands']}"
     manifest = {
         "schema": "edgeres.manifest/1",
         "target": ctx.recipe.target,

@@ -7,8 +7,12 @@
 - Accuracy budget: with `max_accuracy_drop` set and plain PTQ beyond it, NNCF's accuracy control keeps the most
   sensitive layers in FP32 until the drop on val holds; the layers kept are listed, with the latency they cost.
 - Target rules: the Q/DQ graph is checked as written. TensorRT targets need signed int8 with zero point 0 (NNCF
-  writes uint8 for post-ReLU activations: rewritten here) and per-channel weights; a breach fails the stage naming
-  the node. Unquantized residual Adds are reported as a performance warning.
+  writes uint8 for post-ReLU activations: rewritten here) and per-tensor activation scales; a breach fails the stage
+  naming the node. Residual Adds get NVIDIA's layout (identity quantized, conv branch not: NNCF's Q/DQ on the
+  conv-branch input is dropped so TensorRT fuses Conv + Add); what still differs is reported as a performance warning.
+- Float islands (TensorRT targets): a strongly typed INT8 engine runs the graph's non-quantized parts in the ONNX's
+  own types, so they are cast here to the compile stage's precision (fp16 by default, as NVIDIA's Model Optimizer
+  does; inputs and outputs stay float32). Every candidate is judged, and shipped, as cast.
 - Accuracy (val and test, top-1 and agreement with FP32) through the target's runtime, not the fake-quantized model.
 - QAT (`qat:`): NNCF on the torch model upstream of export, trained a few epochs, exported to the same Q/DQ ONNX and
   judged the same way; `when: always`, or only when plain PTQ misses the budget (then before keeping layers FP32).
@@ -25,14 +29,15 @@ from edgeres import dist, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
+from edgeres.fp16 import fp16_from_fp32
 from edgeres.measure import measure_accuracy, p50_ms
 from edgeres.models import evaluate as torch_evaluate
 from edgeres.models import load_model
-from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
+from edgeres.ptq import TargetRewrite, for_target, quantize_ptq, symmetric_activations
 from edgeres.qdq import check_rules, float_layers, scales_digest
 from edgeres.recipe import Latency, QuantizeStage
 from edgeres.runtimes import open_runner
-from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings, settings_for
+from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings, float_precision, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.training import feed_for
 
@@ -70,6 +75,21 @@ def validate_calibration(items: list[Any], np: Any) -> None:
         )
 
 
+def float_islands(ctx: StageContext) -> str:
+    """The precision the INT8 model's float parts are written in: for TensorRT targets (strongly typed: the ONNX's
+    types are what runs) the compile stage's float precision, fp16 by default; fp32 elsewhere, where the runtime
+    decides."""
+    if ctx.recipe.target_spec().runtime != "tensorrt":
+        return "fp32"
+    wanted = float_precision(ctx.recipe)
+    if wanted not in ("fp32", "fp16"):
+        raise StageError(
+            f"target {ctx.recipe.target} runs TensorRT, whose INT8 engines edgeres builds with float parts in fp32 or "
+            f"fp16, and stages.compile.precision asks for {wanted}; set it to fp16 or fp32"
+        )
+    return wanted
+
+
 def eval_runtime(ctx: StageContext) -> str:
     """Accuracy is measured on the target's runtime; TensorRT targets use ONNX Runtime on this host (said so)."""
     rt = ctx.recipe.target_spec().runtime
@@ -81,9 +101,9 @@ class Candidate:
     """One quantized model and how it was judged on val through the target's runtime."""
 
     method: str  # ptq | qat | ptq+accuracy-control
-    model: Any  # the ONNX ModelProto as written (int8 for TensorRT targets)
+    model: Any  # the ONNX ModelProto as written (for TensorRT targets: int8, its float parts cast)
     path: Path
-    converted: int  # uint8 quantizers rewritten as signed int8 (TensorRT targets)
+    rewrite: TargetRewrite  # what the target's Q/DQ rules changed (TensorRT targets)
     val: dict[str, Any]
     val_pred: Any
     drop: float
@@ -119,7 +139,9 @@ class Quantization:
                 f"target {ctx.recipe.target} does not run int8 (it runs {', '.join(self.target.precisions)})"
             )
         self.runtime = eval_runtime(ctx)
-        # A TensorRT target is judged on ONNX Runtime in fp32 as a stand-in (its sidecar says which runtime).
+        self.islands = float_islands(ctx)
+        # A TensorRT target is judged on ONNX Runtime as a stand-in (its sidecar says which runtime), with fp32
+        # settings: the graph's float16 parts, where cast, run as the ONNX writes them.
         stand_in = self.runtime != self.target.runtime
         self.settings = RuntimeSettings(self.runtime) if stand_in else settings_for(ctx.recipe)
         unsupported = self.settings.unsupported_reason()
@@ -134,6 +156,11 @@ class Quantization:
         self.scratch = ctx.workdir / SCRATCH
         self.scratch.mkdir(exist_ok=True)
         self.fp32 = onnx.load(str(inp.primary_path))
+        if self.islands == "fp16":
+            ctx.reporter.log(
+                "INT8 for TensorRT: the float (non-quantized) parts are cast to fp16, as the strongly typed engine "
+                "runs them (stages.compile.precision fp32 keeps them fp32); accuracy is judged on the cast graph"
+            )
         self.fp32_val, self.fp32_val_pred = self.evaluate(inp.primary_path, "val")
         self.announced: list[bool] = []
 
@@ -142,9 +169,17 @@ class Quantization:
         with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.threads, settings=self.settings) as r:
             return measure_accuracy(r, data.numpy_batches(data.split(split), EVAL_BATCH))
 
+    def shipped(self, model: Any) -> tuple[Any, TargetRewrite]:
+        """The graph that ships from a quantizer's output (changed in place): rewritten for the target's Q/DQ rules,
+        and with its float parts cast where the target runs them in fp16."""
+        rewrite = for_target(model, self.target.qdq_rules)
+        if self.islands == "fp16":
+            model = fp16_from_fp32(model, source="the quantized model")
+        return model, rewrite
+
     def judge(self, model: Any, method: str, seconds: float, **extra: Any) -> Candidate:
-        """Write the quantized model (int8 for TensorRT targets) and measure its val top-1 on the runtime."""
-        converted = for_target(model, self.target.qdq_rules)
+        """Write the quantized model as it ships (see `shipped`) and measure its val top-1 on the runtime."""
+        model, rewrite = self.shipped(model)
         path = self.scratch / f"{method}.onnx"
         write_bytes_atomic(path, model.SerializeToString())
         val, val_pred = self.evaluate(path, "val")
@@ -154,7 +189,7 @@ class Quantization:
             f"(drop {100 * drop:.2f} pts)"
         )
         faults.point("quantize:candidate")
-        return Candidate(method, model, path, converted, val, val_pred, drop, seconds, **extra)
+        return Candidate(method, model, path, rewrite, val, val_pred, drop, seconds, **extra)
 
     def ptq(self) -> Candidate:
         self.ctx.reporter.log(
@@ -183,15 +218,19 @@ class Quantization:
 
     def accuracy_control(self) -> Candidate:
         """NNCF's accuracy control: the most sensitive layers stay FP32 until the val drop holds. NNCF hands each
-        model it evaluates; it is judged on the target's runtime with the shipped settings, like every candidate."""
+        model it evaluates; it is judged as it would ship, on the target's runtime with the shipped settings, like
+        every candidate."""
         nncf = require("nncf")
+        onnx = require("onnx")
         ctx, cfg = self.ctx, self.cfg
         assert cfg.max_accuracy_drop is not None
         val_items = list(ctx.data.numpy_batches(ctx.data.val, EVAL_BATCH))
         probe = self.scratch / "accuracy-control-probe.onnx"
 
         def validate(model: Any, dataset: Any) -> float:
-            write_bytes_atomic(probe, model.SerializeToString())
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # NNCF goes on with its own
+            write_bytes_atomic(probe, self.shipped(copy)[0].SerializeToString())
             with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.threads, settings=self.settings) as r:
                 return float(measure_accuracy(r, dataset)[0]["top1"])
 
@@ -342,7 +381,10 @@ def _run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact, announced: list[b
             "max_accuracy_drop": cfg.max_accuracy_drop,
             "tried": {c.method: c.drop for c in tried},
             "kept_fp32_layers": chosen.kept_fp32,
-            "unsigned_rewritten_to_int8": chosen.converted,
+            "unsigned_rewritten_to_int8": chosen.rewrite.unsigned_to_int8,
+            "conv_branch_qdq_dropped": chosen.rewrite.conv_branch_qdq_dropped,
+            # precision of the model's non-quantized parts as written (TensorRT runs them so; CPU runtimes decide)
+            "float_islands": q.islands,
             "rules": rules.to_dict(),
             "quick_latency": latency,
             "qat": next((c.qat for c in tried if c.qat is not None), None),  # also when accuracy control won after it

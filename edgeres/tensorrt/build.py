@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edgeres import fp16
 from edgeres.artifact import write_bytes_atomic, write_json_atomic, write_text_atomic
 from edgeres.deps import require
 from edgeres.errors import EdgeresError, MissingDependencyError, RecipeError, StageError
@@ -56,9 +57,6 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 PROGRESS_PREFIX = "edgeres-progress\t"
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-FP16_MAX = 65504.0
-# (op, input index) that must stay float32 when a model is cast to float16
-_FLOAT32_SLOTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 OOM_PATTERNS = (
     r"out of memory",
     r"cudaErrorMemoryAllocation",
@@ -131,112 +129,25 @@ def onnx_input(onnx_path: Path) -> tuple[str, list[int | str]]:
 
 
 def fp16_onnx_from_fp32(src: Path, dst: Path) -> Path:
-    """Write `src` with float32 weights and compute cast to float16 (TensorRT 11's FP16: no builder flag exists).
-
-    Float initializers, Constant/ConstantOfShape values, Cast(to=float) and dtype attributes become float16; the
-    graph's float inputs and outputs stay float32 through Cast nodes at the edges, so callers feed and read float32
-    as before. Values beyond the float16 range are clipped to +-65504. Resize/Upsample scales stay float32. Refuses
-    Q/DQ models (already quantized). The result passes onnx.checker with full (strict) shape inference.
-    """
+    """Write `src` with its float32 weights and compute cast to float16 (TensorRT 11's FP16: no builder flag exists),
+    inputs and outputs kept float32, by the converter the quantize stage casts INT8 models' float parts with
+    (`edgeres.fp16.fp16_from_fp32`). Refuses Q/DQ models: an INT8 model's float parts are cast by quantize."""
     onnx = _onnx()
-    np = require("numpy")
-    from onnx import TensorProto, helper, numpy_helper
-
-    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     model = onnx.load(str(src))
-    graph = model.graph
-    qdq = sum(n.op_type in QDQ_OPS for n in _nodes(graph))
+    qdq = sum(n.op_type in QDQ_OPS for n in _nodes(model.graph))
     if qdq:
         raise StageError(
-            f"{src} has {qdq} Q/DQ nodes: it is already quantized and is not cast to float16. Build it with "
-            f"precision int8 (strongly typed), or cast the unquantized ONNX."
+            f"{src} has {qdq} Q/DQ nodes: it is already quantized and is not cast to float16 here. Build it with "
+            f"precision int8 (strongly typed; the quantize stage casts its float parts to float16 for TensorRT "
+            f"targets), or cast the unquantized ONNX."
         )
-    keep = {n for node in _nodes(graph) for i, n in enumerate(node.input) if (node.op_type, i) in _FLOAT32_SLOTS and n}
-
-    def half_tensor(t: Any) -> None:
-        if t.data_type == FLOAT:
-            arr = np.clip(numpy_helper.to_array(t), -FP16_MAX, FP16_MAX).astype(np.float16)
-            t.CopyFrom(numpy_helper.from_array(arr, t.name))
-
-    def half_node(node: Any) -> None:
-        kept = bool(set(node.output) & keep)
-        for attr in list(node.attribute):
-            if attr.i == FLOAT and (attr.name == "dtype" or (attr.name == "to" and node.op_type == "Cast")):
-                attr.i = HALF
-            elif attr.name == "value" and node.op_type in ("Constant", "ConstantOfShape") and not kept:
-                half_tensor(attr.t)
-            elif attr.name in ("value_float", "value_floats") and node.op_type == "Constant" and not kept:
-                values = [attr.f] if attr.name == "value_float" else list(attr.floats)
-                data = np.clip(np.asarray(values, dtype=np.float32), -FP16_MAX, FP16_MAX).astype(np.float16)
-                shape = [] if attr.name == "value_float" else [len(values)]
-                node.attribute.remove(attr)
-                node.attribute.append(helper.make_attribute("value", helper.make_tensor("value", HALF, shape, data)))
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                half_graph(attr.g, top=False)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    half_graph(sub, top=False)
-
-    def half_graph(g: Any, *, top: bool) -> None:
-        converted = set()
-        for init in g.initializer:
-            if init.data_type == FLOAT and init.name not in keep:
-                half_tensor(init)
-                converted.add(init.name)
-        # a subgraph's declared inputs and outputs follow its compute; the top graph keeps float32 edges (below)
-        for vi in g.input if top else [*g.input, *g.output]:
-            tt = vi.type.tensor_type
-            if tt.elem_type == FLOAT and (not top or vi.name in converted):
-                tt.elem_type = HALF
-        for node in g.node:
-            half_node(node)
-        del g.value_info[:]  # re-inferred by the checker below
-
-    half_graph(graph, top=True)
-    for fn in model.functions:
-        for node in fn.node:
-            half_node(node)
-
-    inits = {i.name for i in graph.initializer}
-    head, tail = [], []
-    for vi in graph.input:
-        if vi.name not in inits and vi.type.tensor_type.elem_type == FLOAT:
-            inner = f"{vi.name}__fp16"
-            _rename_uses(graph, vi.name, inner)
-            head.append(helper.make_node("Cast", [vi.name], [inner], to=HALF, name=f"{vi.name}__to_fp16"))
-    for vi in graph.output:
-        if vi.type.tensor_type.elem_type == FLOAT:
-            inner = f"{vi.name}__fp16"
-            for node in graph.node:
-                node.output[:] = [inner if o == vi.name else o for o in node.output]
-            _rename_uses(graph, vi.name, inner)
-            tail.append(helper.make_node("Cast", [inner], [vi.name], to=FLOAT, name=f"{vi.name}__to_fp32"))
-    nodes = [*head, *graph.node, *tail]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    props = {p.key: p.value for p in model.metadata_props}
-    props["edgeres.fp16"] = "float16 weights and compute; float32 inputs and outputs"
-    helper.set_model_props(model, props)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise StageError(
-            f"casting {src} to float16 gave a model that fails onnx.checker ({exc}). An operator in it needs a "
-            f"float32 input this cast does not know about; build with TensorRT 10 (BuilderFlag.FP16), or convert the "
-            f"model with NVIDIA ModelOpt AutoCast (python -m modelopt.onnx.autocast) and build that as fp32."
-        ) from exc
+    half = fp16.fp16_from_fp32(model, source=str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() > 2**31 - 2**20:  # protobuf's 2 GiB limit
-        onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    if half.ByteSize() > 2**31 - 2**20:  # protobuf's 2 GiB limit
+        onnx.save_model(half, str(dst), save_as_external_data=True, location=dst.name + ".data")
     else:
-        onnx.save_model(model, str(dst))
+        onnx.save_model(half, str(dst))
     return dst
-
-
-def _rename_uses(graph: Any, old: str, new: str) -> None:
-    """Point every consumer of value `old` (subgraphs included) at `new`."""
-    for node in _nodes(graph):
-        node.input[:] = [new if i == old else i for i in node.input]
 
 
 # ---------------------------------------------------------------------------------------------------- the build
