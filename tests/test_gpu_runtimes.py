@@ -73,8 +73,8 @@ def test_gpu_runtime_refuses_a_silent_cpu_fallback(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(ort, "get_available_providers", lambda: GPU_PROVIDERS)
     real_session = ort.InferenceSession
 
-    def cpu_session(path: str, sess_options: Any = None, providers: Any = None) -> Any:
-        return real_session(path, sess_options=sess_options, providers=[CPU_EP])
+    def cpu_session(path: str, sess_options: Any = None, providers: Any = None, **kw: Any) -> Any:
+        return real_session(path, sess_options=sess_options, providers=[CPU_EP], **kw)
 
     monkeypatch.setattr(ort, "InferenceSession", cpu_session)
     with pytest.raises(ProviderUnavailable, match=r"loaded .* with CPUExecutionProvider although CUDAExecutionProv"):
