@@ -15,6 +15,7 @@ corruption, severity): the same images on every machine and in every process.
 
 from __future__ import annotations
 
+import importlib
 import math
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,8 @@ def _brightness(x: torch.Tensor, c: float) -> torch.Tensor:
 def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int) -> torch.Tensor:
     """`images` (uint8, N x 3 x H x W) corrupted by `name` at ImageNet-C `severity` (1-5); uint8 out."""
     torch = require("torch")
-    F = require("torchvision.transforms.v2.functional", purpose="corrupt images (robustness checks)")
+    require("torchvision", purpose="corrupt images for the robustness check (benchmark.fidelity.robustness)")
+    F = importlib.import_module("torchvision.transforms.v2.functional")
     if name not in SEVERITY_PARAMS:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
     c = SEVERITY_PARAMS[name][severity - 1]
