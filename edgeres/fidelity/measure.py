@@ -56,8 +56,11 @@ def measure_fidelity(
         from edgeres.fidelity.profile import layer_profile
 
         t0 = time.perf_counter()
-        out["profile"] = layer_profile(
-            runtime, path, runner.settings, threads=threads, runs=prof["runs"], sample=np.ascontiguousarray(sample)
-        )
+        try:
+            out["profile"] = layer_profile(
+                runtime, path, runner.settings, threads=threads, runs=prof["runs"], sample=np.ascontiguousarray(sample)
+            )
+        except Exception as exc:  # a diagnostic: a runtime that refuses to profile is reported, not fatal
+            out["profile"] = {"skipped": f"the profiler failed: {type(exc).__name__}: {exc}"[:500]}
         out["profile"]["seconds"] = round(time.perf_counter() - t0, 3)
     return out
