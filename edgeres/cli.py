@@ -210,6 +210,14 @@ def bench(
     show_default=True,
     help="Largest allowed relative peak-RSS increase.",
 )
+@click.option(
+    "--max-corruption-drop",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Largest allowed drop of the mean top-1 under common corruptions, absolute (0.01 = 1 point), where both "
+    "reports measured it with the same settings.",
+)
 @click.option("--allow-invalid", is_flag=True, help="Do not fail on latency runs that missed their minimums.")
 def compare(
     base: str,
@@ -217,6 +225,7 @@ def compare(
     max_latency_regression: float,
     max_accuracy_drop: float,
     max_memory_growth: float,
+    max_corruption_drop: float,
     allow_invalid: bool,
 ) -> None:
     from edgeres.errors import RegressionError
@@ -229,6 +238,7 @@ def compare(
         max_accuracy_drop=max_accuracy_drop,
         max_memory_growth=max_memory_growth,
         allow_invalid=allow_invalid,
+        max_corruption_drop=max_corruption_drop,
     )
     for line in result.lines:
         click.echo(line)

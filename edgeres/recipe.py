@@ -12,7 +12,7 @@ import copy
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -458,6 +458,77 @@ class Offline(Strict):
     max_duration_s: float = Field(60.0, gt=0, description="Stop after this long; missing the minimums is invalid.")
 
 
+CorruptionName = Literal["gaussian_noise", "gaussian_blur", "brightness", "contrast", "jpeg_compression", "pixelate"]
+
+
+class Robustness(Strict):
+    images: int = Field(
+        500,
+        ge=1,
+        le=50_000,
+        description="Cap on the test images corrupted: a seeded subset of the accuracy split (all of it when smaller), "
+        "so a recipe gives the same figures on any machine.",
+    )
+    corruptions: list[CorruptionName] = Field(
+        default_factory=lambda: list(get_args(CorruptionName)),
+        min_length=1,
+        description="ImageNet-C style corruptions applied to the uint8 images before normalisation.",
+    )
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(
+        default_factory=lambda: [1, 3, 5],
+        min_length=1,
+        description="ImageNet-C severity levels (1-5) of each corruption; the mean corruption accuracy averages them.",
+    )
+
+
+class Saliency(Strict):
+    images: int = Field(
+        16, ge=1, le=1000, description="Cap on the test images explained (a seeded subset of the accuracy split)."
+    )
+    grid: int = Field(
+        8,
+        ge=2,
+        le=32,
+        description="Occlusion cells per side: each image costs grid x grid + 1 forward passes per engine.",
+    )
+    top_fraction: float = Field(
+        0.2, gt=0, le=1, description="The top share of cells whose overlap with the baseline's top cells is reported."
+    )
+    min_rank_correlation: float = Field(
+        0.5,
+        ge=-1,
+        le=1,
+        description="An engine whose mean rank correlation with the baseline's maps is below this is flagged as "
+        "looking elsewhere, and compared layer by layer.",
+    )
+
+
+class Layerwise(Strict):
+    images: int = Field(4, ge=1, le=64, description="Images run through both graphs when comparing layer by layer.")
+    below_agreement: float = Field(
+        0.98,
+        ge=0,
+        le=1,
+        description="Compare an engine with FP32 layer by layer when its top-1 agreement with the baseline (clean or "
+        "mean under corruption) is below this, or its saliency is flagged.",
+    )
+
+
+class Fidelity(Strict):
+    robustness: Robustness | None = Field(
+        default_factory=Robustness, description="Accuracy under common corruptions; null skips it."
+    )
+    saliency: Saliency | None = Field(
+        default_factory=Saliency, description="Explanation agreement (occlusion sensitivity); null skips it."
+    )
+    layerwise: Layerwise | None = Field(
+        default_factory=Layerwise, description="Layer-by-layer comparison where agreement is low; null skips it."
+    )
+    profile_runs: int = Field(
+        10, ge=0, le=1000, description="Batch-1 runs of the per-layer profile of each engine; 0 skips the profile."
+    )
+
+
 class BenchmarkStage(StageBase):
     type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
     runtimes: list[RuntimeName] = Field(
@@ -478,6 +549,11 @@ class BenchmarkStage(StageBase):
     )
     baseline: str | None = Field(
         None, description="Variant that accuracy drop and agreement are measured against; default the first."
+    )
+    fidelity: Fidelity | None = Field(
+        default_factory=Fidelity,
+        description="Robustness under corruptions, explanation agreement, layer-by-layer comparison and per-layer "
+        "profiles of each engine against the baseline; null skips them all.",
     )
 
     def reads(self, recipe: Recipe, variant: str) -> list[str]:

@@ -94,6 +94,18 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             acc, preds = measure_accuracy(runner, ((x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)))
             out["accuracy"] = acc
             out["predictions"] = preds.tolist()
+        if spec.get("fidelity"):  # after the timed runs: nothing here slows or grows what was measured above
+            from edgeres.fidelity.measure import measure_fidelity
+
+            out["fidelity"] = measure_fidelity(
+                runner,
+                spec["fidelity"],
+                batch=min(spec["batch"], accuracy_batch_size(limit)),
+                sample=x[:1],
+                runtime=spec["runtime"],
+                path=spec["path"],
+                threads=spec["threads"],
+            )
     return out
 
 

@@ -213,3 +213,34 @@ def test_report_names_the_recipe_that_was_built(base_build: Build, tmp_path: Pat
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["recipe"] == "other"
     assert yaml.safe_load((out / "recipe.resolved.yaml").read_text(encoding="utf-8"))["name"] == "other"
+
+
+def test_report_fidelity(base_build: Build) -> None:
+    """Robustness, saliency and profiles for every row; the FP32 model on OpenVINO against itself on ONNX Runtime
+    (the baseline's first runtime) agrees: same corrupted predictions, same saliency maps."""
+    report = json.loads((base_build.out / "report.json").read_text(encoding="utf-8"))
+    fid = report["fidelity"]
+    assert fid["robustness_images"] == 32 and fid["saliency_images"] == 16
+    assert 1 <= len(fid["grid"]) <= 4
+    first, second = report["results"]
+    for r in (first, second):
+        assert set(r["robustness"]["corruptions"]) == {
+            "gaussian_noise",
+            "gaussian_blur",
+            "brightness",
+            "contrast",
+            "jpeg_compression",
+            "pixelate",
+        }
+        assert set(r["robustness"]["top1_by_severity"]) == {"0", "1", "3", "5"}
+        assert len(r["saliency"]["maps"]) == 16
+        assert r["profile"]["layers"] > 0
+    assert "agreement_under_corruption" not in first["robustness"]  # the reference itself
+    assert second["robustness"]["agreement_under_corruption"] >= 0.97
+    assert second["saliency"]["rank_correlation"] > 0.9
+    assert second["saliency"]["flagged"] is False
+    md = (base_build.out / "report.md").read_text(encoding="utf-8")
+    assert "## Fidelity" in md and "mean corruption top-1 %" in md
+    page = (base_build.out / "report.html").read_text(encoding="utf-8")
+    assert 'id="saliency-grid"' in page and "data:image/png;base64," in page
+    assert "accuracy under common corruptions" in page

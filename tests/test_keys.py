@@ -187,9 +187,15 @@ def mutations(value: Any, schema: str = "") -> list[Any]:
         return ["cpu-openvino", "cpu-onnxruntime", "sgd", "adamw", "l2", "bn", "global", "cosine", "constant",
                 "onecycle", "torchscript", "dynamo", "mixed", "performance", "all", "basic", "throughput", "fp32",
                 "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18", "skip",
-                "10", "test2"]  # fmt: skip
+                "10", "test2", "per-process"]  # fmt: skip
     if isinstance(value, list):
-        return [["onnxruntime"], ["openvino"], [*value, 1.0][:3] if value and isinstance(value[0], float) else []]
+        return [
+            ["onnxruntime"],
+            ["openvino"],
+            ["contrast"],  # benchmark.fidelity.robustness.corruptions
+            [2],  # benchmark.fidelity.robustness.severities
+            [*value, 1.0][:3] if value and isinstance(value[0], float) else [],
+        ]
     if value is None:
         return [2, 1, 16, 0.5, "main", "fp32", [0.5, 0.5, 0.5], {"temperature": 2.0, "weight": 0.3}, {"when": "always"}]
     if isinstance(value, dict):

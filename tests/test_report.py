@@ -293,6 +293,9 @@ def test_compare_identical_reports_exits_0(base_json: tuple[dict[str, Any], Path
     res = compare(base, write_json(tmp_path / "new.json", report))
     assert res.code == 0, res.stderr
     lines = res.stdout.splitlines()
+    corruption = [line for line in lines if ": mean corruption top-1 " in line]  # one per row (fidelity on)
+    assert len(corruption) == len(report["results"]) and all("(+0.00 pts)" in line for line in corruption)
+    lines = [line for line in lines if line not in corruption]
     for line, r in zip(lines, report["results"], strict=False):
         p50, top1 = r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"]
         assert re.fullmatch(

@@ -154,6 +154,21 @@ class DataBundle:
         for x, y in self.batches(split, batch_size, indices=torch.arange(n)):
             yield x.numpy(), y.numpy()
 
+    def raw_images(self, split: Split, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N x 3 x H x W) of `split` at `indices`, before normalisation (in memory or decoded)."""
+        torch = require("torch")
+        if split.images is not None:
+            return split.images[indices].contiguous()
+        files = _Files(split, "none", 0)
+        return torch.stack([files[int(i)][0] for i in indices])
+
+    def subset_indices(self, split: Split, size: int, seed: int) -> torch.Tensor:
+        """A seeded subset of `split` (all of it when smaller), sorted: the same images on every machine."""
+        torch = require("torch")
+        n = min(size, len(split))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(split), generator=g)[:n].sort().values
+
     def calibration_indices(self, size: int, seed: int) -> tuple[torch.Tensor, str]:
         """A seeded subset of val (never test) and a hash of its identity, so a recipe gives the same scales."""
         torch = require("torch")

@@ -191,6 +191,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["metrics"].items())
             lines.append(f"| {s['variant']} | {s['stage']} | {_num(s['seconds'], '.1f')} | {nums} | {s['key'][:12]} |")
         lines.append("")
+    from edgeres.report.fidelity import markdown_section
+
+    lines += markdown_section(report)
     lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v != "absent"), ""]
     return "\n".join(lines)
 
@@ -285,6 +288,9 @@ def render_html(report: dict[str, Any]) -> str:
         for u in report.get("unmeasured", [])
     )
     plot = svg if svg else "<p><i>Plot unavailable: install the report extra (matplotlib).</i></p>"
+    from edgeres.report.fidelity import html_section
+
+    fidelity_html = html_section(report)
     head = (
         "<th>variant</th><th>runtime</th><th>precision</th><th>top-1 %</th><th>top-5 %</th><th>drop (pts)</th>"
         "<th>agreement %</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>offline img/s</th><th>load ms</th>"
@@ -314,6 +320,7 @@ first).<br>{esc(versions)}</p>
 <p class="meta">★ on the Pareto front of accuracy against p50 latency. Single-stream: batch 1. Peak RSS: the inference
 process alone (interpreter and runtime libraries included).</p>
 {unmeasured_html}
+{fidelity_html}
 <h2>Stages</h2>
 <table class="stages"><thead><tr><th>variant</th><th>stage</th><th>seconds</th><th>numbers</th><th>cache key</th></tr>
 </thead>

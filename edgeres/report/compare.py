@@ -1,6 +1,7 @@
 """`edgeres compare`: the CI gate. Compares two report.json files row by row (variant, runtime) and lists every
-regression beyond the thresholds: latency (p50, relative), accuracy (top-1, absolute points), memory (peak RSS,
-relative), a row that disappeared, and (unless allowed) a measurement that is not valid.
+regression beyond the thresholds: latency (p50, relative), accuracy (top-1, absolute points), mean accuracy under
+common corruptions (absolute points, where both reports measured it), memory (peak RSS, relative), a row that
+disappeared, and (unless allowed) a measurement that is not valid.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def compare_reports(
     max_accuracy_drop: float,
     max_memory_growth: float,
     allow_invalid: bool = False,
+    max_corruption_drop: float | None = None,
 ) -> Comparison:
+    """Row by row; `max_corruption_drop` (absolute, 0.01 = 1 point) gates the mean corruption top-1 where both rows
+    carry robustness figures measured with the same settings (None: not gated)."""
     out = Comparison()
     new_rows = {(r["variant"], r["runtime"]): r for r in new["results"]}
     for b in base["results"]:
@@ -77,6 +81,21 @@ def compare_reports(
                 f"{name}: top-1 dropped {100 * drop:.2f} pts, more than --max-accuracy-drop "
                 f"{100 * max_accuracy_drop:g} pts"
             )
+        b_rob, n_rob = b.get("robustness") or {}, n.get("robustness") or {}
+        if max_corruption_drop is not None and "mean_corruption_top1" in b_rob and "mean_corruption_top1" in n_rob:
+            b_mc, n_mc = b_rob["mean_corruption_top1"], n_rob["mean_corruption_top1"]
+            same = list(b_rob.get("corruptions", {})) == list(n_rob.get("corruptions", {})) and b_rob.get(
+                "images"
+            ) == n_rob.get("images")
+            out.lines.append(
+                f"{name}: mean corruption top-1 {100 * b_mc:.2f} -> {100 * n_mc:.2f} ({100 * (n_mc - b_mc):+.2f} pts)"
+                + ("" if same else " (other corruption settings: not gated)")
+            )
+            if same and b_mc - n_mc > max_corruption_drop:
+                out.regressions.append(
+                    f"{name}: mean corruption top-1 dropped {100 * (b_mc - n_mc):.2f} pts, more than "
+                    f"--max-corruption-drop {100 * max_corruption_drop:g} pts"
+                )
         if mem is not None and mem > max_memory_growth:
             out.regressions.append(
                 f"{name}: peak RSS {100 * mem:+.1f}% exceeds --max-memory-growth {100 * max_memory_growth:g}%"

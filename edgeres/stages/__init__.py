@@ -29,6 +29,7 @@ def register(name: str, spec: StageSpec) -> None:
     REGISTRY[name] = spec
 
 
+# benchmark 4: fidelity figures (robustness, saliency, per-layer profile) in the report.
 # finetune 2, prune 4, quantize 4: each image's augmentation is drawn from (epoch key, image index), so that streamed
 # and in-memory splits train alike.
 register("finetune", StageSpec("edgeres.stages.finetune", "train", 2, ("torch", "torchvision")))
@@ -54,7 +55,10 @@ register(
         "edgeres.stages.compile", "cpu", 3, ("onnx", "onnxruntime", "openvino", "tensorrt", "onnxconverter_common")
     ),
 )
-register("benchmark", StageSpec("edgeres.stages.benchmark", "cpu", 3, ("onnx", "onnxruntime", "openvino", "torch")))
+register(
+    "benchmark",
+    StageSpec("edgeres.stages.benchmark", "cpu", 4, ("onnx", "onnxruntime", "openvino", "torch", "torchvision")),
+)
 register("package", StageSpec("edgeres.stages.package", "cpu", 1, ("onnx", "onnxruntime", "openvino", "numpy")))
 
 
