@@ -478,7 +478,7 @@ def cache_ls(cache_path: str | None) -> None:
 def cache_clean(cache_path: str | None, partial: bool) -> None:
     """Entries are removed under their lock: an entry a running build holds (writing it, its .partial folder, its
     lock file) is skipped and named, never pulled from under the build."""
-    from edgeres.pipeline import lock_holder, try_lock
+    from edgeres.locks import lock_holder, try_lock
 
     root = _cache_dir(cache_path)
     removed, freed, skipped = 0, 0, 0

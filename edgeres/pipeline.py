@@ -14,14 +14,13 @@ reuses it. The holder writes its PID into the lock file; `edgeres cache clean` s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from edgeres import __version__, dist, faults
 from edgeres.artifact import (
@@ -39,41 +38,13 @@ from edgeres.artifact import (
 from edgeres.deps import versions
 from edgeres.errors import CacheError, EdgeresError, RecipeError, StageError, StorageError, write_failure
 from edgeres.keys import host_facts, key_material, reads_data, stage_key
+from edgeres.locks import held
 from edgeres.progress import Reporter
 from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
 from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 LOCK_TIMEOUT_S = 3600.0
-LOCK_POLL_S = 0.1
-
-
-def lock_holder(path: Path) -> str:
-    """The PID a lock file's holder wrote into it, as text ('unknown' if it wrote none yet)."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return "unknown"
-    return text if text.isdigit() else "unknown"
-
-
-def try_lock(path: Path) -> IO[str] | None:
-    """The lock file at `path` opened and exclusively locked, or None when another process holds it. The lock is on
-    the file `path` names when it returns: one that was removed (cache clean) while we locked it is opened again."""
-    while True:
-        f = open(path, "a+")  # noqa: SIM115 (returned open)
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return f
-        f.close()  # closing releases the lock on the removed file
 
 
 @contextlib.contextmanager
@@ -83,35 +54,22 @@ def entry_lock(
     """Exclusive lock on `path`, holding this process's PID; waits (saying so) while another build holds it, for at
     most `timeout_s` seconds, then raises CacheError naming the holder's PID. With `remove`, the lock file is
     deleted before the lock is released (a waiter then locks a new file: see try_lock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    waiting = False
-    while (f := try_lock(path)) is None:
-        if not waiting:
-            reporter.log(
-                f"waiting for another build (PID {lock_holder(path)}) that is writing {path.stem}, at most "
-                f"{timeout_s:g} s (--lock-timeout) ..."
-            )
-            waiting = True
-        if time.monotonic() - start >= timeout_s:
-            raise CacheError(
-                f"cache entry {path.stem} is being written by another build (PID {lock_holder(path)}), which still "
-                f"held its lock {path} after {timeout_s:g} s (--lock-timeout). Wait for that build to finish, stop "
-                "it, or raise --lock-timeout"
-            )
-        time.sleep(min(LOCK_POLL_S, max(0.0, timeout_s - (time.monotonic() - start))))
-    with f:
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            yield
-        finally:
-            f.truncate(0)
-            if remove:
-                path.unlink(missing_ok=True)
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def waiting(pid: str) -> None:
+        reporter.log(
+            f"waiting for another build (PID {pid}) that is writing {path.stem}, at most {timeout_s:g} s "
+            "(--lock-timeout) ..."
+        )
+
+    def timed_out(pid: str) -> CacheError:
+        return CacheError(
+            f"cache entry {path.stem} is being written by another build (PID {pid}), which still held its lock "
+            f"{path} after {timeout_s:g} s (--lock-timeout). Wait for that build to finish, stop it, or raise "
+            "--lock-timeout"
+        )
+
+    with held(path, timeout_s=timeout_s, waiting=waiting, timed_out=timed_out, remove=remove):
+        yield
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,13 @@ replacing the file (edgeres.tensorrt.build). TensorRT itself refuses a cache fro
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgeres.artifact import sha256_json
 from edgeres.errors import CacheError
+from edgeres.locks import held
 from edgeres.tensorrt.facts import DeviceFacts
 
 TIMING_DIR = "tensorrt-timing"
@@ -57,26 +55,12 @@ def shared_timing_cache(root: Path, facts: DeviceFacts) -> Path | None:
 def cache_lock(path: Path, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Exclusive lock on `<path>.lock` while reading or replacing the timing cache `path`."""
     lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(lock, "a+") as f:
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - start >= timeout_s:
-                    raise CacheError(
-                        f"the TensorRT timing cache {path} stayed locked by another build for {timeout_s:g} s. Wait "
-                        f"for that build to finish, or delete {lock} if no build is running."
-                    ) from None
-                time.sleep(0.1)
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            yield
-        finally:
-            f.truncate(0)
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def timed_out(_pid: str) -> CacheError:
+        return CacheError(
+            f"the TensorRT timing cache {path} stayed locked by another build for {timeout_s:g} s. Wait "
+            f"for that build to finish, or delete {lock} if no build is running."
+        )
+
+    with held(lock, timeout_s=timeout_s, timed_out=timed_out):
+        yield
