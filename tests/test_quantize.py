@@ -140,7 +140,12 @@ def qdq_constants(model: Any) -> dict[str, bytes]:
 
 
 def ort_predictions(model_path: Path, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes from ONNX Runtime, with the graph passes edgeres' runner turns off for a float16 Q/DQ graph
+    """Top-1 classes from ONNX Runtime (see ort_logits)."""
+    return ort_logits(model_path, x).argmax(1)
+
+
+def ort_logits(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """Logits from ONNX Runtime, with the graph passes edgeres' runner turns off for a float16 Q/DQ graph
     (test_fp16.py checks the runner against ONNX Runtime without graph optimisation)."""
     import onnxruntime as ort
 
@@ -155,7 +160,7 @@ def ort_predictions(model_path: Path, x: np.ndarray) -> np.ndarray:
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(disabled_optimizers(model_path)),
     )
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def split_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -908,21 +913,88 @@ def test_constant_calibration_images_are_refused(value: float, shown: str) -> No
 # -------------------------------------------------------------------------------------- accuracy-bounded PTQ
 
 
-@pytest.fixture(scope="module")
-def self_labelled(cpu_build: QBuild, data: Any) -> tuple[Any, Any, Any]:
-    """(recipe, export artifact, data) where val is the test images labelled with the FP32 model's own answers:
-    FP32 val top-1 is exactly 1.0, so any INT8 disagreement on val is an accuracy drop."""
+# A probe with teeth for accuracy-bounded PTQ. The shared tiny model (one epoch) answers one class for every image,
+# so no quantization error can change its answers. This one is trained until it tells the classes apart (test top-1
+# 1.0), and its val split is the 32 test images, labelled with the FP32 model's own answers, with one image replaced
+# by an image on a decision boundary that plain PTQ (one calibration image) answers differently: a blend of two test
+# images the FP32 model classes differently, taken where its answer flips. FP32 val top-1 is exactly 1.0, plain PTQ
+# is one answer short of it, and accuracy control has to find the layers that change that answer.
+TRAINED_FINETUNE = {"type": "finetune", "epochs": 6, "batch_size": 16, "optimizer": {"type": "sgd", "lr": 0.05}}
+
+
+def trained_recipe(**quantize: Any) -> dict[str, Any]:
+    stages: list[dict[str, Any]] = [TRAINED_FINETUNE, EXPORT]
+    if quantize:
+        stages.append({"type": "quantize", **quantize})
+    recipe = tiny_recipe(target="cpu-onnxruntime", stages=stages)
+    recipe["data"] = {**recipe["data"], "augment": "none"}
+    return recipe
+
+
+def as_inputs(data: Any, images: Any) -> np.ndarray:
+    """uint8 images preprocessed as the data says (the runner's input)."""
     import torch
 
     from edgeres.data import Split
 
-    recipe = as_recipe(quantize_recipe(calibration_size=1, max_accuracy_drop=0.0))
-    export = read_artifact(cpu_build.export.path)
+    return np.concatenate([b[0] for b in data.numpy_batches(Split(images, torch.zeros(len(images))), 512)])
+
+
+def boundary_images(data: Any, model_path: Path, steps: int = 12) -> Any:
+    """uint8 blends of two test images the model classes differently, each at the blend where its answer flips
+    (bisection on the blend weight, all pairs at once), sorted by the model's top-2 logit margin."""
+    import torch
+
+    images = data.test.images
+    pred = ort_predictions(model_path, as_inputs(data, images))
+    i, j = (torch.from_numpy(v) for v in np.nonzero(pred[:, None] < pred[None, :]))
+    a, b = images[i].float(), images[j].float()
+    lo, hi = torch.zeros(len(i)), torch.ones(len(i))
+
+    def blend(t: Any) -> Any:
+        return torch.round(a + (b - a) * t[:, None, None, None]).to(torch.uint8)
+
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        same = torch.from_numpy(ort_predictions(model_path, as_inputs(data, blend(mid))) == pred[i.numpy()])
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    blends = blend(lo)
+    top2 = np.sort(ort_logits(model_path, as_inputs(data, blends)), 1)[:, -2:]
+    return blends[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]
+
+
+@pytest.fixture(scope="module")
+def self_labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Any, Any]:
+    """(recipe, export artifact, data, finetune artifact): the trained model's export, and the val split described
+    above."""
+    import torch
+
+    from edgeres.data import Split, load_data
+
+    root = tmp_path_factory.mktemp("q-trained")
+    build = _build(root, trained_recipe(), cache=root / "cache")
+    finetune, exported = build.result.lineage["main"]
+    export = read_artifact(exported.path)
     assert export is not None
-    x, _ = split_arrays(data, "test")
-    labels = torch.from_numpy(ort_predictions(export.primary_path, x).astype(np.int64))
-    bundle = dataclasses.replace(data, val=Split(data.test.images.clone(), labels))
-    return recipe, export, bundle
+    recipe = as_recipe(trained_recipe(calibration_size=1, max_accuracy_drop=0.0))
+    data = load_data(recipe.data, seed=0)
+
+    def labelled(images: Any) -> Any:
+        labels = ort_predictions(export.primary_path, as_inputs(data, images))
+        return dataclasses.replace(data, val=Split(images, torch.from_numpy(labels.astype(np.int64))))
+
+    clean = data.test.images.clone()
+    plain = as_recipe(trained_recipe(calibration_size=1))  # no budget: plain PTQ, calibrated on one clean image
+    run_quantize_stage(root / "plain-ptq", plain, export, labelled(clean))
+    # the image replaced is not the calibration image, so PTQ's scales stay those of the plain run
+    replaced = next(i for i in reversed(range(len(clean))) if i != int(data.calibration_indices(1, 0)[0][0]))
+    near = boundary_images(data, export.primary_path)[:64]
+    fp32 = ort_predictions(export.primary_path, as_inputs(data, near))
+    int8 = ort_predictions(root / "plain-ptq" / "model.onnx", as_inputs(data, near))
+    changed = np.nonzero(fp32 != int8)[0]
+    assert changed.size, "plain PTQ on one image changed none of 64 boundary images: the probe needs a new model"
+    clean[replaced] = near[int(changed[0])]
+    return recipe, export, labelled(clean), finetune
 
 
 def run_quantize_stage(
@@ -953,12 +1025,8 @@ def run_quantize_stage(
 PTQ_LINE = re.compile(r"PTQ on onnxruntime: val top-1 1\.0000 -> (\d\.\d{4}) \(drop (\d+\.\d\d) pts\)")
 
 
-@pytest.mark.skip(
-    reason="needs PTQ to lose accuracy on the tiny model; since per-image augmentation (finetune version 2) its "
-    "one-epoch model loses none, so this path has no default test until the fixture is rebuilt"
-)
-def test_accuracy_control_holds_a_zero_drop(self_labelled: tuple[Any, Any, Any], tmp_path: Path) -> None:
-    recipe, export, bundle = self_labelled
+def test_accuracy_control_holds_a_zero_drop(self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path) -> None:
+    recipe, export, bundle, _ = self_labelled
     out, log = run_quantize_stage(tmp_path / "work", recipe, export, bundle)
     # plain PTQ on one calibration image drops accuracy on val ...
     ptq = PTQ_LINE.search(log)
@@ -989,17 +1057,13 @@ def test_accuracy_control_holds_a_zero_drop(self_labelled: tuple[Any, Any, Any],
     assert m["seconds"]["accuracy_control"] > 0
 
 
-@pytest.mark.skip(
-    reason="needs PTQ to lose accuracy on the tiny model; since per-image augmentation (finetune version 2) its "
-    "one-epoch model loses none, so this path has no default test until the fixture is rebuilt"
-)
 def test_accuracy_budget_that_cannot_be_held_fails(
-    self_labelled: tuple[Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When accuracy control cannot restore the budget (here: NNCF returns plain PTQ), the stage says so."""
     import nncf
 
-    recipe, export, bundle = self_labelled
+    recipe, export, bundle, _ = self_labelled
 
     def no_restoration(model: Any, calib: Any, _val: Any, _validate: Any, **kw: Any) -> Any:
         return nncf.quantize(model, calib, subset_size=kw["subset_size"], preset=kw["preset"],
@@ -1118,19 +1182,12 @@ def test_two_qat_builds_give_identical_scales(qat_build: QBuild, base_build: Bui
     assert again.metrics["scales_sha256"] == qat_build.metrics["scales_sha256"]
 
 
-@pytest.mark.skip(
-    reason="needs PTQ to lose accuracy on the tiny model; since per-image augmentation (finetune version 2) its "
-    "one-epoch model loses none, so this path has no default test until the fixture is rebuilt"
-)
-def test_qat_after_ptq_misses_the_budget(
-    self_labelled: tuple[Any, Any, Any], cpu_build: QBuild, tmp_path: Path
-) -> None:
+def test_qat_after_ptq_misses_the_budget(self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path) -> None:
     """PTQ on one calibration image misses a zero budget, so QAT runs next; if it too misses, accuracy control."""
-    _, export, bundle = self_labelled
+    _, export, bundle, torch_model = self_labelled
     recipe = as_recipe(
-        quantize_recipe(calibration_size=1, max_accuracy_drop=0.0, qat={"when": "if-ptq-misses", "epochs": 1})
+        trained_recipe(calibration_size=1, max_accuracy_drop=0.0, qat={"when": "if-ptq-misses", "epochs": 1})
     )
-    torch_model = cpu_build.result.lineage["main"][0]
     out, log = run_quantize_stage(tmp_path / "work", recipe, export, bundle, torch_source=torch_model)
     ptq = PTQ_LINE.search(log)
     assert ptq is not None and float(ptq.group(2)) > 0
