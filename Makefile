@@ -11,7 +11,7 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt clean typings \
+.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt bench-peers clean typings \
 	tensorrt-api
 
 $(BIN)/python:
@@ -70,6 +70,16 @@ bench-repro: install
 # Streaming loader against training throughput: make bench-loader DATA_ROOT=<image folder root, e.g. CIFAR-10>
 bench-loader: install
 	$(BIN)/python benchmarks/loader.py $(DATA_ROOT) --json benchmarks/results/loader.json
+
+# edgeres against its peers on CIFAR-10 (benchmarks/peers.py; needs ../shared: the data and the trained checkpoint).
+# The data is unpacked once to PEERS_DATA, outside the repository. Builds recipes/cifar10-peers.yaml first (hours on
+# 2 cores, resumable); PEERS_ARGS=--available measures only what is already built.
+SHARED     ?= ../shared
+PEERS_DATA ?= $(HOME)/.cache/edgeres-data/cifar10
+PEERS_ARGS ?=
+bench-peers: install
+	@test -d $(PEERS_DATA)/train || { mkdir -p $(PEERS_DATA) && tar -xzf $(SHARED)/data/cifar10-jpeg.tar.gz -C $(PEERS_DATA); }
+	$(BIN)/python benchmarks/peers.py --data-root $(PEERS_DATA) --weights $(SHARED)/models/resnet50-cifar10.pt $(PEERS_ARGS)
 
 # The TensorRT device check (NVIDIA GPU or Jetson; under 8 minutes): see README, "TensorRT device check".
 bench-tensorrt: install
