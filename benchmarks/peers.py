@@ -132,7 +132,9 @@ class TorchModel(Runner):
 
         torch.set_num_threads(threads)
         self._torch = torch
-        self.model = torch.compile(model) if compiled else model
+        # static shapes: one compiled graph per input shape (a handful here), as a deployment with a fixed input
+        # would compile it; automatic dynamic shapes would recompile for a symbolic batch after the second shape
+        self.model = torch.compile(model, dynamic=False) if compiled else model
 
     def infer(self, batch: Any) -> Any:
         with self._torch.inference_mode():

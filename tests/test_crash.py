@@ -162,6 +162,7 @@ def test_prune_recovery_resumes_after_a_crash(tmp_path: Path, fault_env: Any) ->
     assert files_of(cache) == files_of(tmp_path / "ref")
 
 
+@pytest.mark.slow  # about a minute; prune recovery's resume (same epoch checkpoints) stays in the default suite
 def test_qat_resumes_after_a_crash(tmp_path: Path, fault_env: Any) -> None:
     quantize = {"type": "quantize", "qat": {"when": "always", "epochs": 2, "batch_size": 32}}
     recipe = tiny_recipe(name="qat-crash", stages=[{**FINETUNE, "epochs": 1}, {"type": "export"}, quantize])
@@ -208,6 +209,7 @@ def test_a_full_disk_fails_the_write_names_it_and_keeps_what_was_built(tmp_path:
     assert run_cli("build", str(path), "--cache", str(cache), "--out", str(out)).code == 0
 
 
+@pytest.mark.slow  # about a minute; the simulated ENOSPC tests of the same path stay in the default suite
 def test_a_real_write_limit_is_reported_and_a_rerun_completes(tmp_path: Path) -> None:
     """No hook: the kernel refuses writes past a file-size limit (RLIMIT_FSIZE, EFBIG), as it would on a full
     disk. The ONNX export (megabytes) cannot be written; the finetune entry stays whole; a re-run goes on."""
