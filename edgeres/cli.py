@@ -9,6 +9,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +348,23 @@ def _verify_options(f: Any) -> Any:
     return f
 
 
+@contextmanager
+def _opened_bundle(
+    bundle: str, purpose: str, keys: tuple[str, ...], integrity_only: bool, min_version: int | None
+) -> Iterator[Any]:
+    """The bundle checked (signature unless integrity_only, manifest, version) and unpacked into a temporary folder
+    that lives as long as the `with` block."""
+    import tempfile
+
+    from edgeres.bundle.verify import open_bundle
+
+    with tempfile.TemporaryDirectory(prefix=f"edgeres-{purpose}-") as tmp:
+        yield open_bundle(
+            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
+            min_version=min_version,
+        )  # fmt: skip
+
+
 @cli.command(help="Check a bundle before use: safe archive, signature, manifest and every file's sha256, version.")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @_verify_options
@@ -358,17 +377,10 @@ def verify(
     target: str | None,
     load_too: bool,
 ) -> None:
-    import tempfile
-
     from edgeres.bundle.load import device_differences
-    from edgeres.bundle.verify import open_bundle
 
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgeres-verify-") as tmp:
-        opened = open_bundle(
-            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
-            min_version=min_version,
-        )  # fmt: skip
+    with _opened_bundle(bundle, "verify", keys, integrity_only, min_version) as opened:
         m = opened.manifest
         by = f"signed by {opened.signed_by}" if opened.signed_by else "integrity only (signature not checked)"
         click.echo(
@@ -410,18 +422,11 @@ def embed(
     min_version: int | None,
     target: str | None,
 ) -> None:
-    import tempfile
-
     from edgeres.bundle.embed import embed_bin, embed_c
-    from edgeres.bundle.verify import open_bundle
     from edgeres.errors import BundleError
 
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="edgeres-embed-") as tmp:
-        opened = open_bundle(
-            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
-            min_version=min_version,
-        )  # fmt: skip
+    with _opened_bundle(bundle, "embed", keys, integrity_only, min_version) as opened:
         if target is not None and opened.manifest.target.get("name") != target:
             raise BundleError(f"{bundle} is for target {opened.manifest.target.get('name')}, not {target}; refused")
         if fmt == "c":

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeres.bundle.pack import golden_set, write_bundle
+from edgeres.bundle.pack import golden_set, input_description, write_bundle
 from edgeres.errors import BundleError
 from edgeres.runtimes.base import MANIFEST
 
@@ -91,20 +91,12 @@ def bundle_from_kit(folder: Path, dest: Path, *, version: int, golden_images: in
             "tensorrt": em.settings.to_dict(),
         },
         "model": {"arch": spec.get("arch"), "num_classes": spec.get("num_classes"), "pruned": "channels" in spec},
-        "input": {
-            "name": em.input_name,
-            "shape": em.input_shape,
-            "dtype": "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "height": pre.height,
-            "width": pre.width,
-            "scale": "pixel / 255 (uint8 0-255 -> 0-1)",
-            "mean": list(pre.mean),
-            "std": list(pre.std),
-            "formula": "x = (pixel / 255 - mean[c]) / std[c]",
-            "resize": {"height": pre.height, "width": pre.width, "method": "as the build's data (see its recipe)"},
-        },
+        "input": input_description(
+            em.input_name,
+            em.input_shape,
+            pre,
+            {"height": pre.height, "width": pre.width, "method": "as the build's data (see its recipe)"},
+        ),
         "output": {"name": "logits", "shape": [em.input_shape[0], len(spec["preprocessing"]["classes"])]},
         "classes": [str(c) for c in spec["preprocessing"]["classes"]],
         "measured": {"device_report": REPORT if report else None, "results": rows},

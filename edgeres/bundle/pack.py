@@ -23,7 +23,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeres import __version__
 from edgeres.artifact import sha256_file, write_bytes_atomic
@@ -31,6 +31,9 @@ from edgeres.bundle.manifest import LABELS, MANIFEST, SCHEMA, UINT32_MAX, seal
 from edgeres.bundle.tarsafe import write_tar
 from edgeres.deps import require, versions
 from edgeres.errors import StageError
+
+if TYPE_CHECKING:
+    from edgeres.preprocess import Preprocessing
 
 GOLDEN_CANDIDATES = 64
 # Tolerances of the boot self-test when the recipe sets none. Float engines (fp32): measured, ONNX Runtime and
@@ -50,6 +53,24 @@ class Golden:
     indices: list[int]  # which images of the split they are
     max_abs_diff: float
     reference: str  # what computed the logits
+
+
+def input_description(name: str, shape: list[Any], pre: Preprocessing, resize: Any) -> dict[str, Any]:
+    """The manifest's `input` block: the tensor the engine takes and how pixels become it (preprocess.py)."""
+    return {
+        "name": name,
+        "shape": shape,
+        "dtype": "float32",
+        "layout": "NCHW",
+        "color": "RGB",
+        "height": pre.height,
+        "width": pre.width,
+        "scale": "pixel / 255 (uint8 0-255 -> 0-1)",
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "formula": "x = (pixel / 255 - mean[c]) / std[c]",
+        "resize": resize,
+    }
 
 
 def engine_files(fmt: str, manifest: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ import shutil
 from typing import Any
 
 from edgeres.artifact import Artifact
-from edgeres.bundle.pack import Golden, engine_files, golden_set, write_bundle
+from edgeres.bundle.pack import Golden, engine_files, golden_set, input_description, write_bundle
 from edgeres.deps import available, require
 from edgeres.errors import StageError
 from edgeres.keys import host_facts
@@ -132,20 +132,9 @@ def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
             "tensorrt": manifest.get("settings") if target.runtime == "tensorrt" else None,
         },
         "model": {"arch": spec.get("arch"), "num_classes": spec.get("num_classes"), "pruned": "channels" in spec},
-        "input": {
-            "name": input_meta.get("name", "input"),
-            "shape": shape,
-            "dtype": "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "height": pre.height,
-            "width": pre.width,
-            "scale": "pixel / 255 (uint8 0-255 -> 0-1)",
-            "mean": list(pre.mean),
-            "std": list(pre.std),
-            "formula": "x = (pixel / 255 - mean[c]) / std[c]",
-            "resize": resize_rule(ctx.recipe.data, pre.height, pre.width),
-        },
+        "input": input_description(
+            input_meta.get("name", "input"), shape, pre, resize_rule(ctx.recipe.data, pre.height, pre.width)
+        ),
         "output": {"name": "logits", "shape": [shape[0], len(classes)], "dtype": "float32", "softmax": "not applied"},
         "classes": classes,
         "measured": rows,
