@@ -673,14 +673,12 @@ def olive_note() -> str | None:
 
 
 def machine_tag() -> str:
+    from edgeres.keys import cpu_flags
     from edgeres.measure import cpu_name
 
     cpu = cpu_name().lower()
     vendor = next((v for v in ("epyc", "xeon", "ryzen", "core", "graviton", "neoverse") if v in cpu), "cpu")
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
-    except OSError:
-        flags = set()
+    flags = set(cpu_flags())
     isa = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), "base")
     return f"{vendor}-{isa.replace('_', '')}"
 
