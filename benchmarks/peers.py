@@ -68,7 +68,8 @@ GOAL_POINTS = 1.0
 
 
 class DefaultOpenVino(Runner):
-    """OpenVINO as a user gets it: `compile_model(model, "CPU")` with nothing set but the thread count."""
+    """OpenVINO as a user gets it: `compile_model(model, "CPU")` with nothing set but the thread count. Its float
+    precision then follows the CPU (bf16 where it has AVX512_BF16 or AMX): what it chose is read back and reported."""
 
     name = "openvino"
 
@@ -79,6 +80,7 @@ class DefaultOpenVino(Runner):
         self._core, self._ov = ov.Core(), ov
         self._model = self._core.read_model(str(path))
         self._compiled: dict[int, Any] = {}
+        self.inference_precision: str | None = None
 
     def _request(self, batch: int) -> Any:
         if batch not in self._compiled:
@@ -88,6 +90,7 @@ class DefaultOpenVino(Runner):
                 shape[0] = batch
                 model.reshape({model.input(0): shape})
             compiled = self._core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads})
+            self.inference_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
             self._compiled[batch] = compiled.create_infer_request()
         return self._compiled[batch]
 
@@ -96,6 +99,9 @@ class DefaultOpenVino(Runner):
 
     def version(self) -> str:
         return str(self._ov.get_version())
+
+    def effective(self) -> dict[str, Any]:
+        return {"inference_precision": self.inference_precision}
 
 
 class DefaultOnnxRuntime(Runner):
@@ -607,6 +613,7 @@ def main() -> None:
         runners = {row.name: row.opener(size) for row in rows}
         for row in rows:  # compile and warm before the timed rounds
             runners[row.name].infer(samples[0])
+            row.results.setdefault("effective", runners[row.name].effective())
         per_round: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
         for r in range(args.rounds):
             for row in rows:
@@ -763,7 +770,7 @@ def markdown(report: dict[str, Any]) -> str:
     for t in report["rows"]:
         peak = t.get("peak_rss_bytes")
         lines.append(
-            f"| {t['name']} | {t['how']} | {t['runtime']} | {100 * t['top1']:.2f} | "
+            f"| {t['name']} | {t['how']} | {t['runtime']}{_float_precision(t)} | {100 * t['top1']:.2f} | "
             f"{100 * t['agreement_base_fp32']:.2f} | {t['p50_ms_32']:.2f} | {t['p90_ms_32']:.2f} | "
             f"{t['p50_ms_224']:.1f} | {t['p90_ms_224']:.1f} | {t.get('speedup_vs_fastest_peer_32', 0):.2f} / "
             f"{t.get('speedup_vs_fastest_peer_224', 0):.2f} | {t['offline_samples_per_s']:.0f} | "
@@ -773,6 +780,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Extra training epochs per variant: {json.dumps(report['extra_epochs'])}.", ""]
     lines += [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _float_precision(row: dict[str, Any]) -> str:
+    """' (bf16)' where OpenVINO ran the float parts in other than f32 (its defaults follow the CPU), else ''."""
+    got = (row.get("effective") or {}).get("inference_precision")
+    return f" ({got})" if got not in (None, "f32") else ""
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

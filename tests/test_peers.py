@@ -137,3 +137,21 @@ def test_the_goal_needs_the_speed_at_both_sizes_within_a_point_of_the_fair_model
 def test_without_the_fair_model_the_goal_is_not_judged(peers: ModuleType) -> None:
     goal = _summary(peers, [_row(peers, "NNCF", "peer", 0.8, 2.0, 20.0)])["goal"]
     assert goal["status"] == "not judged: the fair FP32 reference (fp32-fair) is not built yet"
+
+
+def test_openvino_defaults_report_the_precision_this_cpu_gave_them(
+    peers: ModuleType, tiny_export: tuple[Any, Path]
+) -> None:
+    """OpenVINO's default float precision follows the CPU (bf16 with AVX512_BF16 or AMX): the peer row says which."""
+    import openvino as ov
+
+    _, path = tiny_export
+    runner = peers.DefaultOpenVino(path, threads=1)
+    runner.infer(np.zeros((1, 3, 32, 32), dtype=np.float32))
+    caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    got = runner.effective()["inference_precision"]
+    # a CPU without native bf16/fp16 runs f32; one with it may run either, which is why the row reports it
+    assert got == "f32" if not caps & {"BF16", "FP16"} else got in ("f32", "bf16", "f16")
+    assert peers._float_precision({"effective": {"inference_precision": "bf16"}}) == " (bf16)"
+    assert peers._float_precision({"effective": {"inference_precision": "f32"}}) == ""
+    assert peers._float_precision({}) == ""
