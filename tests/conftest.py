@@ -168,6 +168,25 @@ def _isolated_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert not (root / "edgeres").exists(), "a test used the default cache instead of its own tmp cache"
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """mktemp for module-scoped builds: the folders are removed when the module's tests are done.
+
+    A ResNet-18 build with its caches is 100-1,000 MB; kept to the end of the session they added up to ~10 GB,
+    more than some CI machines have free. Session-scoped builds stay; per-test tmp_path folders go when the test
+    passes (tmp_path_retention_policy = "failed" in pyproject.toml).
+    """
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class Build:
     recipe: dict[str, Any]

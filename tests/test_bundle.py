@@ -41,8 +41,8 @@ MEMBERS = [
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("keys")
+def keys(module_tmp: Any) -> dict[str, Path]:
+    root = module_tmp("keys")
     for name in ("release", "other"):
         res = run_cli("keygen", str(root / name))
         assert res.code == 0, res.stderr
@@ -55,8 +55,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
+def bundles(module_tmp: Any, keys: dict[str, Path]) -> dict[str, Path]:
+    root = module_tmp("bundles")
     unsigned = make_bundle(root / "tiny.tar", version=5)
     res = run_cli("sign", str(unsigned), "--key", str(keys["key"]), "--out", str(root / "signed.tar"))
     assert res.code == 0, res.stderr

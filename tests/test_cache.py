@@ -108,8 +108,8 @@ def test_stage_name_does_not_change_the_key(base_build: Build) -> None:
 
 
 @pytest.fixture(scope="module")
-def variants_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
-    cache = tmp_path_factory.mktemp("variants") / "cache"
+def variants_build(module_tmp: Any) -> tuple[Any, Path, Path]:
+    cache = module_tmp("variants") / "cache"
     out = cache.parent / "out"
     recipe = with_stage(tiny_recipe(), 2, runtimes=["onnxruntime"], isolate=False)
     recipe["variants"] = {"a": {}, "b": {"set": {"stages.export.opset": 17}}}

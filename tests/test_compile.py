@@ -72,8 +72,8 @@ class CBuild:
 
 
 @pytest.fixture(scope="module")
-def build(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> CBuild:
-    root = tmp_path_factory.mktemp("compile")
+def build(base_build: Build, module_tmp: Any) -> CBuild:
+    root = module_tmp("compile")
     cache, out = root / "cache", root / "out"
     shutil.copytree(base_build.cache, cache)
     result, log = run_pipeline(RECIPE, cache, out)

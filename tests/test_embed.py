@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not 
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("embed")
+def signed(module_tmp: Any) -> dict[str, Path]:
+    root = module_tmp("embed")
     assert run_cli("keygen", str(root / "k")).code == 0
     out = {"pub": root / "k.pub"}
     for runtime in ("onnxruntime", "openvino"):

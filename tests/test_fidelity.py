@@ -175,8 +175,8 @@ def test_rank_correlation_and_overlap_on_hand_made_maps() -> None:
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("probe")
+def probe(module_tmp: Any) -> dict[str, Any]:
+    tmp = module_tmp("probe")
     left, right = half_reader(tmp / "left.onnx", "left"), half_reader(tmp / "right.onnx", "right")
     base = measure(tmp, left, "onnxruntime")
     classes = base["fidelity"]["saliency"]["classes"]

@@ -45,8 +45,8 @@ class PBuild:
 
 
 @pytest.fixture(scope="module")
-def build(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> PBuild:
-    root = tmp_path_factory.mktemp("package")
+def build(base_build: Build, module_tmp: Any) -> PBuild:
+    root = module_tmp("package")
     shutil.copytree(base_build.cache, root / "cache")
     result, _ = run_pipeline(RECIPE, root / "cache", root / "out")
     return PBuild(root / "cache", root / "out", result)

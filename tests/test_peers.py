@@ -54,13 +54,13 @@ def test_a_reference_with_less_training_is_refused(peers: ModuleType) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory, peers: ModuleType) -> tuple[Any, Path]:
+def tiny_export(module_tmp: Any, peers: ModuleType) -> tuple[Any, Path]:
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()
-    path = peers.plain_export(model, tmp_path_factory.mktemp("plain") / "model.onnx")
+    path = peers.plain_export(model, module_tmp("plain") / "model.onnx")
     return model, path
 
 

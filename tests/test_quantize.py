@@ -83,14 +83,14 @@ def _build(
 
 
 @pytest.fixture(scope="module")
-def cpu_build(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
-    return _build(tmp_path_factory.mktemp("q-cpu"), quantize_recipe(), copy_from=base_build.cache)
+def cpu_build(base_build: Build, module_tmp: Any) -> QBuild:
+    return _build(module_tmp("q-cpu"), quantize_recipe(), copy_from=base_build.cache)
 
 
 @pytest.fixture(scope="module")
-def cpu_build_again(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+def cpu_build_again(base_build: Build, module_tmp: Any) -> QBuild:
     """The same recipe built again in a second, separate cache."""
-    return _build(tmp_path_factory.mktemp("q-cpu-again"), quantize_recipe(), copy_from=base_build.cache)
+    return _build(module_tmp("q-cpu-again"), quantize_recipe(), copy_from=base_build.cache)
 
 
 def trt_recipe(**compile_cfg: Any) -> dict[str, Any]:
@@ -101,22 +101,22 @@ def trt_recipe(**compile_cfg: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def trt_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+def trt_build(cpu_build: QBuild, module_tmp: Any) -> QBuild:
     """The TensorRT target up to quantize, built in the CPU build's cache (finetune and export are shared)."""
-    root = tmp_path_factory.mktemp("q-trt")
+    root = module_tmp("q-trt")
     return _build(root, trt_recipe(), cache=cpu_build.cache, until_stage="quantize")
 
 
 @pytest.fixture(scope="module")
-def trt_compiled(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+def trt_compiled(trt_build: QBuild, module_tmp: Any) -> QBuild:
     """The same recipe to the end: compile runs over trt_build's quantize entry (a device kit, without TensorRT)."""
-    return _build(tmp_path_factory.mktemp("q-trt-compiled"), trt_recipe(), cache=trt_build.cache)
+    return _build(module_tmp("q-trt-compiled"), trt_recipe(), cache=trt_build.cache)
 
 
 @pytest.fixture(scope="module")
-def trt_fp32_islands(trt_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
+def trt_fp32_islands(trt_build: QBuild, module_tmp: Any) -> QBuild:
     """The TensorRT target with stages.compile.precision fp32: the INT8 model's float parts stay float32."""
-    root = tmp_path_factory.mktemp("q-trt-fp32")
+    root = module_tmp("q-trt-fp32")
     return _build(root, trt_recipe(precision="fp32"), cache=trt_build.cache, until_stage="quantize")
 
 
@@ -964,14 +964,14 @@ def boundary_images(data: Any, model_path: Path, steps: int = 12) -> Any:
 
 
 @pytest.fixture(scope="module")
-def self_labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Any, Any]:
+def self_labelled(module_tmp: Any) -> tuple[Any, Any, Any, Any]:
     """(recipe, export artifact, data, finetune artifact): the trained model's export, and the val split described
     above."""
     import torch
 
     from edgeres.data import Split, load_data
 
-    root = tmp_path_factory.mktemp("q-trained")
+    root = module_tmp("q-trained")
     build = _build(root, trained_recipe(), cache=root / "cache")
     finetune, exported = build.result.lineage["main"]
     export = read_artifact(exported.path)
@@ -1095,13 +1095,13 @@ RESNET18_BATCHNORMS = 20
 
 
 @pytest.fixture(scope="module")
-def qat_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
-    return _build(tmp_path_factory.mktemp("qat-cpu"), quantize_recipe(qat=QAT), cache=cpu_build.cache)
+def qat_build(cpu_build: QBuild, module_tmp: Any) -> QBuild:
+    return _build(module_tmp("qat-cpu"), quantize_recipe(qat=QAT), cache=cpu_build.cache)
 
 
 @pytest.fixture(scope="module")
-def qat_trt_build(cpu_build: QBuild, tmp_path_factory: pytest.TempPathFactory) -> QBuild:
-    return _build(tmp_path_factory.mktemp("qat-trt"), quantize_recipe("nvidia-gpu", qat=QAT), cache=cpu_build.cache)
+def qat_trt_build(cpu_build: QBuild, module_tmp: Any) -> QBuild:
+    return _build(module_tmp("qat-trt"), quantize_recipe("nvidia-gpu", qat=QAT), cache=cpu_build.cache)
 
 
 def test_qat_runs_only_the_quantize_stage_keyed_on_the_torch_model(qat_build: QBuild) -> None:

@@ -153,9 +153,9 @@ def cifar10(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cache(module_tmp: Any) -> Path:
     """One cache for both builds: the decoded splits and the finetune entry are made once."""
-    return tmp_path_factory.mktemp("real-cache") / "cache"
+    return module_tmp("real-cache") / "cache"
 
 
 @pytest.fixture(scope="module")

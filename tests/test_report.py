@@ -464,9 +464,9 @@ def test_compare_exit_code_through_python_m(base_json: tuple[dict[str, Any], Pat
 
 
 @pytest.fixture(scope="module")
-def bench_run(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> tuple[CliResult, Path, Path]:
+def bench_run(base_build: Build, module_tmp: Any) -> tuple[CliResult, Path, Path]:
     onnx_path = base_build.out / "models" / "main" / "model.onnx"
-    out = tmp_path_factory.mktemp("bench") / "out.json"
+    out = module_tmp("bench") / "out.json"
     res = run_cli(
         "bench", str(onnx_path), "--min-queries", "5", "--min-duration", "0", "--threads", "1", "--json", str(out)
     )
