@@ -11,7 +11,7 @@ STUBS  := typings/tensorrt
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt bench-peers clean typings \
+.PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt bench-peers bench-floor clean typings \
 	tensorrt-api
 
 $(BIN)/python:
@@ -80,6 +80,10 @@ PEERS_ARGS ?=
 bench-peers: install
 	@test -d $(PEERS_DATA)/train || { mkdir -p $(PEERS_DATA) && tar -xzf $(SHARED)/data/cifar10-jpeg.tar.gz -C $(PEERS_DATA); }
 	$(BIN)/python benchmarks/peers.py --data-root $(PEERS_DATA) --weights $(SHARED)/models/resnet50-cifar10.pt $(PEERS_ARGS)
+
+# Batch-1 latency at 32x32 against width and depth pruning, untrained (benchmarks/latency_floor.py; needs ../shared).
+bench-floor: install
+	$(BIN)/python benchmarks/latency_floor.py --weights $(SHARED)/models/resnet50-cifar10.pt
 
 # The TensorRT device check (NVIDIA GPU or Jetson; under 8 minutes): see README, "TensorRT device check".
 bench-tensorrt: install

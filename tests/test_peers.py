@@ -37,6 +37,7 @@ def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> No
     assert extra["int8"] == 0
     assert extra["pruned50-int8"] == extra["pruned30-fp32"] == 3  # recovery
     assert extra["pruned30-int8-qat"] == 4  # recovery + QAT
+    assert extra["pruned30r4-int8"] == 4  # one more recovery epoch, as many as the reference
 
 
 def test_a_reference_with_less_training_is_refused(peers: ModuleType) -> None:
