@@ -24,7 +24,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing
+import shutil
 import statistics
 import sys
 import tempfile
@@ -114,6 +116,7 @@ def main() -> None:
     depths = [tuple(int(k) for k in d.split("-")) for d in args.depths.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="edgeres-floor-"))
+    atexit.register(shutil.rmtree, work, True)  # the models are only for this run, also when it fails
     rows: list[dict[str, Any]] = []
     runners: dict[str, Any] = {}
     base = work / "dense.onnx"
