@@ -6,15 +6,16 @@ most of a query's time is fixed cost per layer rather than arithmetic. This scri
 can go there, with no training (the weights' values do not change the kernels' speed; the models' accuracy is not
 measured and is meaningless here):
 
-- width: the model pruned uniformly with Torch-Pruning to several channel ratios (L1, round_to of the target: the
-  prune stage's own pruner), the depth kept;
+- width: the model pruned to several channel ratios by the prune stage's own pruner, with the recipe variant's
+  prune settings (L1, uniform, round_to 16 for cifar10-peers), the depth kept;
 - depth: the same with only the first k bottleneck blocks of each stage kept (the others have identity shortcuts, so
   the network stays whole): what removing layers, which no channel pruner does, would buy.
 
-Each model is exported, INT8-quantized and run exactly as the prune stage's latency probe does it (the recipe's
-export settings, edgeres' PTQ on 32 images, OpenVINO with the settings the compile stage ships), and measured in
-interleaved rounds against NNCF's default PTQ of the unpruned model on OpenVINO with its defaults (the fastest peer in
-peers.py), all with the same threads. Output: JSON and Markdown in benchmarks/results/.
+Each model is exported and INT8-quantized by the function the prune stage's latency probe uses
+(`edgeres.stages.prune.shipped_onnx`: the recipe's export settings, edgeres' PTQ, here on 32 random images), run on
+OpenVINO with the settings the compile stage ships, and measured right after NNCF's default PTQ of the unpruned model
+on OpenVINO with its defaults (the fastest peer in peers.py) in each round, all with the same threads. Output: JSON
+and Markdown in benchmarks/results/.
 
 Usage:
     python benchmarks/latency_floor.py [--weights resnet50-cifar10.pt] [--size 32] [--rounds 5]
@@ -41,18 +42,18 @@ from edgeres.artifact import write_json_atomic, write_text_atomic
 from edgeres.deps import require, versions
 from edgeres.measure import environment, measure_latency
 from edgeres.models import build_model, load_weights, read_state_dict
-from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
 from edgeres.recipe import load_recipe, variant_recipe
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import settings_for
-from edgeres.torch_to_onnx import onnx_from_torch
+from edgeres.stages.prune import _pruner, macs_of, shipped_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = 32  # as the prune stage's latency probe: the graph, not its scales, sets the speed
 
 
-def shaped(weights: Path | None, depth: tuple[int, ...], ratio: float, round_to: int, size: int) -> Any:
-    """ResNet-50 (10 classes) with the first depth[i] blocks of stage i, pruned uniformly to `ratio` of channels."""
+def shaped(weights: Path | None, depth: tuple[int, ...], ratio: float, prune: Any, round_to: int, size: int) -> Any:
+    """ResNet-50 (10 classes) with the first depth[i] blocks of stage i, pruned in one step to `ratio` of channels by
+    the prune stage's own pruner with the recipe's prune settings (criterion, scope)."""
     torch = require("torch")
     tp = require("torch_pruning")
     model = build_model("resnet50", 10)
@@ -64,19 +65,9 @@ def shaped(weights: Path | None, depth: tuple[int, ...], ratio: float, round_to:
     model.eval()
     example = torch.zeros(1, 3, size, size)
     if ratio > 0:
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example,
-            importance=tp.importance.GroupMagnitudeImportance(p=1),
-            pruning_ratio=ratio,
-            max_pruning_ratio=0.9,
-            ignored_layers=[model.fc],
-            round_to=round_to,
-        )
-        pruner.step()
-    macs, _ = tp.utils.count_ops_and_params(model, example)
+        _pruner(tp, model, example, prune, ratio, 1, round_to).step()
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return model, int(macs), convs
+    return model, macs_of(model, example), convs
 
 
 def main() -> None:
@@ -99,16 +90,15 @@ def main() -> None:
     )
     args = ap.parse_args()
     np = require("numpy")
-    onnx = require("onnx")
-    torch = require("torch")
 
     recipe = variant_recipe(load_recipe(args.recipe), args.variant)
     target = recipe.target_spec()
     export = next(s for s in recipe.stages if s.type == "export")
     quantize = next(s for s in recipe.stages if s.type == "quantize")
+    prune = next(s for s in recipe.stages if s.type == "prune")
     settings = settings_for(recipe)
     threads = args.threads or recipe.threads or multiprocessing.cpu_count()
-    round_to = target.round_to or 1
+    round_to = prune.round_to or target.round_to or 1
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, args.size, args.size)).astype("float32") for _ in range(CALIBRATION)]
     samples = [rng.standard_normal((1, 3, args.size, args.size)).astype("float32") for _ in range(64)]
@@ -120,8 +110,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     runners: dict[str, Any] = {}
     base = work / "dense.onnx"
-    model, base_macs, _ = shaped(args.weights, (3, 4, 6, 3), 0.0, round_to, args.size)
-    onnx_from_torch(model, torch.zeros(1, 3, args.size, args.size), export, base)
+    model, base_macs, _ = shaped(args.weights, (3, 4, 6, 3), 0.0, prune, round_to, args.size)
+    shipped_onnx(model, (args.size, args.size), export, None, target.qdq_rules, calib, base)
     runners["NNCF INT8, OpenVINO defaults (dense)"] = DefaultOpenVino(
         nncf_openvino(base, calib, work / "nncf.xml"), threads=threads
     )
@@ -132,17 +122,10 @@ def main() -> None:
     for depth in depths:
         for ratio in ratios:
             name = f"edgeres INT8 depth {'-'.join(map(str, depth))} ratio {ratio:.2f}"
-            model, macs, convs = shaped(args.weights, depth, ratio, round_to, args.size)
-            path = work / f"m{len(rows)}.onnx"
-            onnx_from_torch(model, torch.zeros(1, 3, args.size, args.size), export, path)
-            q = quantize_ptq(
-                onnx.load(str(path)),
-                calib,
-                symmetric=symmetric_activations(quantize.preset, target.qdq_rules),
-                fast_bias_correction=quantize.fast_bias_correction,
+            model, macs, convs = shaped(args.weights, depth, ratio, prune, round_to, args.size)
+            path = shipped_onnx(
+                model, (args.size, args.size), export, quantize, target.qdq_rules, calib, work / f"m{len(rows)}.onnx"
             )
-            for_target(q, target.qdq_rules)
-            onnx.save(q, str(path))
             runners[name] = open_runner(settings.runtime, path, fmt="onnx", threads=threads, settings=settings)
             rows.append({"name": name, "depth": list(depth), "ratio": ratio, "macs_fraction": macs / base_macs})
             rows[-1]["convs"] = convs

@@ -29,7 +29,7 @@ from edgeres.errors import StageError
 from edgeres.measure import interleaved_ratio
 from edgeres.models import channel_spec, count_params, evaluate, load_model, save_model
 from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
-from edgeres.recipe import ExportStage, Latency, PruneStage, RatioBudget
+from edgeres.recipe import ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
 from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import onnx_from_torch
@@ -90,6 +90,36 @@ def macs_of(model: Any, example: Any) -> int:
     return int(macs)
 
 
+def shipped_onnx(
+    model: Any,
+    image_size: tuple[int, int],
+    export: ExportStage,
+    quantize: QuantizeStage | None,
+    qdq_rules: str,
+    calibration: list[Any],
+    path: Path,
+) -> Path:
+    """`model` as the recipe would ship its graph: exported with the export stage's settings (function, exporter,
+    opset) and, where the variant quantizes, INT8 through the quantize stage's PTQ function and the target's Q/DQ
+    rules, on `calibration` (numpy batches of one image)."""
+    torch = require("torch")
+    onnx = require("onnx")
+    h, w = image_size
+    model.eval()
+    example = torch.zeros(2 if export.dynamic_batch else 1, 3, h, w)  # as the export stage does
+    onnx_from_torch(model, example, export, path)
+    if quantize is not None:
+        q = quantize_ptq(
+            onnx.load(str(path)),
+            calibration,
+            symmetric=symmetric_activations(quantize.preset, qdq_rules),
+            fast_bias_correction=quantize.fast_bias_correction,
+        )
+        for_target(q, qdq_rules)
+        onnx.save(q, str(path))
+    return path
+
+
 class LatencyProbe:
     """Batch-1 latency of a torch model as it will ship: exported by the recipe's export settings (same function,
     exporter and opset), INT8 through the same PTQ function and Q/DQ rules as the quantize stage where the variant
@@ -128,22 +158,8 @@ class LatencyProbe:
         self.reference_ms: list[float] = []
 
     def _onnx(self, model: Any, path: Path) -> Path:
-        torch = require("torch")
-        onnx = require("onnx")
-        h, w = self.ctx.data.image_size
-        model.eval()
-        example = torch.zeros(2 if self.export.dynamic_batch else 1, 3, h, w)  # as the export stage does
-        onnx_from_torch(model, example, self.export, path)
-        if self.quantize is not None:
-            q = quantize_ptq(
-                onnx.load(str(path)),
-                self.calib,
-                symmetric=symmetric_activations(self.quantize.preset, self.target.qdq_rules),
-                fast_bias_correction=self.quantize.fast_bias_correction,
-            )
-            for_target(q, self.target.qdq_rules)
-            onnx.save(q, str(path))
-        return path
+        h_w, rules = self.ctx.data.image_size, self.target.qdq_rules
+        return shipped_onnx(model, h_w, self.export, self.quantize, rules, self.calib, path)
 
     def __call__(self, model: Any) -> float:
         if self.reference is None:
