@@ -9,7 +9,7 @@ measured and is meaningless here):
 - width: the model pruned to several channel ratios by the prune stage's own pruner, with the recipe variant's
   prune settings (L1, uniform, round_to 16 for cifar10-peers), the depth kept;
 - depth: the same with only the first k bottleneck blocks of each stage kept (the others have identity shortcuts, so
-  the network stays whole): what removing layers, which no channel pruner does, would buy.
+  the network stays whole): what removing layers, which no channel pruner does, buys (the prune stage's `depth`).
 
 Each model is exported and INT8-quantized by the function the prune stage's latency probe uses
 (`edgeres.stages.prune.shipped_onnx`: the recipe's export settings, edgeres' PTQ, here on 32 random images), run on
@@ -41,7 +41,7 @@ from peers import LAT32, DefaultOpenVino, machine_tag, nncf_openvino
 from edgeres.artifact import write_json_atomic, write_text_atomic
 from edgeres.deps import require, versions
 from edgeres.measure import environment, measure_latency
-from edgeres.models import build_model, load_weights, read_state_dict
+from edgeres.models import build_model, keep_blocks, load_weights, read_state_dict
 from edgeres.recipe import load_recipe, variant_recipe
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import settings_for
@@ -59,9 +59,7 @@ def shaped(weights: Path | None, depth: tuple[int, ...], ratio: float, prune: An
     model = build_model("resnet50", 10)
     if weights is not None:
         load_weights(model, read_state_dict(weights), source=str(weights))
-    for i, keep in enumerate(depth, start=1):
-        layer = getattr(model, f"layer{i}")
-        setattr(model, f"layer{i}", layer[:keep])
+    keep_blocks(model, [list(range(k)) for k in depth])
     model.eval()
     example = torch.zeros(1, 3, size, size)
     if ratio > 0:

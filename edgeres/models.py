@@ -2,7 +2,7 @@
 
 A torch model artifact is `model.pt` (a plain state dict, loaded with `weights_only=True`) plus `model.json` (the
 architecture: torchvision name, number of classes, preprocessing and, for a pruned model, the channel count of every
-convolution, BatchNorm and linear layer). Checkpoints from others never run code.
+convolution, BatchNorm and linear layer, and the blocks kept per stage). Checkpoints from others never run code.
 """
 
 from __future__ import annotations
@@ -33,13 +33,44 @@ TORCHVISION_WEIGHTS = {
 }
 
 
-def build_model(arch: str, num_classes: int, *, channels: dict[str, list[int]] | None = None) -> torch.nn.Module:
-    """The torchvision network; with `channels` (from channel_spec of a pruned model), layers resized to match."""
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def build_model(
+    arch: str, num_classes: int, *, channels: dict[str, list[int]] | None = None, depth: list[int] | None = None
+) -> torch.nn.Module:
+    """The torchvision network; with `depth` (blocks per stage of a depth-pruned model), each stage cut to its first
+    blocks (the kept ones, renumbered); with `channels` (from channel_spec of a pruned model), layers resized."""
     models = require("torchvision.models", purpose="build torchvision ResNets")
     model = models.get_model(arch, weights=None, num_classes=num_classes)
+    if depth:
+        have = block_counts(model)
+        if len(depth) != len(have) or any(not 1 <= k <= n for k, n in zip(depth, have, strict=False)):
+            raise StageError(
+                f"model.json keeps {depth} blocks per stage, but {arch} has {have}; the model file does not belong "
+                "to this architecture"
+            )
+        keep_blocks(model, [list(range(k)) for k in depth])
     if channels:
         apply_channel_spec(model, channels)
     return model
+
+
+def block_counts(model: torch.nn.Module) -> list[int]:
+    """Residual blocks per stage of a torchvision ResNet (ResNet-50: [3, 4, 6, 3])."""
+    return [len(model.get_submodule(name)) for name in RESNET_STAGES]  # type: ignore[arg-type]
+
+
+def keep_blocks(model: torch.nn.Module, kept: list[list[int]]) -> None:
+    """Keep only the listed blocks of each stage (indices into it, in order); they are renumbered 0, 1, ... . Every
+    block but a stage's first adds its input back (identity shortcut, same shape), so removing one leaves a network
+    whose stage passes its input on where the block was."""
+    torch = require("torch")
+    for name, idx in zip(RESNET_STAGES, kept, strict=True):
+        layer: Any = model.get_submodule(name)
+        if not idx or idx[0] != 0:
+            raise ValueError(f"{name}: a stage keeps its first block (it changes the shape); got {idx}")
+        setattr(model, name, torch.nn.Sequential(*(layer[i] for i in idx)))
 
 
 def channel_spec(model: torch.nn.Module) -> dict[str, list[int]]:
@@ -151,7 +182,7 @@ def save_model(model: torch.nn.Module, folder: Path, spec: dict[str, Any]) -> No
 def load_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load model.pt with weights_only=True."""
     spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    model = build_model(spec["arch"], spec["num_classes"], channels=spec.get("channels"))
+    model = build_model(spec["arch"], spec["num_classes"], channels=spec.get("channels"), depth=spec.get("depth"))
     load_weights(model, read_state_dict(folder / "model.pt"), source=str(folder))
     model.eval()
     return model, spec

@@ -270,6 +270,18 @@ class Distill(Strict):
     weight: float = Field(0.5, gt=0, le=1, description="Share of the loss from the unpruned teacher.")
 
 
+class Depth(Strict):
+    blocks: list[Annotated[int, Field(ge=1)]] = Field(
+        min_length=4,
+        max_length=4,
+        description="Blocks kept per stage (layer1-layer4), e.g. [1, 1, 2, 1] of ResNet-50's [3, 4, 6, 3]. The first "
+        "block of a stage (it changes the shape) is always kept; which others stay is chosen by val loss.",
+    )
+    select_images: int = Field(
+        512, ge=16, le=50_000, description="Val images whose loss chooses the blocks removed (one pass per candidate)."
+    )
+
+
 class PruneStage(StageBase):
     type: Literal["prune"] = Field(description="Structured channel pruning (Torch-Pruning) with recovery.")
     criterion: Literal["l1", "l2", "bn", "taylor"] = Field(
@@ -288,6 +300,13 @@ class PruneStage(StageBase):
     taylor_batches: int = Field(4, ge=1, description="Training batches whose gradients Taylor importance reads.")
     measure_latency: bool = Field(
         False, description="Also measure latency before and after for ratio/macs budgets (latency budgets always do)."
+    )
+    # Left out of the config's dump (so of its cache key) when unset: adding the field kept every cached prune.
+    depth: Depth | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Also remove whole residual blocks before the channels, where per-layer cost, not arithmetic, "
+        "sets the latency (small inputs); the budget counts both.",
     )
 
     def reads(self, recipe: Recipe, variant: str) -> list[str]:

@@ -195,3 +195,87 @@ def test_kept_channels_lists_only_changed_layers() -> None:
         "bn1": {"in": [64, 48], "out": [64, 48]},
         "layer1.0.conv1": {"in": [64, 48], "out": [64, 64]},
     }
+
+
+def test_depth_removes_blocks_then_channels_to_a_mac_budget_of_the_original(tmp_path: Path) -> None:
+    """depth [1, 2, 1, 1] on a ResNet-18 ([2, 2, 2, 2]): three blocks go, then channels until the MACs are at most
+    0.4 of the unpruned model's; recovery runs; model.json carries the depth, and the saved model reloads and exports
+    with parity."""
+    from conftest import as_recipe
+
+    from edgeres.models import block_counts, load_model
+
+    prune = {
+        "budget": {"type": "macs", "fraction": 0.4},
+        "round_to": 1,
+        "depth": {"blocks": [1, 2, 1, 1], "select_images": 32},
+        "recovery": {"epochs": 1, "batch_size": 32},
+        "distill": {"temperature": 2.0, "weight": 0.5},
+    }
+    recipe = prune_recipe(prune)
+    recipe["stages"].append({"type": "export", "parity": {"samples": 8}})
+    result, _ = run_pipeline(as_recipe(recipe), tmp_path / "cache")
+    pruned_art, onnx_art = result.lineage["main"][1], result.lineage["main"][2]
+    m = pruned_art.metadata["metrics"]
+    assert m["depth"]["blocks_before"] == [2, 2, 2, 2]
+    assert m["depth"]["kept"] == [[0], [0, 1], [0], [0]]
+    assert m["depth"]["macs_after_cut"] < m["macs_before"]
+    assert m["macs_after"] <= 0.4 * m["macs_before"] < m["depth"]["macs_after_cut"]  # channels went too
+    assert m["ratio"] > 0 and "val_top1_recovered" in m["history"][0]
+    spec = json.loads((pruned_art.path / "model.json").read_text())
+    assert spec["depth"] == [1, 2, 1, 1]
+    model, _ = load_model(pruned_art.path)
+    assert block_counts(model) == [1, 2, 1, 1]
+    assert onnx_art.metadata["metrics"]["parity"]["top1_agreement"] == 1.0
+
+
+def test_depth_alone_still_recovers(tmp_path: Path) -> None:
+    """A MAC budget the cut model already meets: no channels pruned, but the removed blocks are recovered from."""
+    art = pruned(
+        tmp_path,
+        {
+            "budget": {"type": "macs", "fraction": 0.99},
+            "depth": {"blocks": [1, 1, 1, 1], "select_images": 16},
+            "recovery": {"epochs": 1, "batch_size": 32},
+        },
+    )
+    m = art.metadata["metrics"]
+    assert m["ratio"] == 0.0 and m["kept_channels"] == {}
+    assert m["macs_after"] == m["depth"]["macs_after_cut"] < m["macs_before"]
+    assert [h["step"] for h in m["history"]] == [1] and "val_top1_recovered" in m["history"][0]
+
+
+def test_select_blocks_removes_the_block_whose_removal_hurts_least() -> None:
+    """ResNet-50 with one block of layer3 sabotaged (its last BatchNorm scaled 50x, so its output swamps the rest):
+    asked to drop one of layer3's five removable blocks, the loss-driven choice drops that one, whatever its index."""
+    from edgeres.models import build_model
+    from edgeres.stages.prune import select_blocks
+
+    torch.manual_seed(0)
+    model = build_model("resnet50", 4).eval()
+    with torch.no_grad():
+        model.layer3[3].bn3.weight.mul_(50.0)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 4, (32,), generator=g))]
+    logs: list[str] = []
+    kept = select_blocks(model, [3, 4, 5, 3], batches, logs.append)
+    assert kept == [[0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 4, 5], [0, 1, 2]]
+    assert len(logs) == 1 and "layer3.3" in logs[0]
+    assert len(model.layer3) == 6  # the model given is not changed; the caller cuts it
+
+
+def test_depth_asking_for_more_blocks_than_the_model_has_is_refused() -> None:
+    from edgeres.models import build_model
+    from edgeres.stages.prune import select_blocks
+
+    with pytest.raises(StageError, match=r"keeps more blocks than the model has \(\[2, 2, 2, 2\]\)"):
+        select_blocks(build_model("resnet18", 4), [3, 2, 2, 2], [], print)
+
+
+def test_an_unset_depth_leaves_the_stage_config_and_so_its_cache_key_as_before() -> None:
+    from edgeres.recipe import PruneStage
+
+    stage = PruneStage(type="prune", budget={"type": "ratio", "ratio": 0.5})
+    assert "depth" not in stage.model_dump(mode="json")
+    deep = PruneStage(type="prune", budget={"type": "ratio", "ratio": 0.5}, depth={"blocks": [1, 1, 2, 1]})
+    assert deep.model_dump(mode="json")["depth"] == {"blocks": [1, 1, 2, 1], "select_images": 512}

@@ -9,6 +9,11 @@ Targets, one of: a channel ratio; a MAC budget (fraction of the original); a lat
 the recipe quantizes). For budgets, a search on a copy finds the ratio that meets the budget, then the schedule runs
 to it in `steps` steps, each followed by recovery fine-tuning (optionally distilled from the unpruned model), and the
 budget is measured again at the end. The result is saved as a state dict plus the per-layer channel spec.
+
+Depth (`depth.blocks`): before the channels, whole residual blocks can go, the ones whose removal raises the val loss
+least, chosen greedily; the budget then counts from the original model. Where inputs are small (32x32: ResNet-50's
+last stages run on 2x2 and 1x1 maps), per-layer cost rather than arithmetic sets batch-1 latency, and fewer layers is
+what makes a model faster (benchmarks/latency_floor.py measures it); the first block of each stage always stays.
 """
 
 from __future__ import annotations
@@ -27,9 +32,18 @@ from edgeres.artifact import Artifact
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.measure import interleaved_ratio
-from edgeres.models import channel_spec, count_params, evaluate, load_model, save_model
+from edgeres.models import (
+    RESNET_STAGES,
+    block_counts,
+    channel_spec,
+    count_params,
+    evaluate,
+    keep_blocks,
+    load_model,
+    save_model,
+)
 from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
-from edgeres.recipe import ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
+from edgeres.recipe import Depth, ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
 from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import onnx_from_torch
@@ -198,15 +212,17 @@ def _trial(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_t
     return trial
 
 
-def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, probe: Any) -> float:
+def search_ratio(
+    ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, probe: Any, base_macs: int
+) -> float:
     """Smallest ratio that meets the MAC or latency budget: a scan in SEARCH_STEPS increments, then bisection
     between the last ratio that missed and the first that met (REFINE_MACS / REFINE_LATENCY halvings), so that no
-    more channels are removed than the budget needs."""
+    more channels are removed than the budget needs. A MAC budget is a fraction of `base_macs`, the model's before
+    any block was removed."""
     tp = require("torch_pruning")
     trial = copy.deepcopy(model)
     _taylor_grads(ctx, trial, cfg)
     pruner = _pruner(tp, trial, example, cfg, MAX_RATIO, SEARCH_STEPS, round_to)
-    base_macs = macs_of(model, example)
 
     def log(ratio: float, macs: int, latency: float | None) -> None:
         ctx.reporter.log(
@@ -242,6 +258,54 @@ def search_ratio(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, r
         else:
             low = mid
     return high
+
+
+def select_blocks(model: Any, blocks: list[int], batches: list[Any], log: Any) -> list[list[int]]:
+    """Which blocks of each stage to keep, `blocks[i]` of stage i: greedily, the block whose removal raises the loss
+    on `batches` (val images) least goes, then the next, re-measured each time, until every stage is down to its
+    count. A stage's first block always stays. Returns the kept indices per stage (of the model as given)."""
+    torch = require("torch")
+    have = block_counts(model)
+    if any(k > n for k, n in zip(blocks, have, strict=True)):
+        raise StageError(f"depth.blocks {blocks} keeps more blocks than the model has ({have}); lower them")
+    trial = copy.deepcopy(model)
+    stages = [trial.get_submodule(name) for name in RESNET_STAGES]
+    kept = [list(range(n)) for n in have]
+    while any(len(k) > b for k, b in zip(kept, blocks, strict=True)):
+        losses = {}
+        for s, stage in enumerate(stages):
+            if len(kept[s]) <= blocks[s]:
+                continue
+            for j in kept[s][1:]:
+                block, stage[j] = stage[j], torch.nn.Identity()
+                losses[(s, j)] = evaluate(trial, batches)["loss"]
+                stage[j] = block
+        (s, j), loss = min(losses.items(), key=lambda kv: kv[1])
+        stages[s][j] = torch.nn.Identity()  # gone for the next round's measurements
+        kept[s].remove(j)
+        log(f"depth: without {RESNET_STAGES[s]}.{j}, val loss {loss:.4f} (least of {len(losses)} candidates)")
+    return kept
+
+
+def cut_depth(ctx: StageContext, model: Any, depth: Depth, scratch: Path) -> list[list[int]]:
+    """Remove the blocks `depth` asks to (chosen by select_blocks on val images, or as a killed run chose them:
+    a resumed run must cut the same ones); returns the kept indices per stage."""
+    saved = read_checkpoint(scratch / "depth.pt", ("kept",), ctx.reporter)
+    kept: list[list[int]] | None = None
+    if saved is not None and [len(k) for k in saved["kept"]] == depth.blocks:
+        kept = [[int(i) for i in k] for k in saved["kept"]]
+        ctx.reporter.log(f"resuming with the blocks a killed run kept: {kept}")
+    elif dist.is_main():
+        data = ctx.data
+        batches = list(
+            data.batches(data.val, EVAL_BATCH, indices=data.subset_indices(data.val, depth.select_images, ctx.seed))
+        )
+        kept = select_blocks(model, depth.blocks, batches, ctx.reporter.log)
+        save_checkpoint({"kept": kept}, scratch / "depth.pt")
+    kept = dist.broadcast(kept)
+    assert kept is not None
+    keep_blocks(model, kept)
+    return kept
 
 
 def _resumed_step(ctx: StageContext, model: Any, path: Path) -> dict[str, Any] | None:
@@ -305,6 +369,15 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     scratch = ctx.workdir / SCRATCH
     scratch.mkdir(exist_ok=True)
     budget = cfg.budget
+    blocks_before = block_counts(model)
+    kept_blocks = cut_depth(ctx, model, cfg.depth, scratch) if cfg.depth is not None else None
+    cut_macs, cut_ms = macs_of(model, example), before["latency_ms"]
+    if kept_blocks is not None:
+        cut_ms = probe(model) if probe is not None else None
+        ctx.reporter.log(
+            f"blocks kept per stage: {kept_blocks} of {blocks_before}; MACs {cut_macs / base_macs:.3f} of the "
+            "original" + (f", p50 {cut_ms:.2f} ms" if cut_ms is not None else "")
+        )
     searched = read_checkpoint(scratch / "search.pt", ("ratio",), ctx.reporter)
     if isinstance(budget, RatioBudget):
         ratio = budget.ratio
@@ -313,23 +386,26 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     elif searched is not None:  # a killed run's search: measured latencies are not re-drawn on resume
         ratio = float(searched["ratio"])
         ctx.reporter.log(f"resuming with the ratio {ratio:.3f} the search of a killed run chose")
-    elif _met(cfg, base_macs, base_macs, before["latency_ms"], search=True):
+    elif _met(cfg, cut_macs, base_macs, cut_ms, search=True):
         ratio = 0.0
-        ctx.reporter.log(f"the unpruned model already meets the {budget.type} budget: nothing pruned")
+        what = "model with those blocks" if kept_blocks is not None else "unpruned model"
+        ctx.reporter.log(f"the {what} already meets the {budget.type} budget: no channels pruned")
     else:
-        ratio = search_ratio(ctx, model, example, cfg, round_to, probe)
+        ratio = search_ratio(ctx, model, example, cfg, round_to, probe, base_macs)
         save_checkpoint({"ratio": ratio}, scratch / "search.pt")
     ratio = float(dist.broadcast(ratio))
-    steps = cfg.steps if ratio > 0 else 0
-    if steps:
+    # Removed blocks are recovered from too: one step without channels pruned.
+    steps = cfg.steps if ratio > 0 else (1 if kept_blocks is not None else 0)
+    if ratio > 0:
         ctx.reporter.log(f"pruning {ratio:.3f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
-    pruner: Any = _pruner(tp, model, example, cfg, ratio, steps, round_to) if steps else None
+    pruner: Any = _pruner(tp, model, example, cfg, ratio, steps, round_to) if ratio > 0 else None
     history = []
     after_prune_val = None
     for step in range(steps):
-        _taylor_grads(ctx, model, cfg)
-        pruner.step()
-        model.zero_grad(set_to_none=True)
+        if pruner is not None:
+            _taylor_grads(ctx, model, cfg)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
         row = _resumed_step(ctx, model, scratch / f"step-{step + 1}.pt")
         if row is None:
             after_prune_val = evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"]
@@ -354,7 +430,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
         after_prune_val = row["val_top1_pruned"]
         history.append(row)
         ctx.reporter.log(
-            f"step {step + 1}/{cfg.steps}: MACs {row['macs'] / base_macs:.3f} of the original, val top-1 "
+            f"step {step + 1}/{steps}: MACs {row['macs'] / base_macs:.3f} of the original, val top-1 "
             f"{row['val_top1_pruned']:.4f} pruned"
             + (f", {row['val_top1_recovered']:.4f} recovered" if "val_top1_recovered" in row else "")
         )
@@ -378,7 +454,10 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     b_ms, a_ms = before["latency_ms"], after["latency_ms"]
     speedup = b_ms / a_ms if b_ms is not None and a_ms else None
     channels = channel_spec(model)
-    save_model(model, ctx.workdir, {**spec, "channels": channels})
+    shape: dict[str, Any] = {"channels": channels}
+    if kept_blocks is not None or "depth" in spec:
+        shape["depth"] = block_counts(model)
+    save_model(model, ctx.workdir, {**spec, **shape})
     kept = kept_channels(channel_spec(load_model(inp.path)[0]), channels)
     return StageOutput(
         format="torch",
@@ -403,6 +482,9 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
             "latency_settings": probe.settings.to_dict() if probe is not None else None,
             "speedup": speedup,
             "kept_channels": kept,
+            "depth": None
+            if kept_blocks is None
+            else {"blocks_before": blocks_before, "kept": kept_blocks, "macs_after_cut": cut_macs},
             "history": history,
             "seconds": round(time.monotonic() - t0, 1),
             # Only stage keys read this; the test top-1 after recovery is reported, never used to decide.
