@@ -518,7 +518,7 @@ def main() -> None:
         quantized = any(a.stage_type == "quantize" for a in lineage)
         pruned = any(a.stage_type == "prune" for a in lineage)
         how = ", ".join(
-            [f"pruned to {_macs_fraction(torch_art):.2f} of the MACs" if pruned else "dense"]
+            [f"pruned to {_macs_fraction(torch_art):.2f} of the MACs{_depth(torch_art)}" if pruned else "dense"]
             + (["INT8 " + _quantize_method(lineage)] if quantized else ["FP32"])
             + [f"+{extra[vname]} epochs"]
         )
@@ -661,6 +661,11 @@ def _macs(model: Any) -> dict[str, int]:
 def _macs_fraction(art: Any) -> float:
     m = art.metadata.get("metrics", {})
     return float(m["macs_after"]) / float(m["macs_before"]) if "macs_after" in m else float("nan")
+
+
+def _depth(art: Any) -> str:
+    depth = art.metadata.get("metrics", {}).get("depth")
+    return f" ({sum(len(k) for k in depth['kept'])} of {sum(depth['blocks_before'])} blocks)" if depth else ""
 
 
 def _quantize_method(lineage: list[Any]) -> str:
