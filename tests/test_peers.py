@@ -38,6 +38,22 @@ def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> No
     assert extra["pruned50-int8"] == extra["pruned30-fp32"] == 3  # recovery
     assert extra["pruned30-int8-qat"] == 4  # recovery + QAT
     assert extra["pruned30r4-int8"] == 4  # one more recovery epoch, as many as the reference
+    assert extra["depth5-int8"] == extra["depth4-fp32"] == 4  # blocks removed: one step, 4 recovery epochs
+
+
+def test_the_how_column_names_the_blocks_a_depth_pruned_model_kept(peers: ModuleType) -> None:
+    class Art:
+        def __init__(self, metrics: dict[str, Any]) -> None:
+            self.metadata = {"metrics": metrics}
+
+    cut = {
+        "macs_before": 100,
+        "macs_after": 30,
+        "depth": {"blocks_before": [3, 4, 6, 3], "kept": [[0], [0], [0, 4], [0]]},
+    }
+    assert peers._depth(Art(cut)) == " (5 of 16 blocks)"
+    assert peers._depth(Art({"macs_before": 100, "macs_after": 30, "depth": None})) == ""
+    assert peers._macs_fraction(Art(cut)) == 0.3
 
 
 def test_a_reference_with_less_training_is_refused(peers: ModuleType) -> None:
