@@ -162,6 +162,30 @@ def test_prune_recovery_resumes_after_a_crash(tmp_path: Path, fault_env: Any) ->
     assert files_of(cache) == files_of(tmp_path / "ref")
 
 
+def test_a_depth_prune_resumed_after_a_crash_cuts_the_blocks_the_killed_run_chose(
+    tmp_path: Path, fault_env: Any
+) -> None:
+    prune = {
+        "type": "prune",
+        "budget": {"type": "ratio", "ratio": 0.25},
+        "steps": 1,
+        "depth": {"blocks": [1, 2, 1, 2], "select_images": 32},
+        "recovery": {"epochs": 2, "batch_size": 32},
+    }
+    recipe = tiny_recipe(name="depth-crash", stages=[{**FINETUNE, "epochs": 1}, prune])
+    fault_env(None)
+    run_pipeline(recipe, tmp_path / "ref")
+    cache = tmp_path / "cache"
+    fault_env("epoch:recovery@1:crash")
+    with pytest.raises(faults.InjectedCrash):
+        run_pipeline(recipe, cache)
+    fault_env(None)
+    _, log = run_pipeline(recipe, cache)
+    assert "resuming with the blocks a killed run kept" in log and "depth: without" not in log
+    assert "resuming recovery from the checkpoint after epoch 1 of 2" in log
+    assert files_of(cache) == files_of(tmp_path / "ref")
+
+
 @pytest.mark.slow  # about a minute; prune recovery's resume (same epoch checkpoints) stays in the default suite
 def test_qat_resumes_after_a_crash(tmp_path: Path, fault_env: Any) -> None:
     quantize = {"type": "quantize", "qat": {"when": "always", "epochs": 2, "batch_size": 32}}
