@@ -14,6 +14,8 @@ p50/p90 at 32x32 (the data's size) and at 224x224 (the same weights, latency onl
 32x32); peak resident memory of a process that loads it and runs it (a child process each); size on disk; and
 achieved GMAC/s. Latency is measured in interleaved rounds (every model once per round, the median of the rounds'
 p50s reported), so the drift of a shared machine falls on all alike, and every speed-up is a ratio within this run.
+The order within a round is shuffled (seeded, recorded) from round to round: at sub-millisecond latencies what ran
+just before a model moves its figure by several percent, and a fixed order would give each model the same neighbour.
 
 All models run with the same number of threads. edgeres' models run with the settings they ship with (read from
 their manifest); peers with their runtime's defaults apart from the thread count.
@@ -34,6 +36,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import random
 import shutil
 import statistics
 import sys
@@ -609,16 +612,22 @@ def main() -> None:
         for x in samples32[:16]
     ]
     offline_batches = [x for x, _ in data.numpy_batches(data.test, OFFLINE.batch, limit=OFFLINE.batch * 4)]
-    for size, samples, settings in ((32, samples32, LAT32), (224, samples224, LAT224)):
+    latency_orders: dict[str, list[list[str]]] = {}
+    for size, samples, timing in ((32, samples32, LAT32), (224, samples224, LAT224)):
         runners = {row.name: row.opener(size) for row in rows}
         for row in rows:  # compile and warm before the timed rounds
             runners[row.name].infer(samples[0])
             row.results.setdefault("effective", runners[row.name].effective())
         per_round: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+        orders = []
         for r in range(args.rounds):
-            for row in rows:
-                per_round[row.name].append(measure_latency(runners[row.name], samples, settings))
+            order = [row.name for row in rows]
+            random.Random(f"{size}-{r}").shuffle(order)
+            orders.append(order)
+            for name in order:
+                per_round[name].append(measure_latency(runners[name], samples, timing))
             print(f"{size}x{size}: round {r + 1}/{args.rounds} done")
+        latency_orders[str(size)] = orders
         if size == 32:
             for row in rows:
                 runs = [measure_offline(runners[row.name], offline_batches, OFFLINE) for _ in range(3)]
@@ -640,6 +649,7 @@ def main() -> None:
 
     report = summarize(rows, recipe, args.reference, extra, most, notes, threads)
     report["seconds"] = {"build": round(build_s, 1), "total": round(time.perf_counter() - started, 1)}
+    report["latency_orders"] = latency_orders  # the order of each round, per input size
     tag = (args.tag or machine_tag()) + ("" if args.test_images is None else "-check")
     report["test_images"] = len(labels)
     args.out.mkdir(parents=True, exist_ok=True)
