@@ -75,7 +75,12 @@ def base_recipes(tmp: Path) -> dict[str, dict[str, Any]]:
     ratio[3] = {"type": "quantize", "calibration_size": 8}
     ratio[4] = {"type": "compile", "tensorrt": {"opt_batch": 2}}
     macs = copy.deepcopy(STAGES_LATENCY)
-    macs[1] = {"type": "prune", "budget": {"type": "macs", "fraction": 0.5}, "measure_latency": True}
+    macs[1] = {
+        "type": "prune",
+        "budget": {"type": "macs", "fraction": 0.5},
+        "measure_latency": True,
+        "depth": {"blocks": [1, 1, 1, 1]},
+    }
     return {
         "latency": {"name": "k", "threads": 1, "data": dict(TINY_DATA), "stages": STAGES_LATENCY},
         "ratio": {
@@ -195,6 +200,7 @@ def mutations(value: Any, schema: str = "") -> list[Any]:
             ["contrast"],  # benchmark.fidelity.robustness.corruptions
             [2],  # benchmark.fidelity.robustness.severities
             [*value, 1.0][:3] if value and isinstance(value[0], float) else [],
+            [v + 1 for v in value] if value and all(type(v) is int for v in value) else [],  # prune.depth.blocks
         ]
     if value is None:
         return [2, 1, 16, 0.5, "main", "fp32", [0.5, 0.5, 0.5], {"temperature": 2.0, "weight": 0.3}, {"when": "always"}]
