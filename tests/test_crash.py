@@ -139,6 +139,23 @@ def test_killed_at_every_commit_step_a_rerun_completes_and_matches(tmp_path: Pat
     assert not list(cache.glob("*.partial"))
 
 
+def crash_then_resume(recipe: Any, tmp: Path, fault_env: Any, fault: str, stage: str | None = None) -> str:
+    """Build `recipe` cleanly into tmp/ref; then into tmp/cache with `fault` (a crash), checking that `stage` (if
+    given) committed nothing; then again without it. Returns the resumed build's log; the caches must match."""
+    fault_env(None)
+    run_pipeline(recipe, tmp / "ref")
+    cache = tmp / "cache"
+    fault_env(fault)
+    with pytest.raises(faults.InjectedCrash):
+        run_pipeline(recipe, cache)
+    if stage is not None:
+        assert committed(cache, stage) == []
+    fault_env(None)
+    _, log = run_pipeline(recipe, cache)
+    assert files_of(cache) == files_of(tmp / "ref")
+    return str(log)
+
+
 def test_prune_recovery_resumes_after_a_crash(tmp_path: Path, fault_env: Any) -> None:
     prune = {
         "type": "prune",
@@ -147,19 +164,11 @@ def test_prune_recovery_resumes_after_a_crash(tmp_path: Path, fault_env: Any) ->
         "recovery": {"epochs": 2, "batch_size": 32},
     }
     recipe = tiny_recipe(name="prune-crash", stages=[{**FINETUNE, "epochs": 1}, prune])
-    fault_env(None)
-    run_pipeline(recipe, tmp_path / "ref")
-    cache = tmp_path / "cache"
-    fault_env("epoch:recovery@3:crash")  # step 2, first recovery epoch: step 1 and one epoch are checkpointed
-    with pytest.raises(faults.InjectedCrash):
-        run_pipeline(recipe, cache)
-    assert committed(cache, "prune") == []
-    fault_env(None)
-    _, log = run_pipeline(recipe, cache)
+    # step 2, first recovery epoch: step 1 and one epoch are checkpointed
+    log = crash_then_resume(recipe, tmp_path, fault_env, "epoch:recovery@3:crash", "prune")
     assert "resuming after pruning step 1" in log
     assert "resuming recovery from the checkpoint after epoch 1 of 2" in log
     assert log.count("recovery 2.2") >= 1 and "recovery 1.1" not in log
-    assert files_of(cache) == files_of(tmp_path / "ref")
 
 
 def test_a_depth_prune_resumed_after_a_crash_cuts_the_blocks_the_killed_run_chose(
@@ -173,34 +182,17 @@ def test_a_depth_prune_resumed_after_a_crash_cuts_the_blocks_the_killed_run_chos
         "recovery": {"epochs": 2, "batch_size": 32},
     }
     recipe = tiny_recipe(name="depth-crash", stages=[{**FINETUNE, "epochs": 1}, prune])
-    fault_env(None)
-    run_pipeline(recipe, tmp_path / "ref")
-    cache = tmp_path / "cache"
-    fault_env("epoch:recovery@1:crash")
-    with pytest.raises(faults.InjectedCrash):
-        run_pipeline(recipe, cache)
-    fault_env(None)
-    _, log = run_pipeline(recipe, cache)
+    log = crash_then_resume(recipe, tmp_path, fault_env, "epoch:recovery@1:crash")
     assert "resuming with the blocks a killed run kept" in log and "depth: without" not in log
     assert "resuming recovery from the checkpoint after epoch 1 of 2" in log
-    assert files_of(cache) == files_of(tmp_path / "ref")
 
 
 @pytest.mark.slow  # about a minute; prune recovery's resume (same epoch checkpoints) stays in the default suite
 def test_qat_resumes_after_a_crash(tmp_path: Path, fault_env: Any) -> None:
     quantize = {"type": "quantize", "qat": {"when": "always", "epochs": 2, "batch_size": 32}}
     recipe = tiny_recipe(name="qat-crash", stages=[{**FINETUNE, "epochs": 1}, {"type": "export"}, quantize])
-    fault_env(None)
-    run_pipeline(recipe, tmp_path / "ref")
-    cache = tmp_path / "cache"
-    fault_env("epoch:qat@1:crash")
-    with pytest.raises(faults.InjectedCrash):
-        run_pipeline(recipe, cache)
-    assert committed(cache, "quantize") == []
-    fault_env(None)
-    _, log = run_pipeline(recipe, cache)
+    log = crash_then_resume(recipe, tmp_path, fault_env, "epoch:qat@1:crash", "quantize")
     assert "resuming qat from the checkpoint after epoch 1 of 2" in log
-    assert files_of(cache) == files_of(tmp_path / "ref")
 
 
 def test_a_full_disk_fails_the_write_names_it_and_keeps_what_was_built(tmp_path: Path, fault_env: Any) -> None:
