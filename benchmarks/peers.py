@@ -331,8 +331,20 @@ def ort_quantize_static(onnx_path: Path, calibration: list[Any], dst: Path) -> P
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def fair_check(recipe: Recipe, reference: str) -> tuple[int, dict[str, int]]:
-    """Extra training epochs of every variant (finetune + prune recovery + QAT); the reference must have the most."""
+def fair_references(recipe: Recipe, given: list[str] | None) -> list[str]:
+    """The fair FP32 candidates: those named, else every variant whose name starts with `fp32-fair`."""
+    names = given or [v for v in recipe.variant_names() if v.startswith("fp32-fair")]
+    unknown = [n for n in names if n not in recipe.variants]
+    if not names or unknown:
+        sys.exit(
+            f"no fair FP32 reference: {', '.join(map(repr, unknown)) or 'no variant named fp32-fair*'} in the recipe's "
+            f"variants ({', '.join(recipe.variant_names())}); name one with --reference"
+        )
+    return names
+
+
+def fair_check(recipe: Recipe, references: list[str]) -> tuple[int, dict[str, int]]:
+    """Extra training epochs of every variant (finetune + prune recovery + QAT); each reference must have the most."""
     extra: dict[str, int] = {}
     for vname in recipe.variant_names():
         vr = variant_recipe(recipe, vname)
@@ -346,11 +358,12 @@ def fair_check(recipe: Recipe, reference: str) -> tuple[int, dict[str, int]]:
                 n += st.qat.epochs
         extra[vname] = n
     most = max(extra.values())
-    if extra.get(reference, -1) < most:
-        sys.exit(
-            f"the fair FP32 reference {reference!r} has {extra.get(reference)} extra epochs but a variant has {most}: "
-            f"give it as many (variants.{reference}.set stages.finetune.epochs)"
-        )
+    for reference in references:
+        if extra.get(reference, -1) < most:
+            sys.exit(
+                f"the fair FP32 reference {reference!r} has {extra.get(reference)} extra epochs but a variant has "
+                f"{most}: give it as many (variants.{reference}.set stages.finetune.epochs)"
+            )
     return most, extra
 
 
@@ -418,7 +431,13 @@ def main() -> None:
         help="A quick check of this script: accuracy on the first N test "
         "images only (results are written with a -check suffix and are not the table).",
     )
-    ap.add_argument("--reference", default="fp32-fair", help="The fair FP32 variant (see the recipe).")
+    ap.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        help="A fair FP32 variant (repeatable; default: every variant named fp32-fair*). With several, the one with "
+        "the highest test top-1 sets the accuracy bar: the strictest.",
+    )
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -428,7 +447,8 @@ def main() -> None:
     )
     cache = args.cache or default_cache_dir()
     threads = args.threads or recipe.threads or multiprocessing.cpu_count()
-    most, extra = fair_check(recipe, args.reference)
+    references = fair_references(recipe, args.reference)
+    most, extra = fair_check(recipe, references)
     names = recipe.variant_names()
     if args.available:
         names = built_variants(recipe, cache)
@@ -647,7 +667,7 @@ def main() -> None:
         for size in (32, 224):
             row.results[f"gmac_per_s_{size}"] = row.results["macs"][str(size)] / row.results[f"p50_ms_{size}"] / 1e6
 
-    report = summarize(rows, recipe, args.reference, extra, most, notes, threads)
+    report = summarize(rows, recipe, references, extra, most, notes, threads)
     report["seconds"] = {"build": round(build_s, 1), "total": round(time.perf_counter() - started, 1)}
     report["latency_orders"] = latency_orders  # the order of each round, per input size
     tag = (args.tag or machine_tag()) + ("" if args.test_images is None else "-check")
@@ -708,7 +728,7 @@ def machine_tag() -> str:
 def summarize(
     rows: list[Row],
     recipe: Recipe,
-    reference: str,
+    references: list[str],
     extra: dict[str, int],
     most: int,
     notes: list[str],
@@ -719,11 +739,13 @@ def summarize(
         r = {k: v for k, v in row.results.items() if k != "spec"}
         table.append({"name": row.name, "group": row.group, "how": row.how, "runtime": row.runtime, **r})
     by_name = {t["name"]: t for t in table}
-    ref = by_name.get(f"edgeres {reference}")
+    missing = [r for r in references if f"edgeres {r}" not in by_name]
+    # With several fair candidates (e.g. two learning rates for the extra epochs) the best on test sets the bar.
+    ref = None if missing else max((by_name[f"edgeres {r}"] for r in references), key=lambda t: t["top1"])
     peers = [t for t in table if t["group"] == "peer"]
     goal: dict[str, Any] = {"speedup": GOAL_SPEEDUP, "points": GOAL_POINTS}
     if ref is None:
-        goal["status"] = f"not judged: the fair FP32 reference ({reference}) is not built yet"
+        goal["status"] = f"not judged: the fair FP32 reference ({', '.join(missing)}) is not built yet"
     for size in (32, 224):
         fastest = min(peers, key=lambda t: t[f"p50_ms_{size}"]) if peers else None
         if fastest is None:
@@ -732,6 +754,7 @@ def summarize(
         for t in table:
             t[f"speedup_vs_fastest_peer_{size}"] = fastest[f"p50_ms_{size}"] / t[f"p50_ms_{size}"]
     if ref is not None:
+        goal["reference"] = ref["name"]
         goal["reference_top1"] = ref["top1"]
         ok = [
             t
@@ -747,11 +770,12 @@ def summarize(
             goal["status"] = (
                 f"{'met' if met else 'NOT met'}: {best['name']} is "
                 f"{best['speedup_vs_fastest_peer_32']:.2f}x (32x32) and {best['speedup_vs_fastest_peer_224']:.2f}x "
-                f"(224x224) the fastest peer at {100 * (best['top1'] - ref['top1']):+.2f} points against the fair FP32"
+                f"(224x224) the fastest peer at {100 * (best['top1'] - ref['top1']):+.2f} points against the fair FP32 "
+                f"({ref['name'].removeprefix('edgeres ')})"
             )
     return {
         "recipe": recipe.name,
-        "reference": reference,
+        "references": references,
         "extra_epochs": extra,
         "most_extra_epochs": most,
         "environment": environment(threads),

@@ -31,7 +31,7 @@ def peers() -> ModuleType:
 def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> None:
     from edgeres.recipe import load_recipe
 
-    most, extra = peers.fair_check(load_recipe(REPO / "recipes" / "cifar10-peers.yaml"), "fp32-fair")
+    most, extra = peers.fair_check(load_recipe(REPO / "recipes" / "cifar10-peers.yaml"), ["fp32-fair"])
     assert most == 4
     assert extra["fp32-fair"] == 4  # finetune epochs
     assert extra["int8"] == 0
@@ -63,7 +63,7 @@ def test_a_reference_with_less_training_is_refused(peers: ModuleType) -> None:
         REPO / "recipes" / "cifar10-peers.yaml", overrides=[("variants.fp32-fair.set", {"stages.finetune.epochs": 3})]
     )
     with pytest.raises(SystemExit) as exc:
-        peers.fair_check(recipe, "fp32-fair")
+        peers.fair_check(recipe, ["fp32-fair"])
     assert str(exc.value) == (
         "the fair FP32 reference 'fp32-fair' has 3 extra epochs but a variant has 4: give it as many "
         "(variants.fp32-fair.set stages.finetune.epochs)"
@@ -125,11 +125,11 @@ def _row(peers: ModuleType, name: str, group: str, top1: float, p50_32: float, p
     return row
 
 
-def _summary(peers: ModuleType, rows: list[Any]) -> dict[str, Any]:
+def _summary(peers: ModuleType, rows: list[Any], references: tuple[str, ...] = ("fp32-fair",)) -> dict[str, Any]:
     from edgeres.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "cifar10-peers.yaml")
-    return peers.summarize(rows, recipe, "fp32-fair", {}, 4, [], 1)
+    return peers.summarize(rows, recipe, list(references), {}, 4, [], 1)
 
 
 def test_the_goal_needs_the_speed_at_both_sizes_within_a_point_of_the_fair_model(peers: ModuleType) -> None:
@@ -145,10 +145,35 @@ def test_the_goal_needs_the_speed_at_both_sizes_within_a_point_of_the_fair_model
     assert goal["best"] == "edgeres pruned"
     assert goal["status"] == (
         "NOT met: edgeres pruned is 2.86x (32x32) and 2.22x (224x224) the fastest peer at -0.80 points against the "
-        "fair FP32"
+        "fair FP32 (fp32-fair)"
     )
     rows[-1].results["p50_ms_224"] = 8.0
     assert _summary(peers, rows)["goal"]["status"].startswith("met: edgeres pruned is 2.86x (32x32) and 2.50x")
+
+
+def test_of_several_fair_models_the_best_on_test_sets_the_bar(peers: ModuleType) -> None:
+    rows = [
+        _row(peers, "NNCF", "peer", 0.817, 2.0, 20.0),
+        _row(peers, "edgeres fp32-fair", "edgeres", 0.815, 4.0, 40.0),
+        _row(peers, "edgeres fp32-fair-lr05", "edgeres", 0.822, 4.0, 40.0),
+        _row(peers, "edgeres pruned", "edgeres", 0.810, 0.7, 7.0),  # within a point of the first, not the second
+    ]
+    goal = _summary(peers, rows, ("fp32-fair", "fp32-fair-lr05"))["goal"]
+    assert goal["reference"] == "edgeres fp32-fair-lr05"
+    assert goal["best"] == "edgeres fp32-fair"  # the pruned model is 1.2 points under the better fair model
+    assert goal["status"].endswith("at -0.70 points against the fair FP32 (fp32-fair-lr05)")
+    goal = _summary(peers, rows, ("fp32-fair", "fp32-fair-8"))["goal"]
+    assert goal["status"] == "not judged: the fair FP32 reference (fp32-fair-8) is not built yet"
+
+
+def test_the_fair_candidates_default_to_the_fp32_fair_variants(peers: ModuleType) -> None:
+    from edgeres.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "cifar10-peers.yaml")
+    assert peers.fair_references(recipe, None) == [v for v in recipe.variant_names() if v.startswith("fp32-fair")]
+    assert "fp32-fair" in peers.fair_references(recipe, None)
+    with pytest.raises(SystemExit, match="no fair FP32 reference: 'nope' in the recipe's variants"):
+        peers.fair_references(recipe, ["nope"])
 
 
 def test_without_the_fair_model_the_goal_is_not_judged(peers: ModuleType) -> None:
