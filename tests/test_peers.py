@@ -39,6 +39,8 @@ def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> No
     assert extra["pruned30-int8-qat"] == 4  # recovery + QAT
     assert extra["pruned30r4-int8"] == 4  # one more recovery epoch, as many as the reference
     assert extra["depth5-int8"] == extra["depth4-fp32"] == 4  # blocks removed: one step, 4 recovery epochs
+    assert extra["depth4lr05-int8"] == extra["depth4kd09-int8"] == 4  # another learning rate, another distill share
+    assert extra["fp32-fair-lr05"] == 4  # a second fair candidate, at the learning rate of the depth recovery
 
 
 def test_the_how_column_names_the_blocks_a_depth_pruned_model_kept(peers: ModuleType) -> None:
