@@ -41,6 +41,7 @@ def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> No
     assert extra["depth5-int8"] == extra["depth4-fp32"] == 4  # blocks removed: one step, 4 recovery epochs
     assert extra["depth4lr05-int8"] == extra["depth4kd09-int8"] == extra["depth5s2-int8"] == 4  # lr, distill, blocks
     assert extra["depth5s2kd03-int8"] == extra["depth5s2lr1-fp32"] == 4
+    assert extra["depth5s2f31-int8"] == extra["depth6-int8"] == 4  # a larger budget, six blocks
     assert extra["fp32-fair-lr05"] == 4  # a second fair candidate, at the learning rate of the depth recovery
 
 
