@@ -226,7 +226,7 @@ def search_ratio(
 
     def log(ratio: float, macs: int, latency: float | None) -> None:
         ctx.reporter.log(
-            f"search: ratio {ratio:.3f}: MACs {macs / base_macs:.3f} of the original"
+            f"search: ratio {ratio:.4f}: MACs {macs / base_macs:.3f} of the original"
             + (f", p50 {latency:.2f} ms" if latency is not None else "")
         )
 
@@ -385,7 +385,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
         ratio = 0.0  # rank 0's, broadcast below
     elif searched is not None:  # a killed run's search: measured latencies are not re-drawn on resume
         ratio = float(searched["ratio"])
-        ctx.reporter.log(f"resuming with the ratio {ratio:.3f} the search of a killed run chose")
+        ctx.reporter.log(f"resuming with the ratio {ratio:.4f} the search of a killed run chose")
     elif _met(cfg, cut_macs, base_macs, cut_ms, search=True):
         ratio = 0.0
         what = "model with those blocks" if kept_blocks is not None else "unpruned model"
@@ -397,7 +397,7 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
     # Removed blocks are recovered from too: one step without channels pruned.
     steps = cfg.steps if ratio > 0 else (1 if kept_blocks is not None else 0)
     if ratio > 0:
-        ctx.reporter.log(f"pruning {ratio:.3f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
+        ctx.reporter.log(f"pruning {ratio:.4f} of channels in {steps} steps ({cfg.criterion}, {cfg.scope})")
     pruner: Any = _pruner(tp, model, example, cfg, ratio, steps, round_to) if ratio > 0 else None
     history = []
     after_prune_val = None
