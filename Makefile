@@ -53,6 +53,7 @@ lint: install $(STUBS)
 	$(BIN)/ruff check edgeres tests benchmarks
 	$(BIN)/ruff format --check edgeres tests benchmarks
 	MYPYPATH=typings $(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format edgeres tests benchmarks

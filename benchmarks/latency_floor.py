@@ -43,8 +43,8 @@ from edgeres.deps import require, versions
 from edgeres.measure import environment, measure_latency
 from edgeres.models import build_model, keep_blocks, load_weights, read_state_dict
 from edgeres.recipe import load_recipe, variant_recipe
+from edgeres.resolve import runtime_settings
 from edgeres.runtimes import open_runner
-from edgeres.runtimes.settings import settings_for
 from edgeres.stages.prune import _pruner, macs_of, shipped_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def main() -> None:
     export = next(s for s in recipe.stages if s.type == "export")
     quantize = next(s for s in recipe.stages if s.type == "quantize")
     prune = next(s for s in recipe.stages if s.type == "prune")
-    settings = settings_for(recipe)
+    settings = runtime_settings(recipe, args.variant)
     threads = args.threads or recipe.threads or multiprocessing.cpu_count()
     round_to = prune.round_to or target.round_to or 1
     rng = np.random.default_rng(0)

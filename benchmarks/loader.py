@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from edgeres.artifact import write_json_atomic
+from edgeres.config import ImageFolderData
 from edgeres.data import load_data
 from edgeres.measure import environment
 from edgeres.models import build_model
-from edgeres.recipe import ImageFolderData
 
 BATCH = 256
 

@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 
 from edgeres.artifact import write_json_atomic
+from edgeres.config import Latency
 from edgeres.measure import environment, measure_latency
 from edgeres.pipeline import Pipeline
 from edgeres.progress import Reporter
-from edgeres.recipe import Latency, load_recipe
+from edgeres.recipe import load_recipe
 from edgeres.runtimes import open_runner
 
 ROUNDS = 5

@@ -48,12 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.artifact import default_cache_dir, sha256_file, write_json_atomic, write_text_atomic
+from edgeres.config import Latency, Offline
 from edgeres.deps import versions
 from edgeres.measure import environment, measure_accuracy, measure_latency, measure_offline, peak_rss_bytes
 from edgeres.models import build_model, load_model, load_weights, read_state_dict
 from edgeres.pipeline import BuildResult, Pipeline
 from edgeres.progress import Reporter
-from edgeres.recipe import Latency, Offline, Recipe, load_recipe, variant_recipe
+from edgeres.recipe import Recipe, load_recipe, variant_recipe
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.base import Runner, check_manifest
 from edgeres.runtimes.settings import RuntimeSettings, settings_from_manifest

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgeres.artifact import write_json_atomic
+from edgeres.config import ExportStage, Latency
 from edgeres.measure import environment, measure_latency
-from edgeres.recipe import ExportStage, Latency
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import RuntimeSettings
 

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from edgeres.artifact import write_json_atomic
+from edgeres.config import ExportStage, Latency
 from edgeres.deps import available
 from edgeres.measure import environment, gpu_memory, measure_latency
-from edgeres.recipe import ExportStage, Latency
 from edgeres.tensorrt.facts import probe_device_facts
 
 SCHEMA = "edgeres.tensorrt-smoke/1"
@@ -246,7 +246,7 @@ def ort_cuda_step(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_step(smoke: Smoke, entry: dict[str, Any], precision: str, dla_core: int | None) -> dict[str, Any]:
-    from edgeres.tensorrt.build import build_in_subprocess
+    from edgeres.tensorrt.child import build_in_subprocess
     from edgeres.tensorrt.manifest import EngineSettings
     from edgeres.tensorrt.runner import TensorRTRunner
     from edgeres.tensorrt.timing_cache import shared_timing_cache

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.artifact import Artifact, sha256_file, write_json_atomic
+from edgeres.config import BenchmarkStage, Latency
 from edgeres.deps import require
 from edgeres.errors import RecipeError
 from edgeres.measure import environment
-from edgeres.recipe import BenchmarkStage, Latency, load_recipe
+from edgeres.recipe import load_recipe
 from edgeres.report import REPORT_SCHEMA, result_row
 from edgeres.worker import measure_artifact
 
@@ -79,11 +80,11 @@ def bench_artifact(
         settings = None
         if recipe_path is not None:
             from edgeres.data import load_data
-            from edgeres.runtimes.settings import settings_for
+            from edgeres.resolve import runtime_settings
 
             recipe = load_recipe(recipe_path)
             if not (file.parent / "manifest.json").is_file():  # a compiled engine's manifest says how it ships
-                settings = settings_for(recipe, runtime).to_dict()
+                settings = runtime_settings(recipe, "main", runtime).to_dict()
             data = load_data(recipe.data, seed=recipe.seed)
             xs, ys = zip(*data.numpy_batches(data.test, 256), strict=True)
             np.savez(npz, x=np.concatenate(xs), y=np.concatenate(ys))

@@ -24,7 +24,8 @@ ENTRY = re.compile(r"^(?P<type>[a-z]+)-(?P<key>[0-9a-f]{64})(?P<suffix>\.partial
 
 
 def _recipe(path: str, sets: tuple[str, ...]) -> Any:
-    from edgeres.recipe import load_recipe, parse_set
+    from edgeres.recipe import load_recipe
+    from edgeres.recipe_yaml import parse_set
 
     return load_recipe(Path(path), overrides=parse_set(sets))
 
@@ -48,6 +49,11 @@ def cli() -> None:
 @click.option("--force", multiple=True, metavar="STAGE", help="Re-run STAGE even if cached (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would run; run nothing.")
+@click.option(
+    "--explain",
+    metavar="STAGE",
+    help="With --dry-run: why STAGE would rebuild (each input that differs from its last build's, old -> new).",
+)
 @click.option("--quiet", is_flag=True, help="No progress output on stderr.")
 @click.option(
     "--lock-timeout",
@@ -80,6 +86,7 @@ def build(
     force: tuple[str, ...],
     sets: tuple[str, ...],
     dry_run: bool,
+    explain: str | None,
     quiet: bool,
     lock_timeout: float | None,
     nproc: int | None,
@@ -90,6 +97,12 @@ def build(
     from edgeres.progress import Reporter
 
     r = _recipe(recipe, sets)
+    if explain is not None and not dry_run:
+        raise RecipeError("--explain compares a planned build with the last one; add --dry-run")
+    if explain is not None and explain not in [s.id for s in r.stages]:
+        raise RecipeError(
+            f"--explain {explain!r} is not a stage of this recipe; stages: {', '.join(s.id for s in r.stages)}"
+        )
     if nproc is not None and nproc > 1 and dist.world_size() == 1:
         _relaunch_under_torchrun(nproc, max_restarts)
     if dist.world_size() > 1 and dry_run and not dist.is_main():
@@ -116,6 +129,11 @@ def build(
         return
     for rec in result.records:
         click.echo(f"{rec.variant:>14}  {rec.stage:<12} {rec.status:<8} {rec.seconds:7.1f}s  {rec.key[:16]}")
+    if explain is not None:
+        from edgeres.explain import explain as explain_stage
+
+        for line in explain_stage(result.records, explain, cache_dir=pipe.cache_dir, out_dir=out_dir):
+            click.echo(line)
     if dry_run:
         click.echo(
             "dry run: nothing was run. A planned stage after one that would run is keyed here by that stage's key; "

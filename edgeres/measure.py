@@ -22,8 +22,8 @@ import platform
 import time
 from typing import Any
 
+from edgeres.config import Latency, Offline
 from edgeres.deps import require, versions
-from edgeres.recipe import Latency, Offline
 from edgeres.runtimes.base import Runner
 from edgeres.runtimes.settings import RuntimeSettings
 

@@ -1,9 +1,11 @@
 """The pipeline engine: runs each variant's stages in recipe order over a content-addressed cache.
 
 Every stage output lives in `<cache>/<stage type>-<key>/`, where the key is the sha256 of the stage type and
-implementation version, its resolved config, its input artifact's content hash, the data fingerprint, the seed and
-the versions of the tools it uses. A stage whose key has a committed entry is not run again, so variants that share
-stages run them once, a second recipe reuses a first one's stages, and a killed build resumes.
+registry version, the stage's resolved inputs object (edgeres.inputs, built once by edgeres.resolve: its config, the
+runtime settings it measures with, referenced files' digests, the data fingerprint, host facts where its output
+depends on the host), its input artifacts' content hashes and the versions of the tools it uses. A stage whose key
+has a committed entry is not run again, so variants that share stages run them once, a second recipe reuses a first
+one's stages, and a killed build resumes.
 
 Commit protocol: a stage writes into `<entry>.partial/` (kept across a kill so long stages can resume from their
 checkpoints), the pipeline hashes the files and writes `artifact.json` last, then renames the folder into place.
@@ -35,16 +37,33 @@ from edgeres.artifact import (
     write_json_atomic,
     write_text_atomic,
 )
+from edgeres.config import STAGE_IO, DataConfig
 from edgeres.deps import versions
 from edgeres.errors import CacheError, EdgeresError, RecipeError, StageError, StorageError, write_failure
-from edgeres.keys import host_facts, key_material, reads_data, stage_key
+from edgeres.inputs import DataInputs, StageInputs, keyed, recorded
+from edgeres.keys import host_facts, stage_key
 from edgeres.locks import held
 from edgeres.progress import Reporter
-from edgeres.recipe import STAGE_IO, Recipe, dump_recipe, variant_recipe
+from edgeres.recipe import Recipe, dump_recipe, variant_recipe
+from edgeres.resolve import Resolver
 from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 LOCK_TIMEOUT_S = 3600.0
+
+
+def key_material(
+    stage_type: str, *, version: int, tools: tuple[str, ...], inputs: Any, artifacts: dict[str, str]
+) -> dict[str, Any]:
+    """Everything a stage's key hashes: its type and registry version, its inputs object (the keyed part), the
+    identities of its input artifacts and its tools' versions."""
+    return {
+        "stage": stage_type,
+        "impl": version,
+        "inputs": keyed(inputs),
+        "artifacts": artifacts,
+        "tools": versions(*tools),
+    }
 
 
 @contextlib.contextmanager
@@ -101,6 +120,12 @@ class StageRecord:
     status: str  # ran | cached | planned | missing
     seconds: float = 0.0
     path: str = ""
+    # What the key hashed (edgeres.keys.key_material): `--dry-run --explain` compares it with an earlier entry's.
+    material: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """The record as build.json holds it (without the key material, which the entry's sidecar holds)."""
+        return {k: v for k, v in self.__dict__.items() if k != "material"}
 
 
 @dataclass
@@ -140,53 +165,41 @@ class Pipeline:
         self._forced_done: set[str] = set()
         self._data: dict[str, Any] = {}
         self._fingerprints: dict[str, str] = {}
-        self.threads = recipe.threads or os.cpu_count() or 1
+        self.resolver = Resolver(recipe, fingerprint=self.fingerprint, cache_dir=self.cache_dir)
 
     # ----------------------------------------------------------------------------------------------- keys & data
 
-    def _data_key(self, recipe: Recipe) -> str:
-        return sha256_json([recipe.data.model_dump(mode="json"), recipe.seed])
-
-    def fingerprint(self, recipe: Recipe) -> str:
-        k = self._data_key(recipe)
+    def fingerprint(self, data: DataConfig, seed: int) -> str:
+        """The data fingerprint (file contents and split rule) of a data config, computed once per build."""
+        k = sha256_json([data.model_dump(mode="json"), seed])
         if k not in self._fingerprints:
             from edgeres.data import fingerprint
 
-            self._fingerprints[k] = fingerprint(recipe.data, recipe.seed)
+            self._fingerprints[k] = fingerprint(data, seed)
         return self._fingerprints[k]
 
-    def data_loader(self, recipe: Recipe) -> Any:
-        def load() -> Any:
-            k = self._data_key(recipe)
-            if k not in self._data:
-                from edgeres.data import load_data, split_sizes
+    def load_data(self, data: DataInputs) -> Any:
+        """The images an inputs object's `data` names, decoded once per build."""
+        k = sha256_json(recorded(data))
+        if k not in self._data:
+            from edgeres.data import load_data, split_sizes
 
-                t = time.monotonic()
-                self._data[k] = load_data(recipe.data, seed=recipe.seed, cache_dir=self.cache_dir)
-                sizes = split_sizes(self._data[k])
-                self.reporter.log(
-                    f"data {recipe.data.type}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
-                    f"images, {len(self._data[k].classes)} classes ({time.monotonic() - t:.1f}s)"
-                    + (f"; {len(self._data[k].skipped)} unreadable files skipped" if self._data[k].skipped else "")
-                )
-            return self._data[k]
+            t = time.monotonic()
+            self._data[k] = bundle = load_data(data.config, seed=data.seed, cache_dir=self.cache_dir)
+            sizes = split_sizes(bundle)
+            self.reporter.log(
+                f"data {data.config.type}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
+                f"images, {len(bundle.classes)} classes ({time.monotonic() - t:.1f}s)"
+                + (f"; {len(bundle.skipped)} unreadable files skipped" if bundle.skipped else "")
+            )
+        return self._data[k]
 
-        return load
-
-    def stage_key(self, recipe: Recipe, variant: str, stage: Any, inputs: dict[str, str]) -> str:
-        """The stage's cache key: its declared reads, inputs, data fingerprint, tools and version (edgeres.keys)."""
+    def plan(self, variant: str, stage: Any, artifacts: dict[str, str]) -> tuple[StageInputs, dict[str, Any]]:
+        """The stage's resolved inputs object and what its key hashes (edgeres.keys.key_material)."""
         spec = REGISTRY[stage.type]
-        reads = stage.reads(recipe, variant)
-        material = key_material(
-            recipe,
-            variant,
-            stage,
-            version=spec.version,
-            tools=spec.tools,
-            inputs=inputs,
-            data_fingerprint=self.fingerprint(recipe) if reads_data(reads) else None,
-        )
-        return stage_key(material)
+        inputs = self.resolver.inputs(variant, stage)
+        material = key_material(stage.type, version=spec.version, tools=spec.tools, inputs=inputs, artifacts=artifacts)
+        return inputs, material
 
     # ------------------------------------------------------------------------------------------------------ run
 
@@ -226,7 +239,7 @@ class Pipeline:
                 if not dist.is_main() and not self._collective():
                     self.reporter.log(f"rank {dist.rank()}: the training stages are done; rank 0 goes on alone")
                     return result
-                out = self._stage(result, vname, vrecipe, st, made)
+                out = self._stage(result, vname, st, made)
                 if out is None:
                     break
                 made.append(out)
@@ -242,7 +255,7 @@ class Pipeline:
         until_ok = self.until_stage is None or self.until_stage in last
         report: Input | None = None
         if bench is not None and until_ok and len(planned) == len(names):
-            report = self._stage(result, "*", self.recipe, bench, [], variants=planned)
+            report = self._stage(result, "*", bench, [], variants=planned)
             result.report = report if isinstance(report, Artifact) else None
         if package is not None and report is not None and self.until_stage in (None, package.id):
             # After the report, per variant: a bundle carries its variant's measured figures (the report is keyed).
@@ -251,7 +264,7 @@ class Pipeline:
                 st = next((s for s in vrecipe.chain(vname) if s.id == package.id), None)
                 if st is None or vname not in planned:
                     continue
-                out = self._stage(result, vname, vrecipe, st, [planned[vname]], extra={"report": report})
+                out = self._stage(result, vname, st, [planned[vname]], extra={"report": report})
                 if isinstance(out, Artifact):
                     result.bundles[vname] = out
         if self.out_dir is not None and not self.dry_run and dist.is_main():
@@ -262,7 +275,6 @@ class Pipeline:
         self,
         result: BuildResult,
         vname: str,
-        recipe: Recipe,
         st: Any,
         made: list[Input],
         *,
@@ -285,14 +297,15 @@ class Pipeline:
                     "keep a finetune or prune stage in the chain"
                 )
             inputs["torch_model"] = identity(torch_source)
-        key = self.stage_key(recipe, vname, st, inputs)
+        resolved, material = self.plan(vname, st, inputs)
+        key = stage_key(material)
         final = self.cache_dir / f"{st.type}-{key}"
-        rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final))
+        rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final), material=material)
         result.records.append(rec)
         if self._collective() and not dist.is_main():
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
-            return self._follow(final, vname, recipe, st, inp, rec, result, torch_source)
+            return self._follow(final, vname, resolved, st, inp, rec, result, torch_source)
         forced = st.id in self.force and key not in self._forced_done
         existing = self._look_up(final, forced=forced, vname=vname, st=st, rec=rec)
         if existing is not None:
@@ -317,11 +330,13 @@ class Pipeline:
             assert report is None or isinstance(report, Artifact)
             with storage_errors(f"stage {st.id} of variant {vname}"):
                 try:
-                    work, out = self._execute(vname, recipe, st, inp, rec, real_variants, result, torch_source, report)
+                    work, out = self._execute(
+                        vname, resolved, st, inp, rec, real_variants, result, torch_source, report
+                    )
                 except EdgeresError:  # bad data, a failed check: keep checkpoints to resume from, nothing else
                     drop_if_empty(final.with_name(final.name + ".partial"))
                     raise
-                self._commit(work, final, out, st, recipe, key, inputs, rec)
+                self._commit(work, final, out, st, resolved, key, inputs, rec)
             if forced:
                 self._forced_done.add(key)
         if self._collective():
@@ -340,7 +355,7 @@ class Pipeline:
         self,
         final: Path,
         vname: str,
-        recipe: Recipe,
+        resolved: StageInputs,
         st: Any,
         inp: Artifact | None,
         rec: StageRecord,
@@ -352,9 +367,9 @@ class Pipeline:
         if dist.broadcast(None) == "run":
             if st.trains():
                 dist.barrier()  # rank 0 has prepared the work folder and its checkpoints
-                ctx = self._context(final.with_name(final.name + ".partial"), vname, recipe, {}, result, torch_source)
+                ctx = self._context(final.with_name(final.name + ".partial"), vname, resolved, {}, result, torch_source)
                 self.reporter.log(f"[{vname}] {st.id}: training with rank 0 (rank {dist.rank()})")
-                load_stage(st.type).run(ctx, st, inp)
+                load_stage(st.type).run(ctx, resolved.config, inp)
             dist.barrier()  # rank 0 has committed the entry
             rec.status = "ran"
         art = read_artifact(final)
@@ -380,7 +395,7 @@ class Pipeline:
     def _execute(
         self,
         vname: str,
-        recipe: Recipe,
+        resolved: StageInputs,
         st: Any,
         inp: Artifact | None,
         rec: StageRecord,
@@ -395,13 +410,13 @@ class Pipeline:
         for leftover in work.iterdir():
             if leftover.name != SCRATCH:
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        ctx = self._context(work, vname, recipe, variants, result, torch_source, report)
+        ctx = self._context(work, vname, resolved, variants, result, torch_source, report)
         if self._collective() and st.trains():
             dist.barrier()  # the other ranks train too, reading checkpoints from this work folder
         self.reporter.log(f"[{vname}] {st.id}: running ({rec.key[:12]})")
         faults.point("stage:started", st.type)
         t0 = time.monotonic()
-        out: StageOutput = load_stage(st.type).run(ctx, st, inp)
+        out: StageOutput = load_stage(st.type).run(ctx, resolved.config, inp)
         rec.seconds = round(time.monotonic() - t0, 2)
         faults.point("stage:ran", st.type)
         shutil.rmtree(work / SCRATCH, ignore_errors=True)
@@ -413,25 +428,20 @@ class Pipeline:
         self,
         work: Path,
         vname: str,
-        recipe: Recipe,
+        resolved: StageInputs,
         variants: dict[str, Artifact],
         result: BuildResult,
         torch_source: Artifact | None,
         report: Artifact | None = None,
-    ) -> StageContext:
+    ) -> StageContext[Any]:
         return StageContext(
             workdir=work,
-            recipe=recipe,
-            variant=vname,
-            seed=recipe.seed,
-            threads=self.threads,
+            inputs=resolved,
             reporter=self.reporter,
-            load_data=self.data_loader(recipe),
+            load_data=self.load_data,
             variants=variants,
             lineage=result.lineage if variants else ({vname: result.lineage[vname]} if report else {}),
             torch_source=torch_source,
-            data_of=lambda r: self.data_loader(r)(),
-            cache_dir=self.cache_dir,
             report=report,
         )
 
@@ -441,14 +451,14 @@ class Pipeline:
         final: Path,
         out: StageOutput,
         st: Any,
-        recipe: Recipe,
+        resolved: StageInputs,
         key: str,
         inputs: dict[str, str],
         rec: StageRecord,
     ) -> None:
         """Hash the files, write the sidecar last (the commit marker), then rename the folder into place."""
         spec = REGISTRY[st.type]
-        reads = st.reads(recipe, rec.variant)
+        data = getattr(resolved, "data", None)
         sidecar = {
             "schema": SCHEMA_VERSION,
             "edgeres": __version__,
@@ -461,10 +471,11 @@ class Pipeline:
             "deliverables": out.deliverables or [out.primary],
             "files": hash_files(work),
             "inputs": inputs,
-            "reads": reads,
             "config": st.model_dump(mode="json"),
-            "data_fingerprint": self.fingerprint(recipe) if reads_data(reads) else None,
-            "seed": recipe.seed,
+            "resolved": recorded(resolved),  # the inputs object the stage was given, unkeyed fields too
+            "key_material": rec.material,  # exactly what the key hashes (`--dry-run --explain` compares it)
+            "data_fingerprint": data.fingerprint if isinstance(data, DataInputs) else None,
+            "seed": resolved.seed,
             "tools": versions(*spec.tools),
             "host": host_facts(),
             "metrics": out.metrics,
@@ -541,7 +552,8 @@ class Pipeline:
                 {
                     "recipe": self.recipe.name,
                     "cache": str(self.cache_dir),
-                    "stages": [r.__dict__ for r in result.records],
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "stages": [r.row() for r in result.records],
                 },
             )
 

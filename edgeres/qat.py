@@ -20,9 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgeres.config import ExportStage, Qat
 from edgeres.deps import require
 from edgeres.errors import StageError
-from edgeres.recipe import ExportStage, Qat
 from edgeres.training import Feed, train_epochs
 
 CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))

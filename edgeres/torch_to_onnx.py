@@ -6,8 +6,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from edgeres.config import ExportStage
 from edgeres.deps import require
-from edgeres.recipe import ExportStage
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgeres import dist, faults
 from edgeres.artifact import write_bytes_atomic
+from edgeres.config import Distill, Distributed, Optimizer, Qat, Recovery
 from edgeres.deps import require
-from edgeres.recipe import Distill, Optimizer, Qat, Recovery
 
 if TYPE_CHECKING:
     from edgeres.data import DataBundle
     from edgeres.progress import Reporter
-    from edgeres.stages.base import StageContext
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,15 @@ class Feed:
     sync_batchnorm: bool = False
 
 
-def feed_for(ctx: StageContext) -> Feed:
-    """The stage's Feed. The `distributed` block is read only where several processes train (it shapes nothing in
-    one process, and the training stages' keys name it only then)."""
+def feed_for(data: DataBundle, augment: str, reporter: Reporter, distributed: Distributed | None) -> Feed:
+    """A training stage's Feed. `distributed` (in the stage's inputs only where several torchrun processes train)
+    sets the batch multiplier (distributed.batch: per-process) and BatchNorm synchronisation; in one process it is
+    None and shapes nothing."""
     scale, sync = 1, False
-    if dist.active():
-        d = ctx.recipe.distributed
-        scale = dist.world_size() if d.batch == "per-process" else 1
-        sync = d.sync_batchnorm
-    return Feed(ctx.data, ctx.recipe.data.augment, ctx.reporter, scale, sync)
+    if distributed is not None and dist.active():
+        scale = dist.world_size() if distributed.batch == "per-process" else 1
+        sync = distributed.sync_batchnorm
+    return Feed(data, augment, reporter, scale, sync)
 
 
 def make_optimizer(torch: Any, model: Any, o: Optimizer, scale: int = 1) -> Any:

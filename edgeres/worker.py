@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeres.config import Latency, Offline
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.measure import (
@@ -27,7 +28,6 @@ from edgeres.measure import (
     peak_rss_bytes,
     reset_peak_rss,
 )
-from edgeres.recipe import Latency, Offline
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import RuntimeSettings
 

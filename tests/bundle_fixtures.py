@@ -129,7 +129,7 @@ def make_bundle(
         "version": version,
         "name": "tiny",
         "variant": "main",
-        "recipe_sha256": "0" * 64,
+        "inputs_sha256": "0" * 64,
         "target": {"name": f"cpu-{runtime}", "runtime": runtime, "device": "cpu"},
         "engine": {
             "format": fmt,

@@ -143,8 +143,8 @@ def test_bad_files_policy_is_validated(tmp_path: Path) -> None:
 
 
 def test_grayscale_and_rgba_images_are_read_as_rgb(tmp_path: Path) -> None:
+    from edgeres.config import ImageFolderData
     from edgeres.data import load_data
-    from edgeres.recipe import ImageFolderData
 
     root = folder_data(tmp_path / "data")
     gray = image(root / "train" / "cat" / "0.png", seed=5, mode="L")

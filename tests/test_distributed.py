@@ -108,31 +108,23 @@ def test_prune_and_qat_train_on_two_processes(tmp_path: Path) -> None:
     assert "rank 1: the training stages are done" not in r.stderr  # quantize (QAT) was the last stage
 
 
-def test_world_size_enters_only_training_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_world_size_enters_only_training_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Several processes train other weights (per-process BatchNorm statistics, another summation order): the
+    training stages' inputs hold the world, export's never do."""
     from conftest import as_recipe
 
-    from edgeres.keys import key_material
-    from edgeres.stages import REGISTRY
+    from edgeres.inputs import keyed
+    from edgeres.resolve import Resolver
 
     recipe = as_recipe(tiny_recipe(stages=[FINETUNE, {"type": "export"}]))
     finetune, export = recipe.stages
+    resolver = Resolver(recipe, fingerprint=lambda data, seed: "d", cache_dir=tmp_path)
 
     def keys() -> tuple[dict[str, Any], dict[str, Any]]:
-        return tuple(  # type: ignore[return-value]
-            key_material(
-                recipe,
-                "main",
-                st,
-                version=REGISTRY[st.type].version,
-                tools=(),
-                inputs={"input": "x"},
-                data_fingerprint="d",
-            )
-            for st in (finetune, export)
-        )
+        return keyed(resolver.inputs("main", finetune)), keyed(resolver.inputs("main", export))
 
     f1, e1 = keys()
     monkeypatch.setenv("WORLD_SIZE", "2")
     f2, e2 = keys()
-    assert "world" not in f1 and f2["world"]["size"] == 2 and f2["world"]["batch"] == "global"
+    assert f1["world"] is None and f2["world"]["size"] == 2 and f2["world"]["distributed"]["batch"] == "global"
     assert e1 == e2

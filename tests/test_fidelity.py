@@ -132,7 +132,7 @@ def test_corruptions_are_seeded_and_grow_with_severity() -> None:
 
 
 def test_recipe_refuses_bad_fidelity_settings() -> None:
-    from edgeres.recipe import Robustness, Saliency
+    from edgeres.config import Robustness, Saliency
 
     for bad in ({"severities": [0]}, {"severities": [6]}, {"corruptions": ["fog"]}, {"corruptions": []}):
         with pytest.raises(ValueError):

@@ -1,6 +1,7 @@
 """The float16 cast for strongly typed TensorRT (edgeres.fp16): the float parts of an INT8 Q/DQ model (quantize's
-output for TensorRT targets) and TensorRT 11's FP16 models (build.py) go through one converter, and ONNX Runtime on
-the CPU runs what it writes, so quantize can judge it. The stage-level checks are in test_quantize.py."""
+output for TensorRT targets) and TensorRT 11's FP16 models (tensorrt/onnx_graph.py) go through one converter, and
+ONNX Runtime on the CPU runs what it writes, so quantize can judge it. The stage-level checks are in
+test_quantize.py."""
 
 from __future__ import annotations
 
@@ -166,8 +167,9 @@ def test_missing_converter_names_the_extras(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_tensorrt11_fp16_cast_is_the_same_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """build.py's FP16 path for TensorRT 11 (no FP16 builder flag) casts with the converter quantize uses."""
-    from edgeres.tensorrt import build
+    """The build's FP16 path for TensorRT 11 (no FP16 builder flag, onnx_graph.fp16_onnx_from_fp32) casts with the
+    converter quantize uses."""
+    from edgeres.tensorrt import onnx_graph
 
     model = qdq_classifier()
     graph = model.graph
@@ -193,7 +195,7 @@ def test_tensorrt11_fp16_cast_is_the_same_converter(tmp_path: Path, monkeypatch:
         return real(m, source=source)
 
     monkeypatch.setattr(fp16, "fp16_from_fp32", recorded)
-    dst = build.fp16_onnx_from_fp32(src, tmp_path / "model.fp16.onnx")
+    dst = onnx_graph.fp16_onnx_from_fp32(src, tmp_path / "model.fp16.onnx")
     assert calls == [str(src)]
     half = onnx.load(str(dst))
     assert {p.key: p.value for p in half.metadata_props}["edgeres.fp16"] == (

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from edgeres.artifact import SCHEMA_VERSION, SIDECAR, Artifact, hash_files, read_artifact, sha256_file
 from edgeres.errors import EdgeresError
-from edgeres.recipe import Recipe, parse_set, recipe_from_text
+from edgeres.recipe import Recipe, recipe_from_text
+from edgeres.recipe_yaml import parse_set
 from edgeres.tensorrt.kit import KIT_JSON, KIT_SCHEMA, read_kit
 
 EXAMPLES = int(os.environ.get("EDGERES_FUZZ_EXAMPLES", "200"))  # more for a longer hunt

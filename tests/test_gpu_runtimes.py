@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from onnx_models import images, tiny_classifier
 
+from edgeres.config import BenchmarkStage, Latency
 from edgeres.errors import MissingDependencyError, StageError
 from edgeres.measure import accuracy_batch_size, gpu_memory, measure_latency
-from edgeres.recipe import BenchmarkStage, Latency
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.base import Runner
 from edgeres.runtimes.onnxruntime import (

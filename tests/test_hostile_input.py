@@ -27,7 +27,8 @@ from conftest import (
 )
 
 from edgeres.errors import RecipeError, StageError
-from edgeres.recipe import MAX_ALIAS_NODES, MAX_DEPTH, parse_set, recipe_from_text
+from edgeres.recipe import recipe_from_text
+from edgeres.recipe_yaml import MAX_ALIAS_NODES, MAX_DEPTH, parse_set
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 

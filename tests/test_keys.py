@@ -1,13 +1,12 @@
-"""Cache keys from declared reads (edgeres.keys): every leaf of the recipe schema is walked, changed, and exactly the
-keys of the stages that declare it, and those downstream of them, must change.
+"""Cache keys from resolved inputs (edgeres.inputs, edgeres.resolve): each stage's key is the hash of the one object
+it is given, so what is tested here is that the objects hold what shapes each output, and nothing else.
 
-Keys are computed by dry runs over an empty cache, where every stage is planned and a stage's input is identified
-by its upstream key, so a change propagates downstream exactly as a real build's content hashes would.
-
-What this proves: every leaf of the schema is read by some stage's key (or is listed below as structural, with the
-reason), and a key changes with exactly what its stage declares. What it cannot prove on its own: that a stage's
-code reads nothing it does not declare; `test_stages_read_only_what_they_declare` checks that for the recipe
-attributes stage code reads through its context, on a real tiny build.
+The leaf walk changes every leaf of the recipe schema, in recipes whose variants skip and override stages, and checks
+each variant's keys against `readers`, a specification written here, independently of the resolver, of which stages
+each recipe value shapes. Keys are computed by dry runs over an empty cache, where a stage's input is identified by
+its upstream key, so a change propagates downstream exactly as a real build's content hashes would. By construction a
+stage cannot read what its inputs object does not hold (StageContext carries nothing else, and import-linter keeps
+stage modules away from the Recipe: `make lint`).
 """
 
 from __future__ import annotations
@@ -22,26 +21,47 @@ import pytest
 from conftest import TINY_DATA, TINY_LATENCY, TINY_OFFLINE, quiet_reporter
 from pydantic import BaseModel
 
+from edgeres.config import Unkeyed
 from edgeres.errors import RecipeError
 from edgeres.pipeline import Pipeline
-from edgeres.recipe import Recipe, recipe_from_text
+from edgeres.recipe import Recipe, recipe_from_text, variant_recipe
 
-# Leaves the walk does not change, and why.
+
+def unkeyed_leaves() -> dict[str, str]:
+    """Schema leaves marked Unkeyed (edgeres.config), with the reason each shapes no output."""
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            for m in [*info.metadata, *typing.get_args(info.annotation)[1:]]:
+                if isinstance(m, Unkeyed):
+                    out[f"{prefix}{name}"] = m.why
+            for sub in _models_of(info.annotation):
+                if name == "stages" and not prefix:
+                    t = typing.get_args(sub.model_fields["type"].annotation)[0]
+                    walk(sub, f"stages[].{t}.")
+                elif name == "data" and not prefix:
+                    walk(sub, "data.")
+                else:
+                    walk(sub, f"{prefix}{name}.")
+
+    walk(Recipe, "")
+    return out
+
+
+# Leaves the walk does not change, and why (besides those marked Unkeyed in the schema, read by unkeyed_leaves).
 STRUCTURAL = {
-    "name": "the recipe's name names the output folder; no stage output depends on it",
-    "stages[].name": "a stage's name is how variants and the CLI refer to it; renaming keeps its output",
-    "variants": "variants select stages and overrides; each variant's keys follow from its own recipe",
-    "targets": "target definitions; stages read the resolved spec of the chosen target through `target`",
-    "data.root": "where the images lie; their content is keyed by the data fingerprint (test below)",
-    "data.max_memory_gb": "a memory budget: above it the splits are streamed, giving the same batches",
-    "distributed.batch": "multi-process training only: then the training stages' keys name it (test_distributed.py)",
-    "distributed.sync_batchnorm": "multi-process training only: then the training stages' keys name it",
+    "name": "the recipe's name names the output folder; stages that embed it hold it (kits, the report)",
+    "variants": "variants select stages and overrides: walked through each variant's recipe below",
+    "targets": "target definitions; stages hold the resolved spec of the chosen target",
+    "distributed.batch": "multi-process training only: then the training stages' inputs hold it (test_distributed.py)",
+    "distributed.sync_batchnorm": "multi-process training only: then the training stages' inputs hold it",
     "distributed.timeout_minutes": "multi-process training only: how long a barrier waits; shapes no output",
     "lock_timeout_s": "how long a build waits for another's lock; shapes no output",
-    "data.stream": "in memory or streamed from disk: the same batches bit for bit (tests/test_stream.py)",
-    "data.workers": "how many processes decode streamed batches: the same batches whatever the number",
     "data.type": "which kind of data set: each kind's leaves are walked in a base recipe of its own",
     "stages[].prune.budget.type": "which kind of budget: each kind's leaves are walked in a base recipe of its own",
+    "data.augment": "stripped from the data block; the training stages hold it as `augment` (walked all the same)",
+    "data.calibration_size": "stripped from the data block; quantize holds it as `calibration_size` (walked)",
 }
 
 STAGES_LATENCY: list[dict[str, Any]] = [
@@ -70,6 +90,9 @@ def base_recipes(tmp: Path) -> dict[str, dict[str, Any]]:
         for c in ("a", "b"):
             (folder / split / c).mkdir(parents=True, exist_ok=True)
             (folder / split / c / "0.png").write_bytes(b"not decoded by a dry run")
+    weights = tmp / "weights.pt"  # the other value of finetune.weights: a file must exist to be keyed by content
+    weights.write_bytes(b"a state dict")
+    SPECIAL["stages[].finetune.weights"] = [str(weights)]
     ratio = copy.deepcopy(STAGES_LATENCY)[:-1]  # the dry-run test below lists this recipe's rows
     ratio[1] = {"type": "prune", "budget": {"type": "ratio", "ratio": 0.3}}
     ratio[3] = {"type": "quantize", "calibration_size": 8}
@@ -81,15 +104,33 @@ def base_recipes(tmp: Path) -> dict[str, dict[str, Any]]:
         "measure_latency": True,
         "depth": {"blocks": [1, 1, 1, 1]},
     }
+    # Variants that skip and override stages: the walk checks every variant's keys.
+    latency_variants = {
+        "int8": {},
+        "fp32": {"skip": ["quantize"]},
+        "q": {"skip": ["compile", "package"], "set": {"target": "cpu-openvino"}},
+    }
     return {
-        "latency": {"name": "k", "threads": 1, "data": dict(TINY_DATA), "stages": STAGES_LATENCY},
+        "latency": {
+            "name": "k",
+            "threads": 1,
+            "data": dict(TINY_DATA),
+            "stages": STAGES_LATENCY,
+            "variants": latency_variants,
+        },
         "ratio": {
             "name": "k",
             "threads": 1,
             "data": {"type": "imagefolder", "root": str(folder), "val": None},
             "stages": ratio,
         },
-        "macs": {"name": "k", "data": {"type": "digits"}, "stages": macs, "target": "cpu-openvino"},
+        "macs": {
+            "name": "k",
+            "data": {"type": "digits"},
+            "stages": macs,
+            "target": "cpu-openvino",
+            "variants": {"all": {}, "nocompile": {"skip": ["compile", "package"]}, "t2": {"set": {"threads": 2}}},
+        },
     }
 
 
@@ -99,17 +140,6 @@ def planned_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]
     recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="key-test")
     result = Pipeline(recipe, cache_dir=cache, reporter=quiet_reporter(), dry_run=True).run()
     return {(r.variant, r.stage): r.key for r in result.records}
-
-
-def declared(recipe: Recipe, variant: str, stage: Any, path: str) -> bool:
-    """Whether the stage declares a read covering `path` (the path itself, a prefix of it, or the whole recipe)."""
-    reads = stage.reads(recipe, variant)
-    parts = path.split(".")
-    if parts[0] == "stages":
-        idx = int(parts[1])
-        parts = ["stages", recipe.stages[idx].id, *parts[2:]]
-    dotted = ".".join(parts)
-    return "*" in reads or any(dotted == r or dotted.startswith(r + ".") for r in reads)
 
 
 # ------------------------------------------------------------------------------------------ the schema's leaves
@@ -131,7 +161,7 @@ def schema_leaves(model: type[BaseModel] = Recipe, prefix: str = "") -> set[str]
     leaves: set[str] = set()
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        if path in STRUCTURAL:
+        if path in STRUCTURAL or path in unkeyed_leaves():
             continue
         models = _models_of(field.annotation)
         if name == "stages" and not prefix:
@@ -152,6 +182,7 @@ def schema_leaves(model: type[BaseModel] = Recipe, prefix: str = "") -> set[str]
         leaf
         for leaf in leaves
         if leaf not in STRUCTURAL
+        and leaf not in unkeyed_leaves()
         and not (leaf.startswith("stages[].") and leaf.count(".") == 2 and leaf.endswith((".type", ".name")))
     }
 
@@ -232,34 +263,142 @@ def _mutated(raw: dict[str, Any], path: tuple[Any, ...], old: Any, schema: str) 
     return None
 
 
-def test_every_leaf_changes_exactly_the_keys_that_declare_it(tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------- the specification of what's read
+
+SETTINGS = ("precision", "onnxruntime.optimization_level", "openvino.hint")  # runtime settings from compile
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def changed_paths(old: Recipe, new: Recipe) -> set[str]:
+    """Dotted recipe paths whose value differs, stages named by id (`stages.<id>.<field>`)."""
+
+    def flat(r: Recipe) -> dict[str, Any]:
+        dump = r.model_dump(mode="json")
+        stages = dump.pop("stages")
+        dump.pop("variants", None)
+        out = _leaves(dump)
+        for st, raw in zip(r.stages, stages, strict=True):
+            out.update(_leaves(raw, f"stages.{st.id}"))
+        return out
+
+    a, b = flat(old), flat(new)
+    return {p for p in set(a) | set(b) if a.get(p, "<absent>") != b.get(p, "<absent>")}
+
+
+def effective(path: str, vr: Recipe) -> Any:
+    """What a stage runs with where the recipe leaves a value to a default: threads null is every core, compile
+    precision null is the target's float precision."""
+    import os
+
+    if path == "threads":
+        return vr.threads or os.cpu_count()
+    compile_ = vr.stage_of("compile")
+    if compile_ is not None and path == f"stages.{compile_.id}.precision":
+        return compile_.precision or vr.target_spec().float_precision
+    return None
+
+
+def readers(path: str, vr: Recipe, variant: str, other: Recipe | None = None) -> set[str]:
+    """Which stages of `variant` (ids; "benchmark" for the report) a change of `path` in its recipe must rebuild
+    directly: the specification the keys are checked against, written without the resolver. `other` is the recipe
+    on the other side of the change (a default that resolves to the same value changes only the stage that holds
+    the field itself)."""
+    same = other is not None and effective(path, vr) is not None and effective(path, vr) == effective(path, other)
+    chain = vr.chain(variant)
+    ids = [s.id for s in chain]
+    prune = vr.stage_of("prune", variant)
+    probe = prune is not None and (prune.budget.type == "latency" or prune.measure_latency)
+    of = {s.type: s.id for s in chain}
+    out: set[str] = set()
+    if path == "data.augment":  # the training stages
+        quantize = vr.stage_of("quantize", variant)
+        qat = quantize is not None and quantize.qat is not None
+        return {of[t] for t in ("finetune", "prune") if t in of} | ({of["quantize"]} if qat else set())
+    if path == "data.calibration_size":  # quantize, where its own calibration_size is unset
+        quantize = vr.stage_of("quantize", variant)
+        return {quantize.id} if quantize is not None and quantize.calibration_size is None else set()
+    if path == "seed" or path.startswith(("data.", "model.")):
+        return {*ids, "benchmark"}  # the images (or the network) every stage after finetune follows
+    if path == "threads":
+        return set() if same else ({of["prune"]} if probe else set()) | {"benchmark"}
+    if path == "target" or path.startswith("target"):
+        return {of[t] for t in ("prune", "quantize", "compile", "package") if t in of} | {"benchmark"}
+    if not path.startswith("stages."):
+        return out
+    _, sid, *rest = path.split(".")
+    field = ".".join(rest)
+    st = next((s for s in vr.stages if s.id == sid), None)
+    if st is None:
+        return out
+    if sid in ids:
+        out.add(sid)
+    if st.type == "export" and probe and sid in ids:
+        out.add(of["prune"])
+    if st.type == "quantize" and probe and sid in ids and field in ("preset", "fast_bias_correction"):
+        out.add(of["prune"])
+    if st.type == "compile" and field in SETTINGS and not same:
+        # the engine's runtime settings: quantize judges with them (also in a variant that skips compile), the
+        # latency probe times with them, the benchmark measures with them
+        out |= {of[t] for t in ("quantize",) if t in of} | ({of["prune"]} if probe else set()) | {"benchmark"}
+    if st.type == "benchmark":
+        out.add("benchmark")
+    out.discard("benchmark") if st.type == "package" else None
+    return out
+
+
+def expected_changes(old: Recipe, new: Recipe) -> set[tuple[str, str]]:
+    """(variant, stage) keys that must change: the readers of every changed path and everything downstream of them
+    in the variant's chain; the report when any variant's stage or anything it reads changed; bundles after it."""
+    out: set[tuple[str, str]] = set()
+    bench = False
+    for vname in old.variant_names():
+        vo, vn = variant_recipe(old, vname), variant_recipe(new, vname)
+        chain = [s.id for s in vo.chain(vname) if s.type not in ("benchmark", "package")]
+        direct: set[str] = set()
+        for path in changed_paths(vo, vn):
+            direct |= readers(path, vo, vname, vn) | readers(path, vn, vname, vo)
+        bench |= "benchmark" in direct
+        first = min((chain.index(s) for s in direct if s in chain), default=None)
+        if first is not None:
+            out |= {(vname, s) for s in chain[first:]}
+            bench = True
+        package = next((s.id for s in vo.chain(vname) if s.type == "package"), None)
+        if package is not None and package in direct:
+            out.add((vname, package))
+    if bench:
+        out.add(("*", "benchmark"))
+        for vname in old.variant_names():
+            package = next((s.id for s in variant_recipe(old, vname).chain(vname) if s.type == "package"), None)
+            if package is not None:
+                out.add((vname, package))
+    return out
+
+
+def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_path: Path) -> None:
     import yaml
 
     walked: set[str] = set()
     failures: list[str] = []
     unchangeable: list[tuple[str, str]] = []  # (leaf, where): fine where another base recipe changed the leaf
+    skip = STRUCTURAL.keys() - {"data.augment", "data.calibration_size"}
+    unkeyed = unkeyed_leaves()
     for label, base in base_recipes(tmp_path).items():
         recipe = recipe_from_text(yaml.safe_dump(base, sort_keys=False), source=label)
         resolved = recipe.model_dump(mode="json")
         base_keys = planned_keys(resolved, tmp_path / "cache")
-        chain = [s for s in recipe.stages if s.type != "benchmark"]
         for path, schema in walk(resolved):
-            if schema in STRUCTURAL or schema.startswith(("variants", "targets")):
+            if schema in skip or schema in unkeyed or schema.startswith(("variants", "targets")):
                 continue
-            if schema.startswith("stages[].") and schema.count(".") == 2 and schema.endswith(".name"):
-                continue
-            if schema.startswith("stages[].") and schema.count(".") == 2 and schema.endswith(".type"):
-                continue  # a stage's type is which stage it is
-            if schema.startswith("data.") and schema.split(".")[1] in (
-                "root",
-                "max_memory_gb",
-                "stream",
-                "workers",
-                "type",
-            ):
-                continue
-            if schema == "stages[].prune.budget.type":
-                continue
+            if schema.startswith("stages[].") and schema.count(".") == 2 and schema.endswith((".name", ".type")):
+                continue  # a stage's name (unkeyed) and type (which stage it is)
             node: Any = resolved
             for p in path:
                 node = node[p]
@@ -271,30 +410,48 @@ def test_every_leaf_changes_exactly_the_keys_that_declare_it(tmp_path: Path) -> 
             mutant, new = found
             walked.add(schema)
             keys = planned_keys(mutant, tmp_path / "cache")
-            dotted = ".".join(str(p) for p in path)
             mutant_recipe = recipe_from_text(yaml.safe_dump(mutant, sort_keys=False), source="mutant")
-            expected: set[str] = set()
-            for i, st in enumerate(chain):
-                mst = mutant_recipe.stages[i]
-                if declared(recipe, "main", st, dotted) or declared(mutant_recipe, "main", mst, dotted):
-                    expected |= {s.id for s in chain[i:]}  # it and everything downstream
-            expected.add("benchmark")  # the report names the whole recipe
-            changed = {stage for (_, stage), key in keys.items() if base_keys.get(("main", stage)) != key}
+            expected = expected_changes(recipe, mutant_recipe)
+            changed = {k for k, key in keys.items() if base_keys.get(k) != key}
             if changed != expected:
                 failures.append(
-                    f"{label}: {schema} {node!r} -> {new!r}: keys changed for {sorted(changed)}, "
-                    f"declared by and downstream of {sorted(expected)}"
+                    f"{label}: {schema} {node!r} -> {new!r}: changed {sorted(changed)}, expected {sorted(expected)}"
                 )
     assert not failures, "\n".join(failures)
     stuck = [where for leaf, where in unchangeable if leaf not in walked]
     assert not stuck, "the walk found no valid other value for:\n" + "\n".join(stuck)
     missing = schema_leaves() - walked
-    assert not missing, f"schema leaves no base recipe holds (add them, or to STRUCTURAL with a reason): {missing}"
+    assert not missing, f"schema leaves no base recipe holds (add them, or mark them Unkeyed with a reason): {missing}"
+
+
+def test_unkeyed_leaves_shape_no_key(tmp_path: Path) -> None:
+    """Every leaf marked Unkeyed can change without a key changing (data.root below: with the same content)."""
+    raw = base_recipes(tmp_path)["ratio"]
+    before = planned_keys(raw, tmp_path / "cache")
+    for path, value in (
+        (("data", "max_memory_gb"), 1.0),
+        (("data", "stream"), "always"),
+        (("data", "workers"), 0),
+        (("lock_timeout_s",), 10),
+        (("distributed",), {"timeout_minutes": 5}),
+    ):
+        mutant = copy.deepcopy(raw)
+        _set(mutant, path, value)
+        after = planned_keys(mutant, tmp_path / "cache")
+        assert sorted(after.values()) == sorted(before.values()), path
+    assert {"data.root", "data.max_memory_gb", "data.stream", "data.workers"} <= set(unkeyed_leaves())
+    # A stage's name: its own entry is kept; the report names the stages of each variant, so it alone changes.
+    renamed = copy.deepcopy(raw)
+    renamed["stages"][0]["name"] = "train"
+    after = planned_keys(renamed, tmp_path / "cache")
+    assert {s for (_, s), k in after.items() if before.get((_, "finetune" if s == "train" else s)) != k} == {
+        "benchmark"
+    }
 
 
 def test_data_content_not_location_is_keyed(tmp_path: Path) -> None:
-    """Moving the images keeps every key but the report's, which names the recipe (root included); changing one
-    image's bytes changes them."""
+    """Moving the images keeps every key, the report's too (it names the recipe, not where its data lie); changing
+    one image's bytes changes them."""
     import shutil
 
     raw = base_recipes(tmp_path)["ratio"]
@@ -302,31 +459,60 @@ def test_data_content_not_location_is_keyed(tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(raw["data"]["root"], moved)
     after = planned_keys({**raw, "data": {**raw["data"], "root": str(moved)}}, tmp_path / "cache")
-    assert {k: v for k, v in after.items() if k[1] != "benchmark"} == {
-        k: v for k, v in before.items() if k[1] != "benchmark"
-    }
+    assert after == before
     (moved / "train" / "a" / "0.png").write_bytes(b"other bytes")
     changed = planned_keys({**raw, "data": {**raw["data"], "root": str(moved)}}, tmp_path / "cache")
     assert changed[("main", "finetune")] != before[("main", "finetune")]
     assert changed[("main", "compile")] != before[("main", "compile")]  # downstream of finetune
 
 
-def test_prune_latency_key_follows_whether_the_variant_quantizes(tmp_path: Path) -> None:
-    """The README's fp32/int8 variants with a latency budget: the probe times FP32 for one and INT8 for the other,
-    so they must not share one prune entry; with a ratio budget (no probe) they do."""
-    raw = base_recipes(tmp_path)["latency"]
-    raw = {**raw, "variants": {"fp32": {"skip": ["quantize"]}, "int8": {}}}
-    keys = planned_keys(raw, tmp_path / "cache")
-    assert keys[("fp32", "finetune")] == keys[("int8", "finetune")]
-    assert keys[("fp32", "prune")] != keys[("int8", "prune")]
-    ratio = copy.deepcopy(raw)
-    ratio["stages"][1] = {"type": "prune", "budget": {"type": "ratio", "ratio": 0.3}}
-    keys = planned_keys(ratio, tmp_path / "cache")
-    assert keys[("fp32", "prune")] == keys[("int8", "prune")]
+def weights_recipe(tmp: Path, weights: Path) -> dict[str, Any]:
+    raw = copy.deepcopy(base_recipes(tmp)["latency"])
+    raw["stages"][0] = {"type": "finetune", "epochs": 0, "weights": str(weights)}
+    return raw
+
+
+def test_a_rewritten_weights_file_at_the_same_path_is_a_new_input(tmp_path: Path) -> None:
+    """The reproduction of issue 24: appending bytes to the weights file kept the finetune key (keyed by path). Now
+    its content is keyed: finetune and everything downstream change; a copy elsewhere with the same bytes keeps
+    every key (a moved checkout does not re-train)."""
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"weights, version 1")
+    raw = weights_recipe(tmp_path, w)
+    before = planned_keys(raw, tmp_path / "cache")
+    with open(w, "ab") as f:
+        f.write(b" and more")
+    after = planned_keys(raw, tmp_path / "cache")
+    assert {k for k in after if after[k] != before[k]} == set(after)  # every stage is downstream of finetune
+    moved = tmp_path / "elsewhere" / "w.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(w.read_bytes())
+    assert planned_keys(weights_recipe(tmp_path, moved), tmp_path / "cache") == after
+
+
+def test_a_missing_weights_file_is_a_recipe_error_before_anything_runs(tmp_path: Path) -> None:
+    raw = weights_recipe(tmp_path, tmp_path / "absent.pt")
+    with pytest.raises(RecipeError, match=r"stages\.finetune\.weights: .*absent\.pt cannot be read"):
+        planned_keys(raw, tmp_path / "cache")
+
+
+def test_compile_settings_key_quantize_in_a_variant_that_skips_compile(tmp_path: Path) -> None:
+    """The reproduction of issue 24: a variant that skips compile judges INT8 with the recipe's compile settings;
+    they were keyed as null. Now fp32 -> bf16 changes that variant's quantize key, and nothing before it."""
+    raw = copy.deepcopy(base_recipes(tmp_path)["latency"])
+    raw["stages"][1] = {"type": "prune", "budget": {"type": "ratio", "ratio": 0.3}}
+    raw["variants"] = {"q": {"skip": ["compile", "package"], "set": {"target": "cpu-openvino"}}}
+    raw["stages"][4] = {"type": "compile", "precision": "fp32"}
+    fp32 = planned_keys(raw, tmp_path / "cache")
+    raw["stages"][4] = {"type": "compile", "precision": "bf16"}
+    raw["target"] = "cpu-openvino"
+    bf16 = planned_keys(raw, tmp_path / "cache")
+    assert bf16[("q", "quantize")] != fp32[("q", "quantize")]
+    assert bf16[("q", "export")] == fp32[("q", "export")]
 
 
 def test_tensorrt_quantize_key_follows_the_float_islands_precision(tmp_path: Path) -> None:
-    """For a TensorRT target quantize writes the INT8 model's float parts in stages.compile.precision (fp16 by
+    """For a TensorRT target quantize writes the INT8 model's float parts in the compile precision (fp16 by
     default): a change there is a new quantize entry, and finetune and export are shared."""
     raw = {
         "name": "k",
@@ -335,9 +521,6 @@ def test_tensorrt_quantize_key_follows_the_float_islands_precision(tmp_path: Pat
         "data": dict(TINY_DATA),
         "stages": [{"type": "finetune", "epochs": 1}, {"type": "export"}, {"type": "quantize"}, {"type": "compile"}],
     }
-    recipe = recipe_from_text(yaml_dump(raw), source="k")
-    quantize = recipe.stage("quantize")
-    assert "stages.compile.precision" in quantize.reads(recipe, "main")
     fp16 = planned_keys(raw, tmp_path / "cache")  # null: the target's float precision, fp16
     raw["stages"][3] = {"type": "compile", "precision": "fp32"}
     fp32 = planned_keys(raw, tmp_path / "cache")
@@ -346,27 +529,163 @@ def test_tensorrt_quantize_key_follows_the_float_islands_precision(tmp_path: Pat
     assert fp32[("main", "quantize")] != fp16[("main", "quantize")]
 
 
+def resolved_inputs(raw: dict[str, Any], tmp: Path) -> dict[tuple[str, str], Any]:
+    """Each planned stage's inputs object, by (variant, stage)."""
+    import yaml
+
+    recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="inputs")
+    pipe = Pipeline(recipe, cache_dir=tmp / "cache", reporter=quiet_reporter(), dry_run=True)
+    result = pipe.run()
+    return {
+        (r.variant, r.stage): pipe.resolver.inputs(
+            r.variant, next(s for s in variant_recipe(recipe, r.variant).stages if s.id == r.stage)
+        )
+        for r in result.records
+    }
+
+
+def test_a_variants_threads_reach_its_stages_and_null_means_all_cores(tmp_path: Path) -> None:
+    """`set: {threads: N}` was keyed but every stage ran with the root recipe's threads; `threads: null` keyed as
+    null. Now each stage is given its variant's resolved count, and the latency probe's key holds the number."""
+    import os
+
+    raw = copy.deepcopy(base_recipes(tmp_path)["latency"])
+    raw["variants"] = {"one": {"set": {"threads": 1}}, "two": {"set": {"threads": 2}}}
+    got = resolved_inputs(raw, tmp_path)
+    assert got[("one", "finetune")].threads == 1 and got[("two", "finetune")].threads == 2
+    assert got[("one", "prune")].probe.threads == 1 and got[("two", "prune")].probe.threads == 2
+    keys = planned_keys(raw, tmp_path / "cache")
+    assert keys[("one", "finetune")] == keys[("two", "finetune")]  # training: threads recorded, not keyed
+    assert keys[("one", "prune")] != keys[("two", "prune")]  # the latency search times with them
+    raw.pop("variants")
+    raw["threads"] = None
+    got = resolved_inputs(raw, tmp_path)
+    assert got[("main", "prune")].probe.threads == (os.cpu_count() or 1)
+
+
+def patched_host(monkeypatch: pytest.MonkeyPatch, **facts: Any) -> None:
+    from edgeres import keys, resolve
+
+    real = keys.host_facts()
+    fake = {**real, **facts}
+    monkeypatch.setattr(keys, "host_facts", lambda: fake)
+    monkeypatch.setattr(resolve, "host_facts", lambda: fake)
+    monkeypatch.setattr(resolve, "kernel_facts", lambda: {k: fake[k] for k in ("isa", "machine", "runtimes")})
+
+
+def test_host_facts_change_exactly_the_host_bound_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another CPU model: the measurements (latency-searched prune, report, bundles' golden logits) are redone;
+    another instruction set also redoes quantize (scales and accuracy control follow this CPU's kernels: README,
+    reproducibility); training, export and a portable compile are shared."""
+    raw = base_recipes(tmp_path)["latency"]
+    raw = {**raw, "variants": {"main": {}}}
+    before = planned_keys(raw, tmp_path / "cache")
+    patched_host(monkeypatch, cpu="another CPU")
+    other_cpu = planned_keys(raw, tmp_path / "cache")
+    assert {s for (_, s), k in other_cpu.items() if before[(_, s)] != k} == {
+        "prune", "export", "quantize", "compile", "benchmark", "package"
+    }  # fmt: skip  # the probe is host-bound; everything after it follows its output
+    ratio = copy.deepcopy(raw)
+    ratio["stages"][1] = {"type": "prune", "budget": {"type": "ratio", "ratio": 0.3}}
+    monkeypatch.undo()
+    before = planned_keys(ratio, tmp_path / "cache")
+    patched_host(monkeypatch, cpu="another CPU")
+    assert {s for (_, s), k in planned_keys(ratio, tmp_path / "cache").items() if before[(_, s)] != k} == {
+        "benchmark", "package"
+    }  # fmt: skip
+    patched_host(monkeypatch, cpu="another CPU", isa=["avx2"])
+    assert {s for (_, s), k in planned_keys(ratio, tmp_path / "cache").items() if before[(_, s)] != k} == {
+        "quantize", "compile", "benchmark", "package"
+    }  # fmt: skip
+
+
+def test_benchmark_key_names_the_code_but_not_the_package_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A measurement is never reused by other code; raising the bundle version for a release re-packs bundles but
+    does not re-measure (the benchmark key read the whole recipe, package version included)."""
+    from edgeres import resolve
+
+    raw = base_recipes(tmp_path)["latency"]
+    before = planned_keys(raw, tmp_path / "cache")
+    release = copy.deepcopy(raw)
+    release["stages"][6] = {**release["stages"][6], "version": 4}
+    after = planned_keys(release, tmp_path / "cache")
+    assert after[("*", "benchmark")] == before[("*", "benchmark")]
+    assert {k for k in after if after[k] != before[k]} == {(v, "package") for v in ("int8", "fp32")}
+    monkeypatch.setattr(resolve, "source_digest", lambda: "0" * 64)
+    other_code = planned_keys(raw, tmp_path / "cache")
+    assert {k for k in other_code if other_code[k] != before[k]} == {
+        ("*", "benchmark"), ("int8", "package"), ("fp32", "package")
+    }  # fmt: skip
+
+
+def test_package_key_names_the_variant(tmp_path: Path) -> None:
+    """Two variants that share every stage up to compile still get a bundle each, named after its own variant."""
+    raw = copy.deepcopy(base_recipes(tmp_path)["latency"])
+    raw["variants"] = {"a": {}, "b": {}}
+    keys = planned_keys(raw, tmp_path / "cache")
+    assert keys[("a", "compile")] == keys[("b", "compile")]
+    assert keys[("a", "package")] != keys[("b", "package")]
+
+
+def test_tensorrt_compile_is_keyed_by_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kit cached on a host without a GPU stays a kit once a GPU appears, and an engine built for one GPU was reused
+    on another: the compile key now holds the device facts (GPU, SM count, board, TensorRT/CUDA/driver versions and
+    whether an engine can be built here); a kit's inputs name its recipe and variant."""
+    from edgeres.tensorrt import facts as facts_module
+    from edgeres.tensorrt.facts import DeviceFacts
+
+    raw = {
+        "name": "k",
+        "threads": 1,
+        "target": "nvidia-gpu",
+        "data": dict(TINY_DATA),
+        "stages": [{"type": "finetune", "epochs": 1}, {"type": "export"}, {"type": "compile"}],
+    }
+    no_gpu = planned_keys(raw, tmp_path / "cache")
+    got = resolved_inputs(raw, tmp_path)[("main", "compile")]
+    assert got.device["can_build"] is False and got.kit.recipe == "k" and got.kit.variant == "main"
+    for facts in (
+        DeviceFacts(trt_version="10.3.0", gpu_name="NVIDIA H100", compute_capability="9.0", sm_count=132),
+        DeviceFacts(trt_version="10.3.0", gpu_name="NVIDIA H100", compute_capability="9.0", sm_count=114),
+    ):
+        monkeypatch.setattr(facts_module, "probe_device_facts", lambda cuda_context=True, f=facts: f)
+        keys = planned_keys(raw, tmp_path / "cache")
+        assert keys[("main", "compile")] != no_gpu[("main", "compile")]
+        assert keys[("main", "export")] == no_gpu[("main", "export")]
+        got = resolved_inputs(raw, tmp_path)[("main", "compile")]
+        assert got.device["can_build"] is True and got.kit is None
+        no_gpu = keys
+
+
+def test_stages_are_given_only_their_inputs_object() -> None:
+    """StageContext holds the inputs object, the work folder, the reporter, a data loader for the data the inputs
+    name, and input artifacts: no recipe, variant name, seed, thread count or cache root; and no stage module
+    imports the recipe module (import-linter holds the same in `make lint`)."""
+    import ast
+    import dataclasses
+
+    from edgeres.stages.base import StageContext
+
+    assert {f.name for f in dataclasses.fields(StageContext)} == {
+        "workdir", "inputs", "reporter", "load_data", "variants", "lineage", "torch_source", "report"
+    }  # fmt: skip
+    stages = Path(__file__).resolve().parents[1] / "edgeres" / "stages"
+    for module in stages.glob("*.py"):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("edgeres.recipe", "edgeres.recipe_yaml", "edgeres.resolve"), module.name
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "ctx":
+                assert node.attr in {"workdir", "inputs", "reporter", "data", "data_of", "variants", "lineage",
+                                     "torch_source", "report"}, f"{module.name} reads ctx.{node.attr}"  # fmt: skip
+
+
 def yaml_dump(raw: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(raw, sort_keys=False)
-
-
-def test_benchmark_key_names_the_host_and_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A measurement is never reused on another machine or by other code; training is kept across both."""
-    from edgeres import keys
-
-    raw = base_recipes(tmp_path)["latency"]
-    before = planned_keys(raw, tmp_path / "cache")
-    monkeypatch.setattr(keys, "host_facts", lambda: {"cpu": "another CPU"})
-    other_host = planned_keys(raw, tmp_path / "cache")
-    monkeypatch.undo()
-    monkeypatch.setattr(keys, "source_digest", lambda: "0" * 64)
-    other_code = planned_keys(raw, tmp_path / "cache")
-    for changed in (other_host, other_code):
-        assert changed[("*", "benchmark")] != before[("*", "benchmark")]
-        for stage in ("finetune", "prune", "export", "quantize", "compile"):
-            assert changed[("main", stage)] == before[("main", stage)], stage
 
 
 def test_dry_run_prints_a_planned_key_for_every_stage_of_every_variant(tmp_path: Path) -> None:
@@ -383,97 +702,3 @@ def test_dry_run_prints_a_planned_key_for_every_stage_of_every_variant(tmp_path:
         ("*", "benchmark"),
     ]  # fmt: skip
     assert all(len(r[-1]) == 16 for r in rows)
-
-
-# --------------------------------------------------------------------------- what stage code really reads
-
-
-class Traced:
-    """A read-only view of a recipe (or a part of it) that records the path of every attribute stage code reads."""
-
-    def __init__(self, obj: Any, path: str, log: list[str]) -> None:
-        object.__setattr__(self, "_obj", obj)
-        object.__setattr__(self, "_path", path)
-        object.__setattr__(self, "_log", log)
-
-    def _wrap(self, value: Any, path: str) -> Any:
-        if isinstance(value, BaseModel):
-            return Traced(value, path, self._log)
-        if isinstance(value, list) and path == "stages":
-            return [Traced(s, f"stages.{s.id}", self._log) for s in value]
-        self._log.append(path)
-        return value
-
-    def __getattr__(self, name: str) -> Any:
-        obj, path = self._obj, self._path
-        value = getattr(obj, name)
-        here = f"{path}.{name}" if path else name
-        if name in ("type", "id", "name"):  # which stage or data kind this is: structure, not a value
-            return value
-        if name == "target_spec":
-            return lambda: (self._log.append("target"), value())[1]
-        if name == "chain":
-            return lambda v: [Traced(s, f"stages.{s.id}", self._log) for s in value(v)]
-        if callable(value):  # anything else called on a model (model_dump, model_copy...) reads all of it
-            return lambda *a, **k: (self._log.append(path or "*"), value(*a, **k))[1]
-        return self._wrap(value, here)
-
-
-def test_stages_read_only_what_they_declare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real tiny build (prune with its latency probe, QAT, compile, benchmark) with each stage handed a recipe
-    that records every attribute the stage's code reads: each read must be covered by what the stage declares."""
-    from conftest import as_recipe, run_pipeline, tiny_recipe
-
-    from edgeres import pipeline
-
-    seen: list[tuple[Any, Any, str, list[str]]] = []
-    real_load = pipeline.load_stage
-
-    def load_stage(name: str) -> Any:
-        module = real_load(name)
-
-        class Recorded:
-            @staticmethod
-            def run(ctx: Any, cfg: Any, inp: Any) -> Any:
-                log: list[str] = []
-                recipe = ctx.recipe
-                ctx.recipe = Traced(recipe, "", log)
-                seen.append((recipe, cfg, ctx.variant, log))
-                return module.run(ctx, cfg, inp)
-
-        return Recorded
-
-    monkeypatch.setattr(pipeline, "load_stage", load_stage)
-    raw = tiny_recipe(
-        stages=[
-            {"type": "finetune", "epochs": 1, "batch_size": 32},
-            {
-                "type": "prune",
-                "budget": {"type": "ratio", "ratio": 0.3},
-                "steps": 1,
-                "round_to": 1,
-                "measure_latency": True,
-                "recovery": {"epochs": 1, "batch_size": 32},
-            },
-            {"type": "export", "opset": 18},
-            {"type": "quantize", "qat": {"when": "always", "max_steps": 1, "batch_size": 32}},
-            {"type": "compile"},
-            {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False},
-            {"type": "package"},
-        ],
-        target="cpu-openvino",
-    )
-    run_pipeline(as_recipe(raw), tmp_path / "cache")
-    assert [cfg.type for _, cfg, _, _ in seen] == [
-        "finetune", "prune", "export", "quantize", "compile", "benchmark", "package"
-    ]  # fmt: skip
-    undeclared = []
-    for recipe, cfg, variant, log in seen:
-        reads = cfg.reads(recipe, variant)
-        for path in dict.fromkeys(log):
-            if not ("*" in reads or any(path == r or path.startswith(r + ".") for r in reads)):
-                undeclared.append(f"{cfg.type} reads {path}, which it does not declare ({reads})")
-    assert not undeclared, "\n".join(undeclared)
-    logs = {cfg.type: log for _, cfg, _, log in seen}
-    assert "data.augment" in logs["quantize"]  # QAT trains with the recipe's augmentation (declared)
-    assert "stages.compile.precision" in logs["prune"]  # the probe loads with the engine's settings (declared)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from edgeres.config import Latency
 from edgeres.measure import measure_latency, percentile, summarize_latency
-from edgeres.recipe import Latency
 from edgeres.runtimes.base import Runner
 
 TEN = [float(i) for i in range(1, 11)]

@@ -76,7 +76,7 @@ def test_bundle_carries_the_reports_figures(build: PBuild) -> None:
         assert carried["latency"] == row["latency"]
         assert carried["memory"] == row["memory"]
         assert m["measured"]["report_sha256"] == report_sha
-        assert m["recipe_sha256"] == report["recipe_sha256"]
+        assert m["inputs_sha256"] == report["inputs_sha256"]
         assert (m["version"], m["name"], m["variant"]) == (2, "tiny", variant)
         assert m["classes"] == ["class0", "class1", "class2", "class3"]
         assert m["input"]["shape"] == ["batch", 3, 16, 16]

@@ -273,7 +273,7 @@ def test_depth_asking_for_more_blocks_than_the_model_has_is_refused() -> None:
 
 
 def test_an_unset_depth_leaves_the_stage_config_and_so_its_cache_key_as_before() -> None:
-    from edgeres.recipe import PruneStage
+    from edgeres.config import PruneStage
 
     stage = PruneStage(type="prune", budget={"type": "ratio", "ratio": 0.5})
     assert "depth" not in stage.model_dump(mode="json")

@@ -1000,19 +1000,18 @@ def self_labelled(module_tmp: Any) -> tuple[Any, Any, Any, Any]:
 def run_quantize_stage(
     workdir: Path, recipe: Any, export: Artifact, bundle: Any, torch_source: Artifact | None = None
 ) -> tuple[Any, str]:
+    from edgeres.resolve import Resolver
     from edgeres.stages import quantize
     from edgeres.stages.base import StageContext
 
     workdir.mkdir(parents=True, exist_ok=True)
     reporter = quiet_reporter()
+    resolver = Resolver(recipe, fingerprint=lambda data, seed: "the test's own images", cache_dir=workdir)
     ctx = StageContext(
         workdir=workdir,
-        recipe=recipe,
-        variant="main",
-        seed=0,
-        threads=1,
+        inputs=resolver.inputs("main", recipe.stage("quantize")),
         reporter=reporter,
-        load_data=lambda: bundle,
+        load_data=lambda data: bundle,
         torch_source=torch_source,
     )
     try:

@@ -11,23 +11,25 @@ import yaml
 from conftest import PYTHON, run_cli, subprocess_env
 from pydantic import BaseModel
 
-from edgeres.errors import RecipeError
-from edgeres.recipe import (
+from edgeres.config import (
     BenchmarkStage,
     DataConfig,
     FinetuneStage,
     Latency,
-    Recipe,
     RuntimeName,
     StageConfig,
     SyntheticData,
     Variant,
+)
+from edgeres.errors import RecipeError
+from edgeres.recipe import (
+    Recipe,
     dump_recipe,
     load_recipe,
-    parse_set,
     recipe_from_text,
     variant_recipe,
 )
+from edgeres.recipe_yaml import parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ import pytest
 from conftest import Build, CliResult, run_cli, subprocess_env
 
 from edgeres.artifact import sha256_file
+from edgeres.config import Latency, Offline
 from edgeres.errors import StageError
 from edgeres.measure import measure_offline, summarize_latency
-from edgeres.recipe import Latency, Offline
 from edgeres.report import REPORT_SCHEMA, pareto, render_html, render_markdown
 from edgeres.runtimes.base import Runner
 from edgeres.worker import measure_artifact

@@ -13,8 +13,8 @@ import torch
 from conftest import committed, run_pipeline
 from PIL import Image
 
+from edgeres.config import ImageFolderData
 from edgeres.data import _augment_one, load_data
-from edgeres.recipe import ImageFolderData
 
 SIDE = 16
 

@@ -29,14 +29,8 @@ from onnx import TensorProto
 from onnx_models import images, tiny_classifier, tiny_qdq
 
 from edgeres.errors import CacheError, StageError
-from edgeres.tensorrt.build import (
-    ChildResult,
-    EngineBuildError,
-    _save_timing_cache,
-    dla_placement,
-    engine_from_onnx,
-    raise_for_child,
-)
+from edgeres.tensorrt.build import EngineBuildError, _save_timing_cache, dla_placement, engine_from_onnx
+from edgeres.tensorrt.child import ChildResult, raise_for_child
 from edgeres.tensorrt.facts import DeviceFacts
 from edgeres.tensorrt.manifest import EngineSettings, make_manifest, plan_build, read_manifest, write_manifest
 from edgeres.tensorrt.runner import TensorRTRunner
@@ -248,9 +242,7 @@ def test_compile_stage_uses_the_shared_timing_cache(tmp_path: Path, monkeypatch:
     its own cache entry; the stage manifest records whether it was reused."""
     from types import SimpleNamespace
 
-    from edgeres.recipe import TensorRTCompile
-    from edgeres.targets import builtin_targets
-    from edgeres.tensorrt import kit as kit_module
+    from edgeres.config import TensorRTCompile
     from edgeres.tensorrt.build import BuildResult
 
     fake = FakeTensorRT(10)
@@ -274,15 +266,26 @@ def test_compile_stage_uses_the_shared_timing_cache(tmp_path: Path, monkeypatch:
         )
         return BuildResult(engine_path, write_manifest(engine_path, manifest), None, kw["timing_cache"], 1.0, manifest)
 
-    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: facts)
-    monkeypatch.setattr(kit_module, "build_in_subprocess", fake_build)
-    ctx = SimpleNamespace(
-        workdir=tmp_path / "compile-abc.partial", cache_dir=tmp_path / "cache", reporter=SimpleNamespace(log=print)
+    from conftest import as_recipe, tiny_recipe
+
+    from edgeres.resolve import Resolver
+    from edgeres.stages import compile as compile_stage
+    from edgeres.tensorrt import child as child_module
+    from edgeres.tensorrt import facts as facts_module
+
+    monkeypatch.setattr(facts_module, "probe_device_facts", lambda **kw: facts)
+    monkeypatch.setattr(child_module, "build_in_subprocess", fake_build)
+    recipe = as_recipe(
+        tiny_recipe(target="nvidia-gpu", stages=[{"type": "finetune"}, {"type": "export"}, {"type": "compile"}])
     )
+    resolver = Resolver(recipe, fingerprint=lambda data, seed: "d", cache_dir=tmp_path / "cache")
+    inputs = resolver.inputs("main", recipe.stage("compile"))
+    assert inputs.device["can_build"] and inputs.kit is None  # the resolver saw the (fake) GPU
+    ctx = SimpleNamespace(workdir=tmp_path / "compile-abc.partial", inputs=inputs, reporter=SimpleNamespace(log=print))
     ctx.workdir.mkdir()
     cfg = SimpleNamespace(tensorrt=TensorRTCompile())
     inp = SimpleNamespace(primary_path=tiny_classifier(tmp_path / "model.onnx"))
-    primary, fmt, info = kit_module.compile_for_target(ctx, cfg, inp, builtin_targets()["nvidia-gpu"])  # type: ignore[arg-type]
+    primary, fmt, info = compile_stage.tensorrt_from_onnx(ctx, cfg, inp)  # type: ignore[arg-type]
     assert (primary, fmt) == ("engine.plan", "tensorrt")
     assert seen["timing_cache"] == shared_timing_cache(tmp_path / "cache", facts)
     assert info["timing_cache"]["reused"] is True and info["plan"]["tf32"] is True

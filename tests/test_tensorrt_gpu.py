@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeres.config import Latency
 from edgeres.errors import StageError
-from edgeres.recipe import Latency
-from edgeres.tensorrt.build import EngineBuildError, build_in_subprocess, engine_from_onnx
+from edgeres.tensorrt.build import EngineBuildError, engine_from_onnx
+from edgeres.tensorrt.child import build_in_subprocess
 from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 from edgeres.tensorrt.kit import run_kit, write_device_kit
 from edgeres.tensorrt.manifest import EngineMismatchError, EngineSettings, read_manifest

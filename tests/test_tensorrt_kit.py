@@ -18,22 +18,13 @@ import pytest
 from onnx import TensorProto, helper
 from onnx_models import images, init, tiny_classifier, tiny_qdq
 
+from edgeres.config import Latency
 from edgeres.errors import DataError, MissingDependencyError, RecipeError, StageError
-from edgeres.recipe import Latency
 from edgeres.runtimes.base import Runner
 from edgeres.tensorrt import kit as kit_module
 from edgeres.tensorrt import runner as runner_module
-from edgeres.tensorrt.build import (
-    BuildResult,
-    ChildResult,
-    EngineBuildError,
-    build_in_subprocess,
-    count_qdq,
-    format_parser_errors,
-    fp16_onnx_from_fp32,
-    onnx_input,
-    raise_for_child,
-)
+from edgeres.tensorrt.build import BuildResult, EngineBuildError, format_parser_errors
+from edgeres.tensorrt.child import ChildResult, build_in_subprocess, raise_for_child
 from edgeres.tensorrt.facts import DeviceFacts
 from edgeres.tensorrt.kit import (
     load_val,
@@ -45,6 +36,7 @@ from edgeres.tensorrt.kit import (
     write_device_kit,
 )
 from edgeres.tensorrt.manifest import EngineSettings, make_manifest, plan_build, write_manifest
+from edgeres.tensorrt.onnx_graph import count_qdq, fp16_onnx_from_fp32, onnx_input
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -521,8 +513,10 @@ def test_kit_fields_run_kit_reads_are_checked(kit: Path, field: str, value: Any,
 
 
 @HERE_WITHOUT_TENSORRT
-def test_compile_for_target_writes_a_kit_without_tensorrt(tmp_path: Path) -> None:
-    from edgeres.recipe import TensorRTCompile
+def test_compile_writes_a_kit_without_tensorrt(tmp_path: Path) -> None:
+    from edgeres.config import TensorRTCompile
+    from edgeres.runtimes.settings import RuntimeSettings
+    from edgeres.stages import compile as compile_stage
     from edgeres.targets import builtin_targets
 
     src = tiny_classifier(tmp_path / "model.onnx")
@@ -532,21 +526,27 @@ def test_compile_for_target_writes_a_kit_without_tensorrt(tmp_path: Path) -> Non
         numpy_batches=lambda split, bs, limit=None: iter([(x[:limit], y[:limit])]),
     )
     logs: list[str] = []
+    inputs = SimpleNamespace(
+        target=builtin_targets()["jetson-orin"],
+        target_name="jetson-orin",
+        settings=RuntimeSettings("tensorrt", "fp16"),
+        device={"can_build": False, "trt_version": None},
+        kit=SimpleNamespace(recipe="tiny", variant="main", data="val images"),
+        timing_cache=None,
+    )
     ctx = SimpleNamespace(
         workdir=tmp_path / "stage",
-        recipe=SimpleNamespace(target="jetson-orin", name="tiny"),
-        variant="main",
+        inputs=inputs,
         reporter=SimpleNamespace(log=logs.append),
-        data=data,
+        data_of=lambda d: data if d == "val images" else None,
     )
     ctx.workdir.mkdir()
     cfg = SimpleNamespace(tensorrt=TensorRTCompile(kit_val_images=10, max_batch=4))
     inp = SimpleNamespace(primary_path=src)
-    from edgeres.tensorrt import compile_for_target
-
-    primary, fmt, info = compile_for_target(ctx, cfg, inp, builtin_targets()["jetson-orin"])  # type: ignore[arg-type]
+    primary, fmt, info = compile_stage.tensorrt_from_onnx(ctx, cfg, inp)  # type: ignore[arg-type]
     assert (primary, fmt, info["built"]) == ("build.sh", "tensorrt-kit", "kit")
     meta = read_kit(ctx.workdir)
+    assert (meta["name"], meta["variant"]) == ("tiny", "main") and "created" not in meta  # no timestamp in a kit
     assert meta["val"]["images"] == 10
     assert meta["target"] == {
         "name": "jetson-orin",
@@ -657,7 +657,7 @@ def test_parser_errors_node_by_node() -> None:
 
 @HERE_WITHOUT_TENSORRT
 def test_build_child_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
-    """The real child process (`python -m edgeres.tensorrt.build`), on a machine without TensorRT."""
+    """The real child process (`python -m edgeres.tensorrt.child`), on a machine without TensorRT."""
     src = tiny_classifier(tmp_path / "model.onnx")
     with pytest.raises(MissingDependencyError, match=r"'tensorrt'.*needed to build TensorRT engines"):
         build_in_subprocess(src, tmp_path / "engine.plan", settings=SETTINGS, facts=ORIN_NANO)
@@ -669,9 +669,9 @@ def test_build_child_killed_by_the_kernel(tmp_path: Path, monkeypatch: pytest.Mo
     fake = tmp_path / "python"
     fake.write_text("#!/usr/bin/env bash\necho 'edgeres-progress\tbuilding'\nkill -9 $$\n")
     fake.chmod(0o755)
-    from edgeres.tensorrt import build as build_module
+    from edgeres.tensorrt import child as child_module
 
-    monkeypatch.setattr(build_module.sys, "executable", str(fake))
+    monkeypatch.setattr(child_module.sys, "executable", str(fake))
     progress: list[str] = []
     with pytest.raises(EngineBuildError, match=r"killed with SIGKILL \(exit code -9\)") as err:
         build_in_subprocess(

@@ -275,7 +275,7 @@ def test_engine_without_manifest_refused(tmp_path: Path) -> None:
 
 def test_engine_settings_defaults_are_the_recipes() -> None:
     """One source of truth: a build without settings uses what a recipe without settings asks for."""
-    from edgeres.recipe import TensorRTCompile
+    from edgeres.config import TensorRTCompile
 
     recipe, engine = TensorRTCompile(), EngineSettings()
     for name in ("workspace_mb", "opt_level", "min_batch", "opt_batch", "max_batch", "dla_core"):

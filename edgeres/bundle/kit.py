@@ -77,7 +77,7 @@ def bundle_from_kit(folder: Path, dest: Path, *, version: int, golden_images: in
         "version": version,
         "name": kit["name"],
         "variant": kit["variant"],
-        "recipe_sha256": None,
+        "inputs_sha256": None,
         "target": {**compile_manifest.get("target_spec", {}), **kit["target"]},
         "engine": {
             "format": "tensorrt",

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeres.artifact import write_bytes_atomic
+from edgeres.config import DigitsData, ImageFolderData, SyntheticData
 from edgeres.deps import require
 from edgeres.errors import DataError
-from edgeres.recipe import DigitsData, ImageFolderData, SyntheticData
 
 if TYPE_CHECKING:
     import torch

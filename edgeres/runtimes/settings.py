@@ -1,9 +1,10 @@
-"""The one place that turns a recipe, or a compiled engine's manifest, into the settings a runtime loads a model with.
+"""The settings a runtime loads a model with, as resolved from a recipe (edgeres.resolve.runtime_settings) or read
+from a compiled engine's manifest.
 
-Every measurement goes through it: compile writes the settings into the engine's manifest, and quantize's judging
+Every measurement goes through them: compile writes the settings into the engine's manifest, and quantize's judging
 and accuracy control, prune's latency probe, the benchmark stage and `edgeres bench` load models with the settings
-the variant's recipe resolves to, or that the manifest beside the engine records. So a number is always measured
-with the settings the engine ships with.
+the variant resolves to (its inputs object holds them), or that the manifest beside the engine records. So a
+number is always measured with the settings the engine ships with.
 
 Precision is explicit. Runtimes pick defaults from the CPU: OpenVINO runs an FP32 model in bf16 on CPUs with
 AVX512_BF16 or AMX unless told otherwise (measured: logits 4e-3 to 0.1 away from FP32, argmax flips), and on a CPU
@@ -20,14 +21,6 @@ from edgeres.errors import StageError
 
 FloatPrecision = Literal["fp32", "bf16", "fp16"]
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-# Recipe paths `settings_for` reads: a stage that measures through these settings declares them in its cache key.
-SETTINGS_READS = (
-    "target",
-    "threads",
-    "stages.{compile}.precision",
-    "stages.{compile}.onnxruntime.optimization_level",
-    "stages.{compile}.openvino.hint",
-)
 
 
 class PrecisionUnsupported(StageError):
@@ -124,29 +117,6 @@ def precision_label(*, quantized: bool, settings: RuntimeSettings) -> str:
     if not quantized:
         return settings.precision
     return "int8" if settings.precision == "fp32" else f"int8+{settings.precision}"
-
-
-def float_precision(recipe: Any) -> FloatPrecision:
-    """The float precision a variant's recipe asks for: its compile stage's, else its target's default."""
-    compile_cfg = next((s for s in recipe.stages if s.type == "compile"), None)
-    if compile_cfg is not None and compile_cfg.precision is not None:
-        return compile_cfg.precision
-    return recipe.target_spec().float_precision
-
-
-def settings_for(recipe: Any, runtime: str | None = None) -> RuntimeSettings:
-    """Runtime settings of a variant (its recipe as `variant_recipe` gives it), on its target's runtime or `runtime`.
-    The compile stage's settings where the recipe has one, else the compile stage's defaults: what compile would
-    build with."""
-    from edgeres.recipe import CompileStage
-
-    compile_cfg = next((s for s in recipe.stages if s.type == "compile"), None) or CompileStage(type="compile")
-    return RuntimeSettings(
-        runtime=runtime or recipe.target_spec().runtime,
-        precision=float_precision(recipe),
-        ort_optimization_level=compile_cfg.onnxruntime.optimization_level,
-        openvino_hint=compile_cfg.openvino.hint,
-    )
 
 
 def settings_from_manifest(manifest: dict[str, Any]) -> RuntimeSettings | None:

@@ -29,37 +29,40 @@ def register(name: str, spec: StageSpec) -> None:
     REGISTRY[name] = spec
 
 
+# Every stage +1 at once: keys became the hash of each stage's resolved inputs object (edgeres.inputs) instead of
+# declared reads, so no entry made before is reused (kits and bundles also lost their timestamps, the report its
+# whole-recipe hash).
 # benchmark 4: fidelity figures (robustness, saliency, per-layer profile) in the report.
 # finetune 2, prune 4, quantize 4: each image's augmentation is drawn from (epoch key, image index), so that streamed
 # and in-memory splits train alike.
-register("finetune", StageSpec("edgeres.stages.finetune", "train", 2, ("torch", "torchvision")))
+register("finetune", StageSpec("edgeres.stages.finetune", "train", 3, ("torch", "torchvision")))
 register(
     "prune",
     StageSpec(
         "edgeres.stages.prune",
         "train",
-        4,
+        5,
         ("torch", "torchvision", "torch_pruning", "onnx", "nncf", "onnxruntime", "openvino"),
     ),
 )
-register("export", StageSpec("edgeres.stages.export", "train", 1, ("torch", "onnx", "onnxscript", "onnxruntime")))
+register("export", StageSpec("edgeres.stages.export", "train", 2, ("torch", "onnx", "onnxscript", "onnxruntime")))
 register(
     "quantize",
     StageSpec(
-        "edgeres.stages.quantize", "train", 5, ("onnx", "nncf", "onnxruntime", "openvino", "onnxconverter_common")
+        "edgeres.stages.quantize", "train", 6, ("onnx", "nncf", "onnxruntime", "openvino", "onnxconverter_common")
     ),
 )
 register(
     "compile",
     StageSpec(
-        "edgeres.stages.compile", "cpu", 3, ("onnx", "onnxruntime", "openvino", "tensorrt", "onnxconverter_common")
+        "edgeres.stages.compile", "cpu", 4, ("onnx", "onnxruntime", "openvino", "tensorrt", "onnxconverter_common")
     ),
 )
 register(
     "benchmark",
-    StageSpec("edgeres.stages.benchmark", "cpu", 4, ("onnx", "onnxruntime", "openvino", "torch", "torchvision")),
+    StageSpec("edgeres.stages.benchmark", "cpu", 5, ("onnx", "onnxruntime", "openvino", "torch", "torchvision")),
 )
-register("package", StageSpec("edgeres.stages.package", "cpu", 1, ("onnx", "onnxruntime", "openvino", "numpy")))
+register("package", StageSpec("edgeres.stages.package", "cpu", 2, ("onnx", "onnxruntime", "openvino", "numpy")))
 
 
 class StageModule(Protocol):

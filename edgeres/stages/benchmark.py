@@ -19,14 +19,15 @@ from typing import Any
 
 from edgeres import faults
 from edgeres.artifact import Artifact, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from edgeres.config import BenchmarkStage, Fidelity
 from edgeres.deps import require
+from edgeres.inputs import BenchmarkInputs, DataInputs, VariantInputs, keyed, recorded
 from edgeres.measure import ACCURACY_BATCH, environment
 from edgeres.preprocess import Preprocessing, model_input
-from edgeres.recipe import BenchmarkStage, Fidelity, variant_recipe
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, result_row, stage_rows
 from edgeres.runtimes import NATIVE, runs
 from edgeres.runtimes.base import MANIFEST
-from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for, settings_from_manifest
+from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_from_manifest
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.worker import measure_artifact
 
@@ -38,25 +39,25 @@ def _batch_size(art: Artifact) -> int:
     return ACCURACY_BATCH if shape and shape[0] == "batch" else 1
 
 
-def deliverable_settings(art: Artifact, vrecipe: Any, runtime: str) -> tuple[RuntimeSettings, str]:
+def deliverable_settings(art: Artifact, variant: VariantInputs, runtime: str) -> tuple[RuntimeSettings, str]:
     """How a deliverable is loaded on `runtime` and what precision it runs: the manifest of a compiled engine, else
-    (an ONNX or torch model of a variant that stops earlier) what its recipe resolves to."""
+    (an ONNX or torch model of a variant that stops earlier) what the variant resolves to."""
     manifest_path = art.path / MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    settings = settings_from_manifest(manifest) or settings_for(vrecipe, runtime)
+    settings = settings_from_manifest(manifest) or variant.settings
     settings = settings.for_runtime(runtime)
     quantized = art.metadata.get("metrics", {}).get("precision") == "int8"
     return settings, manifest.get("precision") or precision_label(quantized=quantized, settings=settings)
 
 
-def lineage_onnx(ctx: StageContext, vname: str) -> Path | None:
+def lineage_onnx(ctx: StageContext[BenchmarkInputs], vname: str) -> Path | None:
     """The last ONNX model in a variant's chain: what its engine was compiled from."""
     onnx = [a for a in ctx.lineage.get(vname, []) if a.format == "onnx"]
     return onnx[-1].primary_path if onnx else None
 
 
 def add_fidelity(
-    ctx: StageContext,
+    ctx: StageContext[BenchmarkInputs],
     fid: Fidelity,
     row: dict[str, Any],
     measured: dict[str, Any],
@@ -106,7 +107,7 @@ def add_fidelity(
         np = require("numpy")
         t0 = time.perf_counter()
         try:
-            layer.update(compare_layers(base_onnx, onnx, np.load(fset["layer_images"]), threads=ctx.threads))
+            layer.update(compare_layers(base_onnx, onnx, np.load(fset["layer_images"]), threads=ctx.inputs.threads))
         except Exception as exc:  # a diagnostic: ONNX Runtime refusing a graph with every tensor marked is reported
             layer["skipped"] = f"ONNX Runtime could not run the graphs with every tensor as an output: {exc}"[:500]
         layer["seconds"] = round(time.perf_counter() - t0, 3)
@@ -137,17 +138,17 @@ def fidelity_report(fid: Fidelity | None, inputs: dict[str, dict[str, Any]], row
     }
 
 
-def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
+def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> StageOutput:
     np = require("numpy")
     scratch = ctx.workdir / SCRATCH
     scratch.mkdir(exist_ok=True)
     evals: dict[str, tuple[Path, str]] = {}  # data settings -> (npz of the split, data fingerprint)
 
-    def eval_set(vrecipe: Any) -> tuple[Path, str]:
-        """The accuracy split preprocessed as this variant's recipe says (variants may override data.*)."""
-        key = sha256_json([vrecipe.data.model_dump(mode="json"), vrecipe.seed])
+    def eval_set(vdata: DataInputs) -> tuple[Path, str]:
+        """The accuracy split preprocessed as this variant's data says (variants may override data.*)."""
+        key = sha256_json(recorded(vdata))
         if key not in evals:
-            data = ctx.data_of(vrecipe) if ctx.data_of is not None else ctx.data
+            data = ctx.data_of(vdata)
             split = data.split(cfg.accuracy_split)
             # The preprocessing a deployed bundle applies (edgeres.preprocess): what is measured is what runs.
             x = model_input(data.pixels(split).numpy(), Preprocessing.from_spec(data.preprocessing()))
@@ -159,26 +160,26 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     fid = cfg.fidelity
     fid_inputs: dict[str, dict[str, Any]] = {}  # data settings -> the child's fidelity spec and what the parent keeps
 
-    def fidelity_set(vrecipe: Any) -> dict[str, Any] | None:
+    def fidelity_set(vdata: DataInputs) -> dict[str, Any] | None:
         """Corrupted copies and saliency images of a seeded subset of the accuracy split, made once per data set."""
         if fid is None or (fid.robustness is None and fid.saliency is None and not fid.profile_runs):
             return None
-        key = sha256_json([vrecipe.data.model_dump(mode="json"), vrecipe.seed])
+        key = sha256_json(recorded(vdata))
         if key not in fid_inputs:
             from edgeres.fidelity.corruptions import corrupted_set
             from edgeres.fidelity.summary import set_labels
 
             t0 = time.perf_counter()
-            data = ctx.data_of(vrecipe) if ctx.data_of is not None else ctx.data
+            data = ctx.data_of(vdata)
             split = data.split(cfg.accuracy_split)
             n = len(fid_inputs)
             spec: dict[str, Any] = {}
             kept: dict[str, Any] = {}
             if fid.robustness is not None:
                 rob = fid.robustness
-                idx = data.subset_indices(split, rob.images, vrecipe.seed)
+                idx = data.subset_indices(split, rob.images, vdata.seed)
                 raw = data.raw_images(split, idx)
-                sets = corrupted_set(raw, list(rob.corruptions), list(rob.severities), seed=vrecipe.seed)
+                sets = corrupted_set(raw, list(rob.corruptions), list(rob.severities), seed=vdata.seed)
                 x_path, y_path = scratch / f"corrupted-{n}.npy", scratch / f"corrupted-{n}-labels.npy"
                 np.save(x_path, np.concatenate([raw.numpy()[None], sets]))
                 np.save(y_path, split.labels[idx].numpy())
@@ -191,7 +192,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                 }
                 kept["robustness_images"] = int(idx.numel())
             if fid.saliency is not None:
-                idx = data.subset_indices(split, fid.saliency.images, vrecipe.seed)
+                idx = data.subset_indices(split, fid.saliency.images, vdata.seed)
                 raw = data.raw_images(split, idx)
                 x_path = scratch / f"saliency-{n}.npy"
                 np.save(x_path, data.normalize(raw).numpy())
@@ -199,7 +200,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                 kept["saliency_raw"] = raw.numpy()
                 kept["saliency_labels"] = split.labels[idx].tolist()
             if fid.layerwise is not None:
-                idx = data.subset_indices(split, fid.layerwise.images, vrecipe.seed)
+                idx = data.subset_indices(split, fid.layerwise.images, vdata.seed)
                 kept["layer_images"] = scratch / f"layerwise-{n}.npy"
                 np.save(kept["layer_images"], data.normalize(data.raw_images(split, idx)).numpy())
             if fid.profile_runs:
@@ -217,7 +218,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
     unmeasured: list[dict[str, Any]] = []
     for vname in order:
         art = ctx.variants[vname]
-        vrecipe = variant_recipe(ctx.recipe, vname)
+        vin = ctx.inputs.variants[vname]
         native = [NATIVE[art.format]] if art.format in NATIVE else []
         candidates = [r for r in cfg.runtimes if runs(r, art.format)] or native
         if not candidates:
@@ -229,10 +230,10 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                     "for `edgeres compare`"
                 )
             unmeasured.append({"variant": vname, "format": art.format, "reason": reason})
-        npz, fingerprint = eval_set(vrecipe)
-        fset = fidelity_set(vrecipe) if candidates else None
+        npz, fingerprint = eval_set(vin.data)
+        fset = fidelity_set(vin.data) if candidates else None
         for runtime in candidates:
-            settings, precision = deliverable_settings(art, vrecipe, runtime)
+            settings, precision = deliverable_settings(art, vin, runtime)
             unsupported = settings.unsupported_reason()
             if unsupported is not None:
                 ctx.reporter.log(f"benchmark {vname} on {runtime}: not measured here: {unsupported}")
@@ -251,7 +252,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
                 "runtime": runtime,
                 "path": str(art.primary_path),
                 "format": art.format,
-                "threads": ctx.threads,
+                "threads": ctx.inputs.threads,
                 "data": str(npz),
                 "batch": _batch_size(art),
                 "settings": settings.to_dict(),
@@ -301,13 +302,14 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
             )
     report = {
         "schema": REPORT_SCHEMA,
-        "recipe": ctx.recipe.name,
-        "recipe_sha256": sha256_json(ctx.recipe.model_dump(mode="json")),
+        "recipe": ctx.inputs.recipe,
+        # What this report was measured from: the hash of the benchmark's inputs object (its cache key's core).
+        "inputs_sha256": sha256_json(keyed(ctx.inputs)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": environment(ctx.threads),
+        "environment": environment(ctx.inputs.threads),
         "data": {
-            "type": ctx.recipe.data.type,
-            "fingerprint": eval_set(ctx.recipe)[1],
+            "type": ctx.inputs.data.config.type,
+            "fingerprint": eval_set(ctx.inputs.data)[1],
             "split": cfg.accuracy_split,
             # data.bad_files: skip leaves unreadable images out: the report says how many and which
             "skipped_files": len(ctx.data.skipped),
@@ -322,7 +324,7 @@ def run(ctx: StageContext, cfg: BenchmarkStage, inp: None) -> StageOutput:
         "baseline": baseline,
         "variants": {
             name: {
-                "stages": [s.id for s in ctx.recipe.chain(name) if s.type != "benchmark"],
+                "stages": ctx.inputs.variants[name].stages,
                 "artifact_sha256": art.content_sha256,
             }
             for name, art in ctx.variants.items()

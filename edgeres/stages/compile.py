@@ -16,27 +16,29 @@ from __future__ import annotations
 
 import platform
 import shutil
-from typing import Any
+from typing import Any, Literal
 
 from edgeres import faults
 from edgeres.artifact import Artifact, sha256_file, write_json_atomic
+from edgeres.config import CompileStage
 from edgeres.deps import require
 from edgeres.errors import StageError
-from edgeres.recipe import CompileStage
+from edgeres.inputs import CompileInputs
 from edgeres.runtimes.base import MANIFEST
-from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_for
+from edgeres.runtimes.settings import RuntimeSettings, precision_label
 from edgeres.stages.base import StageContext, StageOutput
-from edgeres.targets import Target
+
+Ctx = StageContext[CompileInputs]
 
 
 def ort_engine_from_onnx(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
+    ctx: Ctx, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
 ) -> tuple[str, str, dict[str, Any]]:
     ort = require("onnxruntime", purpose="compile for an ONNX Runtime target")
     from edgeres.runtimes.onnxruntime import session_options
 
     out = ctx.workdir / "model.ort.onnx"
-    opts = session_options(ort, settings, ctx.threads)
+    opts = session_options(ort, settings, ctx.inputs.threads)
     opts.optimized_model_filepath = str(out)
     ort.InferenceSession(str(inp.primary_path), sess_options=opts, providers=["CPUExecutionProvider"])
     info = {"optimization_level": settings.ort_optimization_level, "providers": ["CPUExecutionProvider"]}
@@ -44,7 +46,7 @@ def ort_engine_from_onnx(
 
 
 def openvino_ir_from_onnx(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
+    ctx: Ctx, cfg: CompileStage, inp: Artifact, settings: RuntimeSettings
 ) -> tuple[str, str, dict[str, Any]]:
     """The IR, and the precision OpenVINO compiles it to here with the shipped settings (checked where this CPU can
     run that precision; the IR itself is portable, so a bf16 engine can be built on a host without bf16)."""
@@ -54,10 +56,12 @@ def openvino_ir_from_onnx(
     model = ov.convert_model(str(inp.primary_path))
     ov.save_model(model, str(ctx.workdir / "model.xml"), compress_to_fp16=cfg.openvino.fp16_weights)
     info: dict[str, Any] = {"hint": settings.openvino_hint, "fp16_weights": cfg.openvino.fp16_weights, "device": "CPU"}
-    info["openvino_config"] = settings.openvino_config(ctx.threads)
+    info["openvino_config"] = settings.openvino_config(ctx.inputs.threads)
     unsupported = settings.unsupported_reason()
     if unsupported is None:
-        compiled = ov.Core().compile_model(str(ctx.workdir / "model.xml"), "CPU", settings.openvino_config(ctx.threads))
+        compiled = ov.Core().compile_model(
+            str(ctx.workdir / "model.xml"), "CPU", settings.openvino_config(ctx.inputs.threads)
+        )
         info["inference_precision_here"] = check_openvino_precision(compiled, settings)
     else:
         info["inference_precision_here"] = None
@@ -66,26 +70,96 @@ def openvino_ir_from_onnx(
     return "model.xml", "openvino", {"runtime": "openvino", "runtime_version": ov.get_version(), **info}
 
 
-def tensorrt_from_onnx(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, settings: RuntimeSettings
-) -> tuple[str, str, dict[str, Any]]:
-    """Build on a TensorRT host, or write the device build kit where TensorRT or a GPU is absent."""
-    from edgeres.tensorrt import compile_for_target
+def tensorrt_from_onnx(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> tuple[str, str, dict[str, Any]]:
+    """The TensorRT branch: (primary file, format, info for the manifest). With TensorRT and a GPU here (the inputs'
+    `device` says so, and the key holds it), builds `engine.plan` (+ its engine manifest and layer info) in a child
+    process: format `tensorrt`. Elsewhere writes a device kit into the stage folder: format `tensorrt-kit`, primary
+    `build.sh`, which no runtime runs (the engine is measured on the device, into device-report.json). An engine
+    without Q/DQ nodes runs in the resolved float precision."""
+    np = require("numpy")
+    from edgeres.tensorrt.child import build_in_subprocess
+    from edgeres.tensorrt.facts import probe_device_facts
+    from edgeres.tensorrt.kit import ENGINE, TIMING_CACHE, write_device_kit
+    from edgeres.tensorrt.manifest import EngineSettings
+    from edgeres.tensorrt.onnx_graph import count_qdq
 
-    return compile_for_target(ctx, cfg, inp, target, float_precision=settings.precision)
+    inputs = ctx.inputs
+    target, float_precision = inputs.target, inputs.settings.precision
+    if float_precision not in ("fp32", "fp16"):  # the recipe refuses others for TensorRT targets
+        raise StageError(f"TensorRT engines in edgeres are fp32, fp16 or int8; {float_precision} was asked for")
+    trt_float: Literal["fp32", "fp16"] = "fp32" if float_precision == "fp32" else "fp16"
+    trt_cfg = cfg.tensorrt
+    qdq = count_qdq(inp.primary_path)
+    dla = trt_cfg.dla_core if trt_cfg.dla_core is not None else (target.tensorrt.dla_core if target.tensorrt else None)
+    settings = EngineSettings(
+        precision="int8" if qdq else trt_float,
+        workspace_mb=trt_cfg.workspace_mb,
+        opt_level=trt_cfg.opt_level,
+        min_batch=trt_cfg.min_batch,
+        opt_batch=trt_cfg.opt_batch,
+        max_batch=trt_cfg.max_batch,
+        dla_core=dla,
+    )
+    device = inputs.device or {}
+    info: dict[str, Any] = {"runtime": "tensorrt", "settings": settings.to_dict()}
+    if device.get("can_build"):
+        facts = probe_device_facts(cuda_context=False)
+        result = build_in_subprocess(
+            inp.primary_path,
+            ctx.workdir / ENGINE,
+            settings=settings,
+            timing_cache=inputs.timing_cache or ctx.workdir / TIMING_CACHE,
+            progress=ctx.reporter.log,
+            facts=facts,
+        )
+        manifest = result.manifest
+        info.update(
+            runtime_version=manifest.tensorrt_version,
+            built="here",
+            plan=manifest.plan.to_dict(),
+            profile=manifest.profile,
+            timing_cache=manifest.timing_cache,
+            dla_placement=manifest.dla_placement,
+        )
+        return ENGINE, "tensorrt", info
+    kit = inputs.kit
+    if kit is None:
+        raise StageError("compile has no TensorRT device here and no kit inputs (a bug in edgeres' resolver)")
+    data = ctx.data_of(kit.data)
+    xs, ys = zip(*data.numpy_batches(data.split("val"), 256, limit=trt_cfg.kit_val_images), strict=True)
+    expect: dict[str, Any] = {"name": inputs.target_name, "description": target.description, "device": target.device}
+    if target.tensorrt is not None:
+        expect["tensorrt_major"] = list(target.tensorrt.major)
+    if dla is not None:
+        expect["dla_core"] = dla
+    write_device_kit(
+        ctx.workdir,
+        onnx_path=inp.primary_path,
+        target=expect,
+        settings=settings,
+        val_subset=(np.concatenate(xs), np.concatenate(ys)),
+        name=kit.recipe,
+        variant=kit.variant,
+    )
+    why = "TensorRT is not installed here" if device.get("trt_version") is None else "no NVIDIA GPU is visible here"
+    ctx.reporter.log(
+        f"{why}: wrote a device kit; copy models/{kit.variant} from the build output to the device and run "
+        "`bash build.sh` there"
+    )
+    info.update(runtime_version=None, built="kit", reason=why)
+    return "build.sh", "tensorrt-kit", info
 
 
-def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
-    target = ctx.recipe.target_spec()
-    settings = settings_for(ctx.recipe)
+def run(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> StageOutput:
+    target, settings, target_name = ctx.inputs.target, ctx.inputs.settings, ctx.inputs.target_name
     if target.runtime == "onnxruntime":
         primary, fmt, info = ort_engine_from_onnx(ctx, cfg, inp, settings)
     elif target.runtime == "openvino":
         primary, fmt, info = openvino_ir_from_onnx(ctx, cfg, inp, settings)
     elif target.runtime == "tensorrt":
-        primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp, target, settings)
+        primary, fmt, info = tensorrt_from_onnx(ctx, cfg, inp)
     else:  # the Target model allows nothing else; a new runtime needs a branch here
-        raise StageError(f"target {ctx.recipe.target} has runtime {target.runtime}, which compile does not handle")
+        raise StageError(f"target {target_name} has runtime {target.runtime}, which compile does not handle")
     faults.point("compile:written")
     spec_path = inp.path / "model.json"
     if spec_path.is_file() and not (ctx.workdir / "model.json").exists():
@@ -100,7 +174,7 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         precision = "int8" if info["float_islands"] == "fp32" else f"int8+{info['float_islands']}"
     manifest = {
         "schema": "edgeres.manifest/1",
-        "target": ctx.recipe.target,
+        "target": target_name,
         "target_spec": target.model_dump(mode="json"),
         "engine": primary,
         "format": fmt,
@@ -113,13 +187,13 @@ def run(ctx: StageContext, cfg: CompileStage, inp: Artifact) -> StageOutput:
         **info,
     }
     write_json_atomic(ctx.workdir / MANIFEST, manifest)
-    ctx.reporter.log(f"compile for {ctx.recipe.target}: {primary} ({fmt})")
+    ctx.reporter.log(f"compile for {target_name}: {primary} ({fmt})")
     return StageOutput(
         format=fmt,
         primary=primary,
         deliverables=[*files, MANIFEST],
         metrics={
-            "target": ctx.recipe.target,
+            "target": target_name,
             "runtime": target.runtime,
             "engine": primary,
             "precision": precision,

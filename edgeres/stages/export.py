@@ -13,20 +13,21 @@ from typing import Any
 
 from edgeres import __version__, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
+from edgeres.config import ExportStage
 from edgeres.deps import require
 from edgeres.errors import StageError
+from edgeres.inputs import ExportInputs
 from edgeres.models import load_model
-from edgeres.recipe import ExportStage
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import RuntimeSettings
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import INPUT_NAME, onnx_from_torch
 
 
-def run(ctx: StageContext, cfg: ExportStage, inp: Artifact) -> StageOutput:
+def run(ctx: StageContext[ExportInputs], cfg: ExportStage, inp: Artifact) -> StageOutput:
     torch = require("torch", purpose="export to ONNX")
     onnx = require("onnx")
-    torch.set_num_threads(ctx.threads)
+    torch.set_num_threads(ctx.inputs.threads)
     model, spec = load_model(inp.path)
     c, h, w = spec["input_shape"]
     # Batch 2, not 1: the dynamo exporter would specialise a size-1 batch axis to a constant.
@@ -91,7 +92,7 @@ def run(ctx: StageContext, cfg: ExportStage, inp: Artifact) -> StageOutput:
     )
 
 
-def check_parity(ctx: StageContext, cfg: ExportStage, model: Any, onnx_path: Any) -> dict[str, Any]:
+def check_parity(ctx: StageContext[ExportInputs], cfg: ExportStage, model: Any, onnx_path: Any) -> dict[str, Any]:
     torch = require("torch")
     np = require("numpy")
     data = ctx.data
@@ -102,7 +103,7 @@ def check_parity(ctx: StageContext, cfg: ExportStage, model: Any, onnx_path: Any
     # are not read, so the export entry serves every target).
     settings = RuntimeSettings("onnxruntime")
     with (
-        open_runner("onnxruntime", onnx_path, fmt="onnx", threads=ctx.threads, settings=settings) as runner,
+        open_runner("onnxruntime", onnx_path, fmt="onnx", threads=ctx.inputs.threads, settings=settings) as runner,
         torch.inference_mode(),
     ):
         for x, _ in data.batches(data.val, batch, indices=torch.arange(n)):

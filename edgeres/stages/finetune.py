@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeres import dist, faults
+from edgeres.config import FinetuneStage
 from edgeres.deps import require
+from edgeres.errors import StageError
+from edgeres.inputs import FinetuneInputs
+from edgeres.keys import file_sha256
 from edgeres.models import (
     build_model,
     count_params,
@@ -23,7 +27,6 @@ from edgeres.models import (
     read_state_dict,
     save_model,
 )
-from edgeres.recipe import FinetuneStage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.training import feed_for, make_optimizer, make_schedule, read_checkpoint, save_checkpoint, train_epoch
 
@@ -43,25 +46,32 @@ def _set_frozen(model: Any, frozen: bool) -> None:
 RESUME_KEYS = ("epoch", "model", "optimizer", "schedule", "best_top1", "best_epoch", "curve")
 
 
-def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
+def run(ctx: StageContext[FinetuneInputs], cfg: FinetuneStage, inp: None) -> StageOutput:
     torch = require("torch", purpose="fine-tune the model")
-    torch.set_num_threads(ctx.threads)
+    inputs = ctx.inputs
+    torch.set_num_threads(inputs.threads)
     data = ctx.data
-    arch = ctx.recipe.model.arch
-    torch.manual_seed(ctx.seed)
+    arch = inputs.arch
+    torch.manual_seed(inputs.seed)
     model = build_model(arch, len(data.classes))
     dropped: list[str] = []
     if cfg.weights in ("imagenet-v1", "imagenet-v2"):
         dropped = load_weights(model, imagenet_state_dict(arch, cfg.weights), source=cfg.weights)
     elif cfg.weights != "none":
-        dropped = load_weights(model, read_state_dict(Path(cfg.weights)), source=cfg.weights)
+        path = Path(cfg.weights)
+        if file_sha256(path) != inputs.files["weights"]:
+            raise StageError(
+                f"the weights file {path} changed after this build was planned (its sha256 is not the one the cache "
+                "key holds); re-run the build so it is keyed by what it reads"
+            )
+        dropped = load_weights(model, read_state_dict(path), source=cfg.weights)
     if dropped:
         ctx.reporter.log(f"classifier replaced for {len(data.classes)} classes (dropped {', '.join(dropped)})")
 
     scratch = ctx.workdir / SCRATCH
     scratch.mkdir(exist_ok=True)
     last, best_path = scratch / "last.pt", scratch / "best.pt"
-    feed = feed_for(ctx)
+    feed = feed_for(data, inputs.augment, ctx.reporter, inputs.world.distributed if inputs.world else None)
     steps = -(-len(data.train) // (cfg.batch_size * feed.scale))
     opt = make_optimizer(torch, model, cfg.optimizer, feed.scale)
     sched = make_schedule(torch, opt, cfg.schedule, cfg.optimizer.lr * feed.scale, steps * cfg.epochs)
@@ -84,7 +94,7 @@ def run(ctx: StageContext, cfg: FinetuneStage, inp: None) -> StageOutput:
         frozen = epoch < cfg.freeze_backbone_epochs
         model.train()
         _set_frozen(model, frozen)
-        g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(inputs.seed * 1_000_003 + epoch)
         train_loss = train_epoch(
             feed,
             model,

@@ -17,11 +17,11 @@ from typing import Any
 
 from edgeres.artifact import Artifact
 from edgeres.bundle.pack import Golden, engine_files, golden_set, input_description, write_bundle
+from edgeres.config import PackageStage
 from edgeres.deps import available, require
 from edgeres.errors import StageError
-from edgeres.keys import host_facts
+from edgeres.inputs import PackageInputs
 from edgeres.preprocess import Preprocessing, model_input
-from edgeres.recipe import PackageStage
 from edgeres.runtimes import NATIVE, open_runner
 from edgeres.runtimes.base import MANIFEST
 from edgeres.runtimes.settings import RuntimeSettings, settings_from_manifest
@@ -47,7 +47,6 @@ def measured_figures(report: dict[str, Any], variant: str, report_sha256: str) -
     rows = [{k: r.get(k) for k in keep} for r in report.get("results", []) if r.get("variant") == variant]
     return {
         "report_sha256": report_sha256,
-        "report_created": report.get("created"),
         "environment": report.get("environment"),
         "baseline": report.get("baseline"),
         "results": rows,
@@ -65,20 +64,21 @@ def _logits_fn(runtime: str, path: Any, fmt: str, settings: RuntimeSettings | No
     return run
 
 
-def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
+def run(ctx: StageContext[PackageInputs], cfg: PackageStage, inp: Artifact) -> StageOutput:
     if ctx.report is None or inp.stage_type != "compile":
         raise StageError(f"package needs a compiled engine and the benchmark's report; got a {inp.format} artifact")
     manifest = json.loads((inp.path / MANIFEST).read_text(encoding="utf-8"))
     spec = json.loads((inp.path / "model.json").read_text(encoding="utf-8"))
-    lineage = ctx.lineage.get(ctx.variant, [])
+    inputs = ctx.inputs
+    lineage = ctx.lineage.get(inputs.variant, [])
     upstream = [a for a in lineage if a.format == "onnx" and a.stage_type in ("export", "quantize")]
     if not upstream:
-        raise StageError(f"variant {ctx.variant} has no ONNX before compile; a bundle ships the engine's ONNX")
+        raise StageError(f"variant {inputs.variant} has no ONNX before compile; a bundle ships the engine's ONNX")
     source = upstream[-1]
     report_art = ctx.report
     report = json.loads(report_art.primary_path.read_text(encoding="utf-8"))
 
-    target = ctx.recipe.target_spec()
+    target = inputs.target
     pre = Preprocessing.from_spec(spec["preprocessing"])
     fmt = inp.format
     input_meta = inp.metadata.get("metrics", {}).get("input") or {}
@@ -97,7 +97,7 @@ def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
         runtime = NATIVE[fmt]
         logits_of = _logits_fn(runtime, inp.primary_path, fmt, settings, batch)
         precision = manifest.get("precision")
-        reference = f"the engine on {runtime} {manifest.get('runtime_version')} ({precision}) on {host_facts()['cpu']}"
+        reference = f"the engine on {runtime} {manifest.get('runtime_version')} ({precision}) on {inputs.host['cpu']}"
         exact = precision == "fp32"
     test = ctx.data.split("test")
     n = min(len(test), 64)
@@ -111,14 +111,14 @@ def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
         max_abs_diff=cfg.golden.max_abs_diff,
         reference=reference,
     )
-    rows = measured_figures(report, ctx.variant, report_art.files[report_art.primary])
+    rows = measured_figures(report, inputs.variant, report_art.files[report_art.primary])
     classes = [str(c) for c in spec["preprocessing"]["classes"]]
     info = {
         "version": cfg.version,
         "name": report.get("recipe"),
-        "variant": ctx.variant,
-        "recipe_sha256": report.get("recipe_sha256"),
-        "target": {"name": ctx.recipe.target, **target.model_dump(mode="json")},
+        "variant": inputs.variant,
+        "inputs_sha256": report.get("inputs_sha256"),
+        "target": {"name": inputs.target_name, **target.model_dump(mode="json")},
         "engine": {
             "format": fmt,
             "runtime": target.runtime,
@@ -133,7 +133,7 @@ def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
         },
         "model": {"arch": spec.get("arch"), "num_classes": spec.get("num_classes"), "pruned": "channels" in spec},
         "input": input_description(
-            input_meta.get("name", "input"), shape, pre, resize_rule(ctx.recipe.data, pre.height, pre.width)
+            input_meta.get("name", "input"), shape, pre, resize_rule(inputs.data.config, pre.height, pre.width)
         ),
         "output": {"name": "logits", "shape": [shape[0], len(classes)], "dtype": "float32", "softmax": "not applied"},
         "classes": classes,
@@ -154,7 +154,8 @@ def run(ctx: StageContext, cfg: PackageStage, inp: Artifact) -> StageOutput:
     )
     size = (ctx.workdir / BUNDLE).stat().st_size
     ctx.reporter.log(
-        f"package {ctx.variant}: {BUNDLE} version {cfg.version}, {len(written['files']) + 1} files, {size / 1e6:.1f} MB"
+        f"package {inputs.variant}: {BUNDLE} version {cfg.version}, {len(written['files']) + 1} files, "
+        f"{size / 1e6:.1f} MB"
         + ("" if available("model_signing") else "; sign it with `edgeres sign` (needs the `sign` extra)")
     )
     return StageOutput(

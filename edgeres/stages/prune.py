@@ -29,8 +29,10 @@ from typing import Any
 
 from edgeres import dist, faults
 from edgeres.artifact import Artifact
+from edgeres.config import Depth, ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
 from edgeres.deps import require
 from edgeres.errors import StageError
+from edgeres.inputs import PruneInputs, PtqProbe
 from edgeres.measure import interleaved_ratio
 from edgeres.models import (
     RESNET_STAGES,
@@ -43,8 +45,7 @@ from edgeres.models import (
     save_model,
 )
 from edgeres.ptq import for_target, quantize_ptq, symmetric_activations
-from edgeres.recipe import Depth, ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
-from edgeres.runtimes.settings import PrecisionUnsupported, settings_for
+from edgeres.runtimes.settings import PrecisionUnsupported
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.torch_to_onnx import onnx_from_torch
 from edgeres.training import feed_for, read_checkpoint, save_checkpoint, train_epochs
@@ -85,13 +86,13 @@ def _pruner(tp: Any, model: Any, example: Any, cfg: PruneStage, ratio: float, st
     )
 
 
-def _taylor_grads(ctx: StageContext, model: Any, cfg: PruneStage) -> None:
+def _taylor_grads(ctx: StageContext[PruneInputs], model: Any, cfg: PruneStage) -> None:
     """Gradients of the loss on a few training batches: what first-order Taylor importance reads."""
     torch = require("torch")
     if cfg.criterion != "taylor":
         return
     model.zero_grad()
-    g = torch.Generator().manual_seed(ctx.seed)
+    g = torch.Generator().manual_seed(ctx.inputs.seed)
     for i, (x, y) in enumerate(ctx.data.batches(ctx.data.train, 64, shuffle=True, generator=g)):
         if i >= cfg.taylor_batches:
             break
@@ -108,7 +109,7 @@ def shipped_onnx(
     model: Any,
     image_size: tuple[int, int],
     export: ExportStage,
-    quantize: QuantizeStage | None,
+    quantize: PtqProbe | QuantizeStage | None,
     qdq_rules: str,
     calibration: list[Any],
     path: Path,
@@ -146,25 +147,25 @@ class LatencyProbe:
     measured in alternation with it (PROBE_ROUNDS rounds; the median ratio), and its latency is that ratio times the
     reference's median p50 over all rounds of the search: drift moves both sides of each ratio alike."""
 
-    def __init__(self, ctx: StageContext) -> None:
-        target = ctx.recipe.target_spec()
+    def __init__(self, ctx: StageContext[PruneInputs]) -> None:
+        inputs = ctx.inputs
+        assert inputs.probe is not None  # resolved for latency budgets and measure_latency
+        target = inputs.target
         if target.runtime not in ("onnxruntime", "openvino"):
             raise StageError(
-                f"a latency budget is measured on the target's runtime, and target {ctx.recipe.target} runs "
+                f"a latency budget is measured on the target's runtime, and target {inputs.target_name} runs "
                 f"{target.runtime}, which cannot be measured on this host. Use the ratio or macs budget here, or run "
                 "the build on the device"
             )
-        chain = ctx.recipe.chain(ctx.variant)
-        self.export = next((s for s in chain if s.type == "export"), None) or ExportStage(type="export")
-        self.quantize = next((s for s in chain if s.type == "quantize"), None)
-        self.settings = settings_for(ctx.recipe)
+        self.export, self.quantize = inputs.probe.export, inputs.probe.ptq
+        self.settings, self.threads = inputs.probe.settings, inputs.probe.threads
         unsupported = self.settings.unsupported_reason()
         if unsupported is not None:
             raise PrecisionUnsupported(f"the latency budget is measured as the engine ships, and {unsupported}")
         self.ctx, self.runtime, self.target = ctx, target.runtime, target
         self.int8 = self.quantize is not None
         self.samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
-        idx, _ = ctx.data.calibration_indices(QUICK_CALIBRATION, ctx.seed)
+        idx, _ = ctx.data.calibration_indices(QUICK_CALIBRATION, inputs.seed)
         self.calib = [x.numpy() for x, _ in ctx.data.batches(ctx.data.val, 1, indices=idx)]
         self.folder = Path(tempfile.mkdtemp(prefix="edgeres-prune-"))
         self.close = weakref.finalize(self, shutil.rmtree, self.folder, True)  # also when the stage fails
@@ -184,7 +185,7 @@ class LatencyProbe:
             candidate,
             self.samples,
             QUICK_LATENCY,
-            threads=self.ctx.threads,
+            threads=self.threads,
             rounds=PROBE_ROUNDS,
             settings=self.settings,
         )
@@ -202,7 +203,9 @@ def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None, *, s
     return True
 
 
-def _trial(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, ratio: float) -> Any:
+def _trial(
+    ctx: StageContext[PruneInputs], model: Any, example: Any, cfg: PruneStage, round_to: int, ratio: float
+) -> Any:
     """A copy of `model` pruned to `ratio` in one shot: what a candidate ratio gives."""
     tp = require("torch_pruning")
     trial = copy.deepcopy(model)
@@ -213,7 +216,7 @@ def _trial(ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_t
 
 
 def search_ratio(
-    ctx: StageContext, model: Any, example: Any, cfg: PruneStage, round_to: int, probe: Any, base_macs: int
+    ctx: StageContext[PruneInputs], model: Any, example: Any, cfg: PruneStage, round_to: int, probe: Any, base_macs: int
 ) -> float:
     """Smallest ratio that meets the MAC or latency budget: a scan in SEARCH_STEPS increments, then bisection
     between the last ratio that missed and the first that met (REFINE_MACS / REFINE_LATENCY halvings), so that no
@@ -287,7 +290,7 @@ def select_blocks(model: Any, blocks: list[int], batches: list[Any], log: Any) -
     return kept
 
 
-def cut_depth(ctx: StageContext, model: Any, depth: Depth, scratch: Path) -> list[list[int]]:
+def cut_depth(ctx: StageContext[PruneInputs], model: Any, depth: Depth, scratch: Path) -> list[list[int]]:
     """Remove the blocks `depth` asks to (chosen by select_blocks on val images, or as a killed run chose them:
     a resumed run must cut the same ones); returns the kept indices per stage."""
     saved = read_checkpoint(scratch / "depth.pt", ("kept",), ctx.reporter)
@@ -298,7 +301,9 @@ def cut_depth(ctx: StageContext, model: Any, depth: Depth, scratch: Path) -> lis
     elif dist.is_main():
         data = ctx.data
         batches = list(
-            data.batches(data.val, EVAL_BATCH, indices=data.subset_indices(data.val, depth.select_images, ctx.seed))
+            data.batches(
+                data.val, EVAL_BATCH, indices=data.subset_indices(data.val, depth.select_images, ctx.inputs.seed)
+            )
         )
         kept = select_blocks(model, depth.blocks, batches, ctx.reporter.log)
         save_checkpoint({"kept": kept}, scratch / "depth.pt")
@@ -308,7 +313,7 @@ def cut_depth(ctx: StageContext, model: Any, depth: Depth, scratch: Path) -> lis
     return kept
 
 
-def _resumed_step(ctx: StageContext, model: Any, path: Path) -> dict[str, Any] | None:
+def _resumed_step(ctx: StageContext[PruneInputs], model: Any, path: Path) -> dict[str, Any] | None:
     """A pruning step a killed run completed: its recovered weights loaded into `model` (pruned again, the same way,
     from the same weights) and its history row; None when there is none or it does not fit, saying so."""
     state = read_checkpoint(path, ("model", "row"), ctx.reporter)
@@ -341,12 +346,12 @@ def kept_channels(before: dict[str, list[int]], after: dict[str, list[int]]) -> 
     return kept
 
 
-def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
+def run(ctx: StageContext[PruneInputs], cfg: PruneStage, inp: Artifact) -> StageOutput:
     torch = require("torch", purpose="prune")
     tp = require("torch_pruning", purpose="prune channels (Torch-Pruning)")
-    torch.set_num_threads(ctx.threads)
+    torch.set_num_threads(ctx.inputs.threads)
     data = ctx.data
-    target = ctx.recipe.target_spec()
+    target = ctx.inputs.target
     round_to = cfg.round_to if cfg.round_to is not None else target.round_to
     model, spec = load_model(inp.path)
     teacher = copy.deepcopy(model).eval() if cfg.distill else None
@@ -412,10 +417,15 @@ def run(ctx: StageContext, cfg: PruneStage, inp: Artifact) -> StageOutput:
             row = {"step": step + 1, "macs": macs_of(model, example), "val_top1_pruned": after_prune_val}
             if cfg.recovery.epochs > 0:
                 train_epochs(
-                    feed_for(ctx),
+                    feed_for(
+                        ctx.data,
+                        ctx.inputs.augment,
+                        ctx.reporter,
+                        ctx.inputs.world.distributed if ctx.inputs.world else None,
+                    ),
                     model,
                     cfg.recovery,
-                    seeds=[ctx.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
+                    seeds=[ctx.inputs.seed * 7919 + step * 101 + e for e in range(cfg.recovery.epochs)],
                     labels=[f"recovery {step + 1}.{e + 1}" for e in range(cfg.recovery.epochs)],
                     teacher=teacher,
                     distill=cfg.distill,

@@ -27,17 +27,18 @@ from typing import Any
 
 from edgeres import dist, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
+from edgeres.config import Latency, QuantizeStage
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
 from edgeres.fp16 import fp16_from_fp32
+from edgeres.inputs import QuantizeInputs
 from edgeres.measure import measure_accuracy, p50_ms
 from edgeres.models import evaluate as torch_evaluate
 from edgeres.models import load_model
 from edgeres.ptq import TargetRewrite, for_target, quantize_ptq, symmetric_activations
 from edgeres.qdq import check_rules, float_layers, scales_digest
-from edgeres.recipe import Latency, QuantizeStage
 from edgeres.runtimes import open_runner
-from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings, float_precision, settings_for
+from edgeres.runtimes.settings import PrecisionUnsupported, RuntimeSettings
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 from edgeres.training import feed_for
 
@@ -46,11 +47,11 @@ EVAL_BATCH = 64
 QUICK_LATENCY = Latency(warmup=5, min_queries=30, min_duration_s=0.5, max_duration_s=10.0)
 
 
-def calibration_batches(ctx: StageContext, size: int) -> tuple[list[Any], str]:
+def calibration_batches(ctx: StageContext[QuantizeInputs], size: int) -> tuple[list[Any], str]:
     """The calibration images (numpy, batch 1, in a fixed order) and their identity hash; refuses bad data."""
     np = require("numpy")
     data = ctx.data
-    idx, digest = data.calibration_indices(size, ctx.seed)
+    idx, digest = data.calibration_indices(size, ctx.inputs.seed)
     if idx.numel() == 0:
         raise DataError("the calibration subset is empty: the val split has no images; check data.val_fraction")
     items = [x.numpy() for x, _ in data.batches(data.val, 1, indices=idx)]
@@ -75,24 +76,24 @@ def validate_calibration(items: list[Any], np: Any) -> None:
         )
 
 
-def float_islands(ctx: StageContext) -> str:
+def float_islands(ctx: StageContext[QuantizeInputs]) -> str:
     """The precision the INT8 model's float parts are written in: for TensorRT targets (strongly typed: the ONNX's
     types are what runs) the compile stage's float precision, fp16 by default; fp32 elsewhere, where the runtime
     decides."""
-    if ctx.recipe.target_spec().runtime != "tensorrt":
+    if ctx.inputs.target.runtime != "tensorrt":
         return "fp32"
-    wanted = float_precision(ctx.recipe)
+    wanted = ctx.inputs.float_precision
     if wanted not in ("fp32", "fp16"):
         raise StageError(
-            f"target {ctx.recipe.target} runs TensorRT, whose INT8 engines edgeres builds with float parts in fp32 or "
-            f"fp16, and stages.compile.precision asks for {wanted}; set it to fp16 or fp32"
+            f"target {ctx.inputs.target_name} runs TensorRT, whose INT8 engines edgeres builds with float parts in "
+            f"fp32 or fp16, and stages.compile.precision asks for {wanted}; set it to fp16 or fp32"
         )
     return wanted
 
 
-def eval_runtime(ctx: StageContext) -> str:
+def eval_runtime(ctx: StageContext[QuantizeInputs]) -> str:
     """Accuracy is measured on the target's runtime; TensorRT targets use ONNX Runtime on this host (said so)."""
-    rt = ctx.recipe.target_spec().runtime
+    rt = ctx.inputs.target.runtime
     return rt if rt in ("onnxruntime", "openvino") else "onnxruntime"
 
 
@@ -130,28 +131,27 @@ class Quantization:
     """One run of the stage: the calibration set, the FP32 reference on val and the runtime settings every candidate
     is judged with (those the variant's engine ships with, runtimes.settings), and one method per candidate."""
 
-    def __init__(self, ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> None:
+    def __init__(self, ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact) -> None:
         onnx = require("onnx")
         self.ctx, self.cfg, self.inp = ctx, cfg, inp
-        self.target = ctx.recipe.target_spec()
+        self.target = ctx.inputs.target
         if "int8" not in self.target.precisions:
             raise StageError(
-                f"target {ctx.recipe.target} does not run int8 (it runs {', '.join(self.target.precisions)})"
+                f"target {ctx.inputs.target_name} does not run int8 (it runs {', '.join(self.target.precisions)})"
             )
         self.runtime = eval_runtime(ctx)
         self.islands = float_islands(ctx)
         # A TensorRT target is judged on ONNX Runtime as a stand-in (its sidecar says which runtime), with fp32
         # settings: the graph's float16 parts, where cast, run as the ONNX writes them.
         stand_in = self.runtime != self.target.runtime
-        self.settings = RuntimeSettings(self.runtime) if stand_in else settings_for(ctx.recipe)
+        self.settings = RuntimeSettings(self.runtime) if stand_in else ctx.inputs.settings
         unsupported = self.settings.unsupported_reason()
         if unsupported is not None:
             raise PrecisionUnsupported(
                 f"quantize judges INT8 on {self.runtime} with the settings the variant's engine ships with, and "
                 f"{unsupported}. Build on a CPU that has it, or set stages.compile.precision: fp32"
             )
-        size = cfg.calibration_size or ctx.recipe.data.calibration_size
-        self.items, self.calib_digest = calibration_batches(ctx, size)
+        self.items, self.calib_digest = calibration_batches(ctx, ctx.inputs.calibration_size)
         self.symmetric = symmetric_activations(cfg.preset, self.target.qdq_rules)
         self.scratch = ctx.workdir / SCRATCH
         self.scratch.mkdir(exist_ok=True)
@@ -166,7 +166,7 @@ class Quantization:
 
     def evaluate(self, path: Any, split: str) -> tuple[dict[str, Any], Any]:
         data = self.ctx.data
-        with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.threads, settings=self.settings) as r:
+        with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.inputs.threads, settings=self.settings) as r:
             return measure_accuracy(r, data.numpy_batches(data.split(split), EVAL_BATCH))
 
     def shipped(self, model: Any) -> tuple[Any, TargetRewrite]:
@@ -210,8 +210,10 @@ class Quantization:
         dist.broadcast(True)  # under torchrun the other ranks wait for this, then train with rank 0
         self.announced.append(True)
         qmodel, info, spec = train_qat(ctx, self.cfg, self.items, self.symmetric, self.scratch)
-        export_cfg = next(s for s in ctx.recipe.chain(ctx.variant) if s.type == "export")
-        proto = qat.export(qmodel, export_cfg, self.fp32, self.scratch / "qat-raw.onnx", tuple(spec["input_shape"]))
+        assert ctx.inputs.qat is not None  # resolved where the config has qat
+        proto = qat.export(
+            qmodel, ctx.inputs.qat.export, self.fp32, self.scratch / "qat-raw.onnx", tuple(spec["input_shape"])
+        )
         cand = self.judge(proto, "qat", round(time.monotonic() - t0, 1), qat=info)
         info["runtime_val_top1"] = cand.val["top1"]
         return cand
@@ -231,7 +233,7 @@ class Quantization:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # NNCF goes on with its own
             write_bytes_atomic(probe, self.shipped(copy)[0].SerializeToString())
-            with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.threads, settings=self.settings) as r:
+            with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.inputs.threads, settings=self.settings) as r:
                 return float(measure_accuracy(r, dataset)[0]["top1"])
 
         t0 = time.monotonic()
@@ -253,7 +255,7 @@ class Quantization:
 
 
 def train_qat(
-    ctx: StageContext, cfg: QuantizeStage, items: list[Any], symmetric: bool, scratch: Any
+    ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, items: list[Any], symmetric: bool, scratch: Any
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The QAT model: the torch model upstream of export, BatchNorm folded, NNCF quantizers initialised on the
     calibration images, trained (resuming from its epoch checkpoint in `scratch`). Returns it, what the sidecar
@@ -264,14 +266,19 @@ def train_qat(
     assert cfg.qat is not None
     if ctx.torch_source is None:
         raise StageError("QAT needs the torch model upstream of export, and the pipeline handed none (a bug)")
-    torch.set_num_threads(ctx.threads)
-    torch.manual_seed(ctx.seed)
+    inputs = ctx.inputs
+    assert inputs.qat is not None
+    torch.set_num_threads(inputs.threads)
+    torch.manual_seed(inputs.seed)
     model, spec = load_model(ctx.torch_source.path)
     folded = qat.fold_batchnorm(model)
     teacher = qat.teacher_of(model, cfg.qat)
     ctx.reporter.log(f"QAT: {folded} BatchNorms folded, NNCF quantizers initialised on {len(items)} calibration images")
     qmodel = qat.insert_quantizers(model, items, symmetric=symmetric, fast_bias_correction=cfg.fast_bias_correction)
-    info = qat.train(feed_for(ctx), qmodel, cfg.qat, teacher, seed=ctx.seed, checkpoint=scratch / "qat.pt")
+    feed = feed_for(
+        ctx.data, inputs.qat.augment, ctx.reporter, inputs.qat.world.distributed if inputs.qat.world else None
+    )
+    info = qat.train(feed, qmodel, cfg.qat, teacher, seed=inputs.seed, checkpoint=scratch / "qat.pt")
     info["folded_batchnorm"] = folded
     # The fake-quantized torch model's accuracy, beside the runtime's: the gap between them is what "it was fine in
     # training" hides.
@@ -279,17 +286,16 @@ def train_qat(
     return qmodel, info, spec
 
 
-def follow(ctx: StageContext, cfg: QuantizeStage) -> StageOutput:
+def follow(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage) -> StageOutput:
     """A torchrun rank other than 0: wait for rank 0 to say whether QAT runs, and if so train with it."""
     if dist.broadcast(None):
-        target = ctx.recipe.target_spec()
-        size = cfg.calibration_size or ctx.recipe.data.calibration_size
-        items, _ = calibration_batches(ctx, size)
+        target = ctx.inputs.target
+        items, _ = calibration_batches(ctx, ctx.inputs.calibration_size)
         train_qat(ctx, cfg, items, symmetric_activations(cfg.preset, target.qdq_rules), ctx.workdir / SCRATCH)
     return StageOutput(format="onnx", primary="model.onnx")
 
 
-def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
+def run(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact) -> StageOutput:
     if not dist.is_main():
         return follow(ctx, cfg)
     announced: list[bool] = []  # Quantization.qat appends when it tells the other ranks QAT runs
@@ -300,7 +306,7 @@ def run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact) -> StageOutput:
             dist.broadcast(False)  # QAT did not run (PTQ held, or this failed): the other ranks go on
 
 
-def _run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact, announced: list[bool]) -> StageOutput:
+def _run(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact, announced: list[bool]) -> StageOutput:
     np = require("numpy")
     q = Quantization(ctx, cfg, inp)
     q.announced = announced
@@ -330,7 +336,7 @@ def _run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact, announced: list[b
     if rules.errors:
         shown = "\n  ".join(rules.errors[:10])
         raise StageError(
-            f"the quantized model breaks the {target.qdq_rules} Q/DQ rules of target {ctx.recipe.target} "
+            f"the quantized model breaks the {target.qdq_rules} Q/DQ rules of target {ctx.inputs.target_name} "
             f"({len(rules.errors)} problems):\n  {shown}"
         )
     test: dict[str, Any] | None = None
@@ -395,22 +401,22 @@ def _run(ctx: StageContext, cfg: QuantizeStage, inp: Artifact, announced: list[b
 
 
 def quick_latencies(
-    ctx: StageContext, q: Quantization, inp: Artifact, out: Path, tried: list[Candidate]
+    ctx: StageContext[QuantizeInputs], q: Quantization, inp: Artifact, out: Path, tried: list[Candidate]
 ) -> dict[str, Any]:
     """Quick batch-1 p50 of FP32 and the INT8 chosen (and all-INT8 PTQ when another method won), on the target's
     runtime with its settings. A TensorRT target's runtime is not here: no figure rather than ONNX Runtime's CPU
     kernels, which say nothing about the device (signed-int8 Q/DQ runs several times slower there than FP32)."""
-    if q.runtime != ctx.recipe.target_spec().runtime:
+    if q.runtime != ctx.inputs.target.runtime:
         return {
             "fp32_p50_ms": None,
             "int8_p50_ms": None,
-            "not_measured": f"the target's runtime ({ctx.recipe.target_spec().runtime}) is not on this host; "
+            "not_measured": f"the target's runtime ({ctx.inputs.target.runtime}) is not on this host; "
             "its device kit measures latency there",
         }
     samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
 
     def p50(path: Any) -> float:
-        return p50_ms(q.runtime, path, "onnx", samples, QUICK_LATENCY, threads=ctx.threads, settings=q.settings)
+        return p50_ms(q.runtime, path, "onnx", samples, QUICK_LATENCY, threads=ctx.inputs.threads, settings=q.settings)
 
     latency: dict[str, Any] = {"fp32_p50_ms": p50(inp.primary_path), "int8_p50_ms": p50(out)}
     if tried[0].method == "ptq" and tried[-1].method != "ptq":  # what QAT or keeping layers in FP32 gives

@@ -6,8 +6,8 @@
 - `build`: ONNX to engine with the TensorRT 10/11 Python API, in a child process so that an out-of-memory kill
   becomes a clear error; `fp16_onnx_from_fp32` for TensorRT 11, which has no FP16 builder flag.
 - `runner`: `TensorRTRunner`, the Runner interface over an engine.
-- `kit`: a folder to copy to a device when the build host has no TensorRT (the usual case), and
-  `compile_for_target`, the compile stage's TensorRT branch (build here, or write a kit).
+- `kit`: a folder to copy to a device when the build host has no TensorRT (the usual case); the compile stage
+  (edgeres.stages.compile) builds here or writes a kit.
 - `stubs`: copies and patches the `tensorrt-stubs` type stubs so that mypy checks this package's TensorRT calls.
 
 Nothing here imports TensorRT at module import time. Functions that need it call `require_tensorrt()` first (it
@@ -20,16 +20,9 @@ from __future__ import annotations
 
 import re
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from edgeres.deps import install_hint, require
 from edgeres.errors import MissingDependencyError, StageError
-
-if TYPE_CHECKING:
-    from edgeres.artifact import Artifact
-    from edgeres.recipe import CompileStage
-    from edgeres.stages.base import StageContext
-    from edgeres.targets import Target
 
 
 def require_tensorrt(*, purpose: str) -> ModuleType:
@@ -53,12 +46,3 @@ def tensorrt_major(version: str) -> int:
     if not m:
         raise StageError(f"cannot read a TensorRT version from {version!r}; expected a dotted version like '10.3.0'")
     return int(m.group(1))
-
-
-def compile_for_target(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, *, float_precision: str = "fp16"
-) -> tuple[str, str, dict[str, Any]]:
-    """The compile stage's TensorRT branch (see edgeres.tensorrt.kit.compile_for_target)."""
-    from edgeres.tensorrt.kit import compile_for_target as compile_tensorrt
-
-    return compile_tensorrt(ctx, cfg, inp, target, float_precision=float_precision)

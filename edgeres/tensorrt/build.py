@@ -1,43 +1,35 @@
-"""ONNX to TensorRT engine, with the TensorRT 10 and 11 Python API, in a child process.
+"""ONNX to TensorRT engine, with the TensorRT 10 and 11 Python API: the build itself, which the child process runs.
 
 `engine_from_onnx` is the build itself (run it on the device): strongly typed network where the plan says so
 (always on TensorRT 11, and for Q/DQ INT8 ONNX on 10), BuilderFlag.FP16 for FP16 on TensorRT 10, and on TensorRT 11
-(no precision flags) an ONNX cast to float16 first (`fp16_onnx_from_fp32`, inputs and outputs kept float32). An fp32
-engine clears BuilderFlag.TF32 (on by default: Ampere and newer would otherwise round float32 convolutions to TF32).
-Parse errors are reported node by node; the optimisation profile covers min/opt/max batch, static (opt_batch) for
-DLA; the workspace pool is limited; the timing cache is loaded from and merged back into a file shared by the
-device's builds (edgeres.tensorrt.timing_cache), under a lock; progress is reported through an IProgressMonitor; DLA
-with GPU fallback on Jetson, and how many layers landed on DLA read from the engine inspector (`dla_placement`). It
-writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector) and, last, its manifest
-(`<stem>.manifest.json`).
+(no precision flags) an ONNX cast to float16 first (`fp16_onnx_from_fp32`, edgeres.tensorrt.onnx_graph, inputs and
+outputs kept float32). An fp32 engine clears BuilderFlag.TF32 (on by default: Ampere and newer would otherwise round
+float32 convolutions to TF32). Parse errors are reported node by node; the optimisation profile covers min/opt/max
+batch, static (opt_batch) for DLA; the workspace pool is limited; the timing cache is loaded from and merged back into
+a file shared by the device's builds (edgeres.tensorrt.timing_cache), under a lock; progress is reported through an
+IProgressMonitor; DLA with GPU fallback on Jetson, and how many layers landed on DLA read from the engine inspector
+(`dla_placement`). It writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector) and,
+last, its manifest (`<stem>.manifest.json`).
 
-`build_in_subprocess` runs that in `python -m edgeres.tensorrt.build`, so that a build killed for memory (exit 137
-on Jetson) or failing with TensorRT's out-of-memory symptoms becomes one clear error naming the workspace limit and
-the free memory. "Could not find any implementation for node" has two causes (no kernel fits the memory, or none
-exists for that precision or on DLA), and its error says both and what to try for each.
+TensorRT is imported where a function needs it, not with this module. This module does not start processes or map
+a failed build's output to an error: `build_in_subprocess` (edgeres.tensorrt.child) runs `engine_from_onnx` in
+`python -m edgeres.tensorrt.child` and does both.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edgeres import fp16
-from edgeres.artifact import write_bytes_atomic, write_json_atomic, write_text_atomic
-from edgeres.deps import require
-from edgeres.errors import EdgeresError, MissingDependencyError, RecipeError, StageError
+from edgeres.artifact import write_bytes_atomic, write_text_atomic
+from edgeres.errors import RecipeError, StageError
 from edgeres.tensorrt import require_tensorrt, tensorrt_major
 from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 from edgeres.tensorrt.manifest import (
@@ -49,23 +41,13 @@ from edgeres.tensorrt.manifest import (
     profile_batches,
     write_manifest,
 )
+from edgeres.tensorrt.onnx_graph import count_qdq, fp16_onnx_from_fp32, onnx_input
 from edgeres.tensorrt.timing_cache import cache_lock
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 Progress = Callable[[str], None]
-PROGRESS_PREFIX = "edgeres-progress\t"
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-OOM_PATTERNS = (
-    r"out of memory",
-    r"cudaErrorMemoryAllocation",
-    r"Requested amount of GPU memory",
-    r"std::bad_alloc",
-    r"\bMemoryError\b",
-)
-NO_IMPLEMENTATION = r"Could not find any implementation for node"
-KILLED_CODES = (137, -9)
 # Names TensorRT gives the layers of a DLA engine (its build log: "{ForeignNode[first...last]}" per subgraph that
 # runs on DLA; trtexec's profile of such an engine: "<tensor> to nvm", "<tensor> from nvm", "<tensor> copy finish"
 # for the copies between GPU and DLA memory). Myelin, a GPU compiler, also names its subgraphs ForeignNode.
@@ -79,78 +61,6 @@ class EngineBuildError(StageError):
     def __init__(self, message: str, *, log: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.log = list(log)
-
-
-# ---------------------------------------------------------------------------------------------------------- ONNX
-
-
-def _onnx() -> Any:
-    return require("onnx", purpose="read and convert ONNX models")
-
-
-def _load_graph_only(path: Path) -> Any:
-    return _onnx().load(str(path), load_external_data=False)
-
-
-def _nodes(graph: Any) -> Iterable[Any]:
-    """Every node of a graph and of its subgraphs (If/Loop/Scan bodies)."""
-    onnx = _onnx()
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _nodes(g)
-
-
-def count_qdq(onnx_path: Path) -> int:
-    """Number of QuantizeLinear/DequantizeLinear nodes (graph, subgraphs and local functions)."""
-    model = _load_graph_only(onnx_path)
-    nodes = [*_nodes(model.graph), *(n for f in model.functions for n in f.node)]
-    return sum(n.op_type in QDQ_OPS for n in nodes)
-
-
-def onnx_input(onnx_path: Path) -> tuple[str, list[int | str]]:
-    """Name and shape of the model's one input (a named or unknown dimension is a str, e.g. 'batch')."""
-    graph = _load_graph_only(onnx_path).graph
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise StageError(
-            f"{onnx_path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a classifier engine takes "
-            f"exactly one image batch. Export the model with a single NCHW input."
-        )
-    dims: list[int | str] = []
-    for d in inputs[0].type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-    return inputs[0].name, dims
-
-
-def fp16_onnx_from_fp32(src: Path, dst: Path) -> Path:
-    """Write `src` with its float32 weights and compute cast to float16 (TensorRT 11's FP16: no builder flag exists),
-    inputs and outputs kept float32, by the converter the quantize stage casts INT8 models' float parts with
-    (`edgeres.fp16.fp16_from_fp32`). Refuses Q/DQ models: an INT8 model's float parts are cast by quantize."""
-    onnx = _onnx()
-    model = onnx.load(str(src))
-    qdq = sum(n.op_type in QDQ_OPS for n in _nodes(model.graph))
-    if qdq:
-        raise StageError(
-            f"{src} has {qdq} Q/DQ nodes: it is already quantized and is not cast to float16 here. Build it with "
-            f"precision int8 (strongly typed; the quantize stage casts its float parts to float16 for TensorRT "
-            f"targets), or cast the unquantized ONNX."
-        )
-    half = fp16.fp16_from_fp32(model, source=str(src))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if half.ByteSize() > 2**31 - 2**20:  # protobuf's 2 GiB limit
-        onnx.save_model(half, str(dst), save_as_external_data=True, location=dst.name + ".data")
-    else:
-        onnx.save_model(half, str(dst))
-    return dst
-
-
-# ---------------------------------------------------------------------------------------------------- the build
 
 
 @dataclass(frozen=True)
@@ -505,206 +415,3 @@ def _write_layer_info(runtime: trt.Runtime, data: bytes, engine_path: Path, repo
     path = engine_path.with_name(engine_path.stem + ".layers.json")
     write_text_atomic(path, info)
     return path
-
-
-# ---------------------------------------------------------------------------------------- the child process
-
-
-@dataclass(frozen=True)
-class ChildResult:
-    """What a build child left: its exit code, the last lines it printed, and its JSON result (None if none)."""
-
-    returncode: int
-    output_tail: list[str]
-    payload: dict[str, Any] | None
-    timed_out: bool = False
-
-
-def out_of_memory_evidence(lines: Iterable[str]) -> str | None:
-    """The first line that shows a build ran out of memory, or None."""
-    for line in lines:
-        if any(re.search(p, line, re.IGNORECASE) for p in OOM_PATTERNS):
-            return line.strip()[:300]
-    return None
-
-
-def _mib(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 2**20:.0f} MiB"
-
-
-def out_of_memory_error(evidence: str, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts) -> StageError:
-    memory = "shared CPU/GPU memory" if facts.is_jetson else "GPU memory"
-    jetson = (
-        " (on a Jetson also the desktop: `sudo systemctl isolate multi-user.target`; or add swap)"
-        if facts.is_jetson
-        else ""
-    )
-    return EngineBuildError(
-        f"the TensorRT engine build of {onnx_path} ran out of memory: {evidence}. "
-        f"Workspace limit: {settings.workspace_mb} MiB; free {memory} before the build: "
-        f"{_mib(facts.free_memory_bytes)} of {_mib(facts.total_memory_bytes)}. "
-        f"Fix: lower workspace_mb (now {settings.workspace_mb}) and max_batch (now {settings.max_batch}) and stop "
-        f"other processes using the GPU{jetson}. Then rebuild.",
-        log=[evidence],
-    )
-
-
-def no_implementation_error(
-    evidence: str, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts
-) -> StageError:
-    """TensorRT's "Could not find any implementation for node": either no kernel fits in the memory the build may
-    use, or none exists for that node in the precision, or on the DLA, asked for. The message says both."""
-    memory = "shared CPU/GPU memory" if facts.is_jetson else "GPU memory"
-    if settings.dla_core is None:
-        where = "on the GPU"
-        dla_fix = ""
-    else:
-        fallback = "with" if settings.gpu_fallback else "without"
-        where = f"on DLA core {settings.dla_core} {fallback} GPU fallback"
-        dla_fix = (
-            "turn GPU fallback on (gpu_fallback), or build for the GPU (dla_core: null)"
-            if not settings.gpu_fallback
-            else "build for the GPU (dla_core: null)"
-        ) + ", or "
-    other = "fp16" if settings.precision == "fp32" else "fp32"
-    return EngineBuildError(
-        f"the TensorRT engine build of {onnx_path} failed: TensorRT reported: {evidence}. TensorRT says this in two "
-        f"cases. (1) Memory: no kernel for that node fits in the workspace (limit {settings.workspace_mb} MiB) or in "
-        f"the free {memory} ({_mib(facts.free_memory_bytes)} of {_mib(facts.total_memory_bytes)} before the build): "
-        f"raise workspace_mb if memory is free, else free memory (stop other GPU processes) or lower max_batch (now "
-        f"{settings.max_batch}). (2) Precision or device: no kernel exists for that node in {settings.precision} "
-        f"{where}: {dla_fix}try precision {other}"
-        + (", or check the Q/DQ nodes around that node" if settings.precision == "int8" else "")
-        + ". TensorRT's messages before it name the layer; then rebuild.",
-        log=[evidence],
-    )
-
-
-_ERROR_TYPES: dict[str, type[EdgeresError]] = {
-    "MissingDependencyError": MissingDependencyError,
-    "RecipeError": RecipeError,
-}
-
-
-def raise_for_child(
-    child: ChildResult, *, onnx_path: Path, settings: EngineSettings, facts: DeviceFacts, timeout_s: float | None = None
-) -> dict[str, Any]:
-    """The child's result on success; otherwise the one clear error it amounts to."""
-    payload = child.payload or {}
-    if child.timed_out:
-        raise EngineBuildError(
-            f"the TensorRT engine build of {onnx_path} did not finish within {timeout_s} s and was stopped. "
-            f"Builds take minutes on a Jetson: allow more time, or lower opt_level (now {settings.opt_level})."
-        )
-    if child.returncode in KILLED_CODES:
-        killed = (
-            f"the build process was killed with SIGKILL (exit code {child.returncode}), as the kernel's "
-            f"out-of-memory killer does"
-        )
-        raise out_of_memory_error(killed, onnx_path=onnx_path, settings=settings, facts=facts)
-    if payload.get("ok") and child.returncode == 0:
-        result: dict[str, Any] = payload["result"]
-        return result
-    lines = [*payload.get("log", []), str(payload.get("error", "")), *child.output_tail]
-    evidence = out_of_memory_evidence(lines)
-    if evidence is not None:
-        raise out_of_memory_error(f"TensorRT reported: {evidence}", onnx_path=onnx_path, settings=settings, facts=facts)
-    missing = next((line.strip()[:300] for line in lines if re.search(NO_IMPLEMENTATION, line, re.IGNORECASE)), None)
-    if missing is not None:
-        raise no_implementation_error(missing, onnx_path=onnx_path, settings=settings, facts=facts)
-    if payload.get("error"):
-        cls = _ERROR_TYPES.get(str(payload.get("error_type")), EngineBuildError)
-        raise cls(str(payload["error"]))
-    tail = "\n  ".join(child.output_tail[-20:]) or "(no output)"
-    raise EngineBuildError(
-        f"the TensorRT engine build of {onnx_path} failed: the build process exited with code {child.returncode} "
-        f"without a result. Its last output:\n  {tail}"
-    )
-
-
-def build_in_subprocess(
-    onnx_path: Path,
-    engine_path: Path,
-    *,
-    settings: EngineSettings,
-    timing_cache: Path | None = None,
-    progress: Progress | None = None,
-    timeout_s: float | None = None,
-    facts: DeviceFacts | None = None,
-) -> BuildResult:
-    """Run `engine_from_onnx` in `python -m edgeres.tensorrt.build`; progress lines are passed to `progress`."""
-    report: Progress = progress or (lambda _msg: None)
-    facts = facts or probe_device_facts(cuda_context=False)  # no CUDA context here: the child needs the memory
-    with tempfile.TemporaryDirectory(prefix="edgeres-trt-build-") as tmp:
-        result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "edgeres.tensorrt.build", "--onnx", str(onnx_path), "--engine", str(engine_path)]
-        cmd += ["--settings", json.dumps(settings.to_dict()), "--result", str(result_path)]
-        if timing_cache is not None:
-            cmd += ["--timing-cache", str(timing_cache)]
-        tail: deque[str] = deque(maxlen=200)
-        timed_out = threading.Event()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-
-        def stop() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = None
-        if timeout_s is not None:
-            timer = threading.Timer(timeout_s, stop)
-            timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith(PROGRESS_PREFIX):
-                    report(line[len(PROGRESS_PREFIX) :].rstrip("\n"))
-                else:
-                    tail.append(line.rstrip("\n"))
-            returncode = proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        payload = None
-        if result_path.is_file():
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                payload = json.loads(result_path.read_text(encoding="utf-8"))
-    child = ChildResult(returncode, list(tail), payload, timed_out=timed_out.is_set())
-    data = raise_for_child(child, onnx_path=onnx_path, settings=settings, facts=facts, timeout_s=timeout_s)
-    return BuildResult.from_dict(data)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgeres.tensorrt.build", description="Build a TensorRT engine.")
-    ap.add_argument("--onnx", type=Path, required=True)
-    ap.add_argument("--engine", type=Path, required=True)
-    ap.add_argument("--settings", default="{}", help="EngineSettings as JSON")
-    ap.add_argument("--timing-cache", type=Path, default=None)
-    ap.add_argument("--result", type=Path, default=None, help="write the result JSON here (else print it)")
-    args = ap.parse_args(argv)
-
-    def progress(msg: str) -> None:
-        print(PROGRESS_PREFIX + msg.replace("\n", " "), flush=True)
-
-    try:
-        settings = EngineSettings.from_dict(json.loads(args.settings))
-        result = engine_from_onnx(
-            args.onnx, args.engine, settings=settings, timing_cache=args.timing_cache, progress=progress
-        )
-        payload: dict[str, Any] = {"ok": True, "result": result.to_dict()}
-        code = 0
-    except EdgeresError as exc:
-        payload = {"ok": False, "error": str(exc), "error_type": type(exc).__name__, "log": getattr(exc, "log", [])}
-        code = exc.exit_code
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-    if args.result is not None:
-        write_json_atomic(args.result, payload)
-    else:
-        print(json.dumps(payload))
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

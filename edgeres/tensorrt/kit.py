@@ -8,8 +8,8 @@ manifest, measures single-stream latency and accuracy on val.npz, and writes `de
 edgeres.report/1). Without edgeres it falls back to `trtexec` with the matching flags for TensorRT 10 or 11
 (engine and layer info only: no manifest, no accuracy).
 
-`compile_for_target` is the compile stage's TensorRT branch: it builds on a host that has TensorRT and a GPU, and
-writes a kit into the stage's folder everywhere else.
+The compile stage (edgeres.stages.compile) builds on a host that has TensorRT and a GPU, and writes a kit into its
+folder everywhere else. A kit holds no timestamp: the same inputs write the same kit.
 """
 
 from __future__ import annotations
@@ -23,24 +23,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from edgeres.artifact import default_cache_dir, sha256_file, write_json_atomic, write_text_atomic
+from edgeres.config import Latency
 from edgeres.deps import available, require
 from edgeres.errors import DataError, EdgeresError, RecipeError, StageError
-from edgeres.recipe import Latency
 from edgeres.report import REPORT_SCHEMA
 from edgeres.tensorrt import tensorrt_major
-from edgeres.tensorrt.build import build_in_subprocess, count_qdq, fp16_onnx_from_fp32, onnx_input
+from edgeres.tensorrt.child import build_in_subprocess
 from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 from edgeres.tensorrt.manifest import EngineSettings, plan_build, profile_batches
+from edgeres.tensorrt.onnx_graph import count_qdq, fp16_onnx_from_fp32, onnx_input
 from edgeres.tensorrt.timing_cache import shared_timing_cache
-
-if TYPE_CHECKING:
-    from edgeres.artifact import Artifact
-    from edgeres.recipe import CompileStage
-    from edgeres.stages.base import StageContext
-    from edgeres.targets import Target
 
 KIT_SCHEMA = "edgeres.device-kit/1"
 ONNX, ONNX_FP16, VAL, KIT_JSON = "model.onnx", "model.fp16.onnx", "val.npz", "kit.json"
@@ -263,7 +258,6 @@ def write_device_kit(
         "schema": KIT_SCHEMA,
         "name": name,
         "variant": variant,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "onnx": {"file": ONNX, "sha256": sha256_file(folder / ONNX), "input": input_name, "shape": input_shape},
         "qdq_nodes": qdq,
         "settings": settings.to_dict(),
@@ -477,83 +471,6 @@ def run_kit(
         + f"; report: {folder / REPORT}"
     )
     return report
-
-
-# ----------------------------------------------------------------------------------------------- compile stage
-
-
-def compile_for_target(
-    ctx: StageContext, cfg: CompileStage, inp: Artifact, target: Target, *, float_precision: str = "fp16"
-) -> tuple[str, str, dict[str, Any]]:
-    """The compile stage's TensorRT branch: (primary file, format, info for the stage manifest). `float_precision`
-    is the engine's precision when the ONNX has no Q/DQ nodes (runtimes.settings resolves it from the recipe).
-
-    With TensorRT and a GPU here, builds `engine.plan` (+ its engine manifest and layer info) in a child process:
-    format `tensorrt`. Elsewhere writes a device kit into the stage folder: format `tensorrt-kit`, primary
-    `build.sh`, which no runtime runs (the engine is measured on the device, into device-report.json).
-    """
-    np = require("numpy")
-    if float_precision not in ("fp32", "fp16"):  # the recipe refuses others for TensorRT targets
-        raise StageError(f"TensorRT engines in edgeres are fp32, fp16 or int8; {float_precision} was asked for")
-    trt_float: Literal["fp32", "fp16"] = "fp32" if float_precision == "fp32" else "fp16"
-    trt_cfg = cfg.tensorrt
-    qdq = count_qdq(inp.primary_path)
-    dla = trt_cfg.dla_core if trt_cfg.dla_core is not None else (target.tensorrt.dla_core if target.tensorrt else None)
-    settings = EngineSettings(
-        precision="int8" if qdq else trt_float,
-        workspace_mb=trt_cfg.workspace_mb,
-        opt_level=trt_cfg.opt_level,
-        min_batch=trt_cfg.min_batch,
-        opt_batch=trt_cfg.opt_batch,
-        max_batch=trt_cfg.max_batch,
-        dla_core=dla,
-    )
-    facts = probe_device_facts(cuda_context=False)
-    here = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
-    info: dict[str, Any] = {"runtime": "tensorrt", "settings": settings.to_dict()}
-    if here:
-        root = getattr(ctx, "cache_dir", None) or default_cache_dir()
-        result = build_in_subprocess(
-            inp.primary_path,
-            ctx.workdir / ENGINE,
-            settings=settings,
-            timing_cache=shared_timing_cache(root, facts) or ctx.workdir / TIMING_CACHE,
-            progress=ctx.reporter.log,
-            facts=facts,
-        )
-        manifest = result.manifest
-        info.update(
-            runtime_version=manifest.tensorrt_version,
-            built="here",
-            plan=manifest.plan.to_dict(),
-            profile=manifest.profile,
-            timing_cache=manifest.timing_cache,
-            dla_placement=manifest.dla_placement,
-        )
-        return ENGINE, "tensorrt", info
-    split = ctx.data.split("val")
-    xs, ys = zip(*ctx.data.numpy_batches(split, 256, limit=trt_cfg.kit_val_images), strict=True)
-    expect: dict[str, Any] = {"name": ctx.recipe.target, "description": target.description, "device": target.device}
-    if target.tensorrt is not None:
-        expect["tensorrt_major"] = list(target.tensorrt.major)
-    if dla is not None:
-        expect["dla_core"] = dla
-    write_device_kit(
-        ctx.workdir,
-        onnx_path=inp.primary_path,
-        target=expect,
-        settings=settings,
-        val_subset=(np.concatenate(xs), np.concatenate(ys)),
-        name=ctx.recipe.name,
-        variant=ctx.variant,
-    )
-    why = "TensorRT is not installed here" if facts.trt_version is None else "no NVIDIA GPU is visible here"
-    ctx.reporter.log(
-        f"{why}: wrote a device kit; copy models/{ctx.variant} from the build output to the device and run "
-        "`bash build.sh` there"
-    )
-    info.update(runtime_version=None, built="kit", reason=why)
-    return "build.sh", "tensorrt-kit", info
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ a shared timing cache was reused; and the build settings with the precision plan
 and refuses a modified file, then refuses another TensorRT version, compute capability, GPU model, SM count or
 Jetson board (every Orin is "Orin", 8.7), and a DLA core the device lacks, saying what differs and how to rebuild.
 
-`EngineSettings` takes its defaults from the recipe's `stages.compile.tensorrt` (edgeres.recipe.TensorRTCompile):
+`EngineSettings` takes its defaults from the recipe's `stages.compile.tensorrt` (edgeres.config.TensorRTCompile):
 one source of truth for the profile, workspace and optimisation level.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from edgeres.artifact import sha256_file, write_json_atomic
+from edgeres.config import TensorRTCompile
 from edgeres.errors import RecipeError, StageError
-from edgeres.recipe import TensorRTCompile
 from edgeres.tensorrt.facts import DeviceFacts
 
 MANIFEST_SCHEMA = "edgeres.engine-manifest/1"
