@@ -13,10 +13,9 @@ Two field markers tell the cache what a value is (edgeres.inputs reads them):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,15 +37,7 @@ class FileRef:
 
 WEIGHT_WORDS = ("none", "imagenet-v1", "imagenet-v2")
 
-ARCHS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "wide_resnet50_2",
-)
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
 
 
 class Strict(BaseModel):
@@ -575,18 +566,6 @@ STAGE_IO: dict[str, tuple[str | None, str]] = {
     "benchmark": ("any", "report"),
     "package": ("any", "bundle"),
 }
-
-
-class Variant(Strict):
-    skip: list[str] = Field(default_factory=list, description="Stage names this variant leaves out.")
-    set: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides for this variant, as key.path: value (like --set)."
-    )
-
-
-# Names that become folder names (the recipe's, each variant's): no separators, no `.`/`..`, no leading dot or dash.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-MAX_NAME = 100
 
 
 class Distributed(Strict):

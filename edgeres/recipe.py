@@ -12,6 +12,7 @@ one resolved inputs object (edgeres.inputs), helpers the config blocks they take
 from __future__ import annotations
 
 import copy
+import re
 import types
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,6 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgeres.config import (
-    MAX_NAME,
-    SAFE_NAME,
     STAGE_IO,
     WEIGHT_WORDS,
     BenchmarkStage,
@@ -30,11 +29,22 @@ from edgeres.config import (
     ModelConfig,
     StageConfig,
     Strict,
-    Variant,
 )
 from edgeres.errors import RecipeError
 from edgeres.recipe_yaml import RecipeLoader, YamlLimitError, apply_override, load_yaml
 from edgeres.targets import Target, builtin_targets
+
+
+class Variant(Strict):
+    skip: list[str] = Field(default_factory=list, description="Stage names this variant leaves out.")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides for this variant, as key.path: value (like --set)."
+    )
+
+
+# Names that become folder names (the recipe's, each variant's): no separators, no `.`/`..`, no leading dot or dash.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 100
 
 
 class Recipe(Strict):

@@ -23,7 +23,7 @@ from conftest import (
 
 import edgeres.stages.finetune
 from edgeres.artifact import SIDECAR, read_artifact
-from edgeres.errors import CacheError, RecipeError, StageError
+from edgeres.errors import CacheError, RecipeError
 from edgeres.pipeline import Pipeline
 
 ALL_CACHED = [("main", "finetune", "cached"), ("main", "export", "cached"), ("*", "benchmark", "cached")]
@@ -88,12 +88,15 @@ def test_seed_change_reruns_everything(base_build: Build) -> None:
 
 def test_seed_is_in_every_stage_key(base_build: Build) -> None:
     """Even with identical inputs, each stage's key changes with the seed."""
-    pipe = Pipeline(as_recipe(tiny_recipe()), cache_dir=base_build.cache)
+    from edgeres.keys import stage_key
+
+    def key(recipe: Any, st: Any) -> str:
+        return stage_key(Pipeline(recipe, cache_dir=base_build.cache).plan("main", st, {"input": "0" * 64})[1])
+
     r0, r1 = as_recipe(tiny_recipe()), as_recipe(tiny_recipe(seed=1))
     for st0, st1 in zip(r0.stages, r1.stages, strict=True):
-        inputs = {"input": "0" * 64}
-        assert pipe.stage_key(r0, "main", st0, inputs) != pipe.stage_key(r1, "main", st1, inputs)
-        assert pipe.stage_key(r0, "main", st0, inputs) == pipe.stage_key(as_recipe(tiny_recipe()), "main", st0, inputs)
+        assert key(r0, st0) != key(r1, st1)
+        assert key(r0, st0) == key(as_recipe(tiny_recipe()), st0)
 
 
 def test_stage_name_does_not_change_the_key(base_build: Build) -> None:
@@ -345,13 +348,17 @@ def test_force_replaces_a_tampered_entry(finetune_cache_copy: Path) -> None:
     assert sorted(entries(finetune_cache_copy)) == [final.name]
 
 
-def test_failing_stage_leaves_no_committed_entry(tmp_path: Path) -> None:
+def test_a_missing_weights_file_fails_before_any_stage_and_commits_nothing(tmp_path: Path) -> None:
+    """Its content is keyed, so a missing file is found while the build is planned, before anything runs."""
     cache = tmp_path / "cache"
     missing = tmp_path / "missing.pt"
     recipe = with_stage(tiny_recipe(), 0, weights=str(missing), epochs=0)
-    with pytest.raises(StageError) as info:
+    with pytest.raises(RecipeError) as info:
         run_pipeline(recipe, cache)
-    assert str(info.value) == f"weights file {str(missing)!r} does not exist; set finetune.weights to a state dict path"
+    assert str(info.value) == (
+        f"stages.finetune.weights: {missing} cannot be read (No such file or directory); give the path of an "
+        "existing file (relative paths are resolved against the recipe file's folder)"
+    )
     assert committed(cache, "finetune") == []
     assert [n for n in entries(cache) if "." not in n] == []
 

@@ -702,3 +702,36 @@ def test_dry_run_prints_a_planned_key_for_every_stage_of_every_variant(tmp_path:
         ("*", "benchmark"),
     ]  # fmt: skip
     assert all(len(r[-1]) == 16 for r in rows)
+
+
+def test_explain_names_the_field_and_the_file_that_make_a_stage_rebuild(tmp_path: Path) -> None:
+    """`--dry-run --explain STAGE` after a real build: a changed field (export's opset) and a rewritten referenced file
+    (the starting weights) are each named with their old and new value; an unchanged stage says it is cached."""
+    import torch
+    from conftest import run_cli, tiny_recipe, write_recipe
+
+    from edgeres.models import build_model
+
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("resnet18", 4).state_dict(), weights)
+    raw = tiny_recipe(stages=[{"type": "finetune", "epochs": 0, "weights": str(weights)}, {"type": "export"}])
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    common = ("--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet")
+    assert run_cli("build", str(recipe), *common).code == 0
+
+    res = run_cli("build", str(recipe), *common, "--dry-run", "--explain", "export", "--set", "stages.export.opset=17")
+    assert res.code == 0, res.stderr
+    assert "[main] export" in res.stdout and "1 input(s) differ" in res.stdout
+    assert "inputs.config.opset: 18 -> 17" in res.stdout
+    cached = run_cli("build", str(recipe), *common, "--dry-run", "--explain", "finetune")
+    assert "[main] finetune" in cached.stdout and "cached; nothing changed" in cached.stdout
+
+    old = __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
+    torch.save(build_model("resnet18", 4).state_dict(), weights)  # another draw: a retrained checkpoint, same path
+    new = __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
+    res = run_cli("build", str(recipe), *common, "--dry-run", "--explain", "finetune")
+    assert f"inputs.files.weights: {old} -> {new}" in res.stdout, res.stdout
+    res = run_cli("build", str(recipe), *common, "--dry-run", "--explain", "export")
+    assert "(an upstream stage rebuilds: --explain it)" in res.stdout
+    assert run_cli("build", str(recipe), *common, "--explain", "export").code == 2  # needs --dry-run

@@ -19,11 +19,11 @@ from edgeres.config import (
     RuntimeName,
     StageConfig,
     SyntheticData,
-    Variant,
 )
 from edgeres.errors import RecipeError
 from edgeres.recipe import (
     Recipe,
+    Variant,
     dump_recipe,
     load_recipe,
     recipe_from_text,

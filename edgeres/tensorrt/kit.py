@@ -3,9 +3,9 @@
 `write_device_kit(folder, ...)` writes the ONNX, `kit.json` (engine settings and the target facts expected), a small
 labelled val subset (`val.npz`: float32 NCHW preprocessed images, int64 labels), `build.sh` and `README.txt`. On the
 device, `bash build.sh` runs `python -m edgeres.tensorrt.kit run .` where edgeres is installed: the same code the
-compile stage uses on a device (build.py in a child process, then runner.py), which builds the engine and its
-manifest, measures single-stream latency and accuracy on val.npz, and writes `device-report.json` (schema
-edgeres.report/1). Without edgeres it falls back to `trtexec` with the matching flags for TensorRT 10 or 11
+compile stage uses on a device (build.py, run by child.py in a child process, then runner.py), which builds the
+engine and its manifest, measures single-stream latency and accuracy on val.npz, and writes `device-report.json`
+(schema edgeres.report/1). Without edgeres it falls back to `trtexec` with the matching flags for TensorRT 10 or 11
 (engine and layer info only: no manifest, no accuracy).
 
 The compile stage (edgeres.stages.compile) builds on a host that has TensorRT and a GPU, and writes a kit into its
