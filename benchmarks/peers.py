@@ -461,7 +461,7 @@ def main() -> None:
     if names:
         result = Pipeline(recipe, cache_dir=cache, until_stage="compile", reporter=Reporter()).run()
     build_s = time.perf_counter() - build_s
-    data = Pipeline(recipe, cache_dir=cache).data_loader(recipe)()
+    data = Pipeline(recipe, cache_dir=cache).data_of(recipe)
     work = cache / "peers"
     lib = versions("torch", "onnx", "onnxruntime", "openvino", "nncf")
     lib_key = hashlib.sha256(json.dumps(lib, sort_keys=True).encode()).hexdigest()[:12]

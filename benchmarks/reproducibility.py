@@ -104,7 +104,7 @@ def main() -> None:
     result = Pipeline(recipe, until_stage="quantize", reporter=Reporter()).run()
     lineage = {a.stage_type: a for a in result.lineage[args.variant]}
     fp32, int8 = lineage["export"].primary_path, lineage["quantize"].primary_path
-    data = Pipeline(vrecipe).data_loader(vrecipe)()
+    data = Pipeline(vrecipe).data_of(vrecipe)
     xs, ys = zip(*data.numpy_batches(data.test, 256), strict=True)
     work = Path(tempfile.mkdtemp(prefix="edgeres-repro-"))
     npz = work / "test.npz"

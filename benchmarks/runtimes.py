@@ -30,7 +30,7 @@ def main() -> None:
     result = Pipeline(recipe, until_stage="export", reporter=Reporter()).run()
     onnx_art = next(iter(result.variants.values()))
     torch_art = next(r for r in result.records if r.stage_type == "finetune")
-    data = Pipeline(recipe).data_loader(recipe)()
+    data = Pipeline(recipe).data_of(recipe)
     samples = [x for x, _ in data.numpy_batches(data.test, 1, limit=64)]
     threads = recipe.threads or 2
     targets = {

@@ -285,7 +285,7 @@ class PruneStage(StageBase):
     measure_latency: bool = Field(
         False, description="Also measure latency before and after for ratio/macs budgets (latency budgets always do)."
     )
-    # Left out of the config's dump (so of its cache key) when unset: adding the field kept every cached prune.
+    # Left out of the config's dump when unset (recipe.resolved.yaml stays as it was before the field existed).
     depth: Depth | None = Field(
         None,
         exclude_if=lambda v: v is None,
@@ -578,7 +578,7 @@ class Distributed(Strict):
     sync_batchnorm: bool = Field(
         False, description="Synchronise BatchNorm statistics across processes (SyncBatchNorm; GPUs only)."
     )
-    timeout_minutes: float = Field(
+    timeout_minutes: Annotated[float, Unkeyed("how long a barrier waits; shapes no output")] = Field(
         120,
         gt=0,
         le=24 * 60,

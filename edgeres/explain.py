@@ -1,6 +1,6 @@
 """`edgeres build --dry-run --explain STAGE`: why a stage would rebuild.
 
-A planned stage's key material (edgeres.keys.key_material: its inputs object, input artifacts, tools, version) is
+A planned stage's key material (edgeres.pipeline.key_material: its inputs object, input artifacts, tools, version) is
 compared with that of the entry the same stage and variant had in the last build of this recipe into the same out
 folder (`out/<name>/build.json`), else with the newest committed entry of the same stage type in the cache; every
 leaf that differs is printed as `path: old -> new`.
@@ -36,22 +36,30 @@ def previous_entry(record: Any, *, cache_dir: Path, out_dir: Path | None) -> tup
         for row in build.get("stages", []) if isinstance(build, dict) else []:
             if not isinstance(row, dict) or (row.get("variant"), row.get("stage")) != (record.variant, record.stage):
                 continue
+            if row.get("key") == record.key:
+                break  # the same entry (rebuilt by --force, or gone): fall back to the cache
             side = _sidecar(cache_dir / f"{record.stage_type}-{row.get('key')}")
             if side is not None:
                 return f"the last build into {out_dir} ({str(row.get('key'))[:12]})", side
-    newest: tuple[float, Path, dict[str, Any]] | None = None
+    # The newest entry of the same stage type, preferring one this stage made in this variant (sidecars name the
+    # recipe, variant and stage that made them), then one of the same stage name.
+    newest: tuple[tuple[int, float], Path, dict[str, Any]] | None = None
     for entry in cache_dir.glob(f"{record.stage_type}-*"):
-        if entry.name.endswith((".partial", ".lock")) or "." in entry.name:
+        if "." in entry.name:  # .partial, .lock, .old-<pid>
             continue
         side = _sidecar(entry)
         if side is None or side.get("key") == record.key:
             continue
-        mtime = (entry / SIDECAR).stat().st_mtime
-        if newest is None or mtime > newest[0]:
-            newest = (mtime, entry, side)
+        same = (side.get("stage") == record.stage) + (side.get("variant") == record.variant)
+        rank = (same, (entry / SIDECAR).stat().st_mtime)
+        if newest is None or rank > newest[0]:
+            newest = (rank, entry, side)
     if newest is None:
         return None
-    return f"the newest {record.stage_type} entry in the cache ({newest[1].name.split('-', 1)[1][:12]})", newest[2]
+    side = newest[2]
+    made_by = f"{side.get('recipe', '?')}/{side.get('variant', '?')}/{side.get('stage', '?')}"
+    key = newest[1].name.split("-", 1)[1][:12]
+    return f"the newest {record.stage_type} entry in the cache ({key}, made by {made_by})", side
 
 
 def _show(value: Any) -> str:

@@ -88,6 +88,14 @@ class ExportInputs(StageInputs):
     data: DataInputs  # parity is checked on val images
 
 
+class TargetRules(Inputs):
+    """What quantize reads of the target: its runtime (which judges), whether it runs int8, its Q/DQ rules."""
+
+    runtime: str
+    precisions: list[str]
+    qdq_rules: str
+
+
 class PtqProbe(Inputs):
     """How the variant's quantize stage runs PTQ, which prune's latency probe repeats."""
 
@@ -99,17 +107,18 @@ class LatencyProbe(Inputs):
     """Prune's latency probe: it times the graph that ships (the variant's export, INT8 where the variant quantizes)
     with the engine's settings, on this host, with this many threads."""
 
-    export: ExportStage
+    export: ExportStage  # the graph's settings only (exporter, opset, batch axis): parity is left at its defaults
     ptq: PtqProbe | None
+    qdq_rules: str
     settings: RuntimeSettings
     threads: int
     host: dict[str, Any]
 
 
 class PruneInputs(StageInputs):
-    config: PruneStage
-    target: Target  # round_to's default, the probe's runtime
-    target_name: Annotated[str, Unkeyed("named in messages only; the target's spec is keyed")]
+    config: PruneStage  # round_to left unset: `round_to` holds the resolved value
+    round_to: int  # the config's, else the target's channel multiple
+    target_name: Annotated[str, Unkeyed("named in messages only; what prune reads of the target is keyed")]
     data: DataInputs
     augment: str
     world: World | None = None
@@ -123,9 +132,9 @@ class QatInputs(Inputs):
 
 
 class QuantizeInputs(StageInputs):
-    config: QuantizeStage
-    target: Target
-    target_name: Annotated[str, Unkeyed("named in messages only; the target's spec is keyed")]
+    config: QuantizeStage  # calibration_size left unset: `calibration_size` holds the resolved value
+    target: TargetRules
+    target_name: Annotated[str, Unkeyed("named in messages only; what quantize reads of the target is keyed")]
     data: DataInputs
     calibration_size: int
     # The settings the variant's engine ships with, which every candidate is judged with: its compile stage's,
@@ -147,12 +156,14 @@ class KitInputs(Inputs):
 
 
 class CompileInputs(StageInputs):
-    config: CompileStage
-    target: Target
+    config: CompileStage  # the blocks of the other runtimes left at their defaults
+    target: Target  # the manifest records the whole spec
     target_name: str  # written into the engine's manifest
     settings: RuntimeSettings
-    host: dict[str, Any] | None = None  # ONNX Runtime level `all`: layouts for this CPU
-    device: dict[str, Any] | None = None  # TensorRT: the GPU (or none) an engine is built for, and whether it can be
+    platform: dict[str, str]  # the manifest's `built_on` (machine and OS)
+    kernels: dict[str, Any] | None = None  # ONNX Runtime level `all`: layouts for this CPU's instruction set
+    # TensorRT: whether an engine can be built here, and the GPU it is built for (a kit holds none of the GPU's facts)
+    device: dict[str, Any] | None = None
     kit: KitInputs | None = None  # TensorRT without a device here
     timing_cache: Annotated[
         Path | None, Unkeyed("TensorRT's timing cache speeds builds; tactic timing varies engine bytes anyway")
@@ -168,6 +179,7 @@ class VariantInputs(Inputs):
     target: Target
     target_name: str
     stages: list[str]  # the variant's chain, named in the report
+    threads: int  # measured with
 
 
 class BenchmarkInputs(StageInputs):
@@ -175,9 +187,12 @@ class BenchmarkInputs(StageInputs):
     recipe: str  # the report names it
     threads: int  # measured with: keyed
     host: dict[str, Any]
+    device: dict[str, Any] | None = None  # where a GPU runtime measures: the GPU and its software
     source: str  # edgeres' own code: a measurement by other code is never reused
     data: DataInputs  # the recipe's own data (the report's data block)
     variants: dict[str, VariantInputs]
+    order: list[str]  # the variants in the recipe's order: the report's rows (a dict's key order is not keyed)
+    baseline: str  # the variant drops and agreement are measured against
 
 
 class PackageInputs(StageInputs):

@@ -120,7 +120,7 @@ class StageRecord:
     status: str  # ran | cached | planned | missing
     seconds: float = 0.0
     path: str = ""
-    # What the key hashed (edgeres.keys.key_material): `--dry-run --explain` compares it with an earlier entry's.
+    # What the key hashed (edgeres.pipeline.key_material): `--dry-run --explain` compares it with an earlier entry's.
     material: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -194,8 +194,12 @@ class Pipeline:
             )
         return self._data[k]
 
+    def data_of(self, recipe: Recipe) -> Any:
+        """The images a (variant's) recipe reads, as its stages see them: for scripts beside a build (benchmarks)."""
+        return self.load_data(self.resolver.data(recipe))
+
     def plan(self, variant: str, stage: Any, artifacts: dict[str, str]) -> tuple[StageInputs, dict[str, Any]]:
-        """The stage's resolved inputs object and what its key hashes (edgeres.keys.key_material)."""
+        """The stage's resolved inputs object and what its key hashes (edgeres.pipeline.key_material)."""
         spec = REGISTRY[stage.type]
         inputs = self.resolver.inputs(variant, stage)
         material = key_material(stage.type, version=spec.version, tools=spec.tools, inputs=inputs, artifacts=artifacts)
@@ -299,6 +303,10 @@ class Pipeline:
             inputs["torch_model"] = identity(torch_source)
         resolved, material = self.plan(vname, st, inputs)
         key = stage_key(material)
+        if self._collective() and not self.dry_run:
+            # Every rank must use rank 0's entry: on another machine of a torchrun job this rank's host facts (a
+            # latency probe's, quantize's kernels) can differ, and with them the key it would compute.
+            key = dist.broadcast(key if dist.is_main() else None)
         final = self.cache_dir / f"{st.type}-{key}"
         rec = StageRecord(vname, st.id, st.type, key, "cached", path=str(final), material=material)
         result.records.append(rec)
@@ -458,10 +466,12 @@ class Pipeline:
     ) -> None:
         """Hash the files, write the sidecar last (the commit marker), then rename the folder into place."""
         spec = REGISTRY[st.type]
-        data = getattr(resolved, "data", None)
+        data = getattr(resolved, "data", None) or getattr(getattr(resolved, "kit", None), "data", None)
         sidecar = {
             "schema": SCHEMA_VERSION,
             "edgeres": __version__,
+            "recipe": self.recipe.name,
+            "variant": rec.variant,
             "stage": st.id,
             "stage_type": st.type,
             "stage_version": spec.version,

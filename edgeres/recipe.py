@@ -323,6 +323,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             w = st.get("weights")
             if isinstance(w, str) and w not in WEIGHT_WORDS and not Path(w).is_absolute():
                 st["weights"] = str((base / w).resolve())
+    # A variant's `set` names paths like the file does: relative to the recipe's folder, not to where edgeres runs.
+    for variant in (raw.get("variants") or {}).values():
+        sets = variant.get("set") if isinstance(variant, dict) else None
+        if not isinstance(sets, dict):
+            continue
+        for key, value in sets.items():
+            is_path = key == "data.root" or (key.startswith("stages.") and key.endswith(".weights"))
+            if is_path and isinstance(value, str) and value not in WEIGHT_WORDS and not Path(value).is_absolute():
+                sets[key] = str((base / value).resolve())
 
 
 def load_recipe(path: Path | str, *, overrides: list[tuple[str, Any]] | None = None) -> Recipe:

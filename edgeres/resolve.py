@@ -8,12 +8,21 @@ measures or judges with come from `runtime_settings`, so there is one answer per
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgeres import dist
-from edgeres.config import CompileStage, DataConfig, ExportStage
+from edgeres.config import (
+    CompileStage,
+    DataConfig,
+    ExportStage,
+    OnnxRuntimeCompile,
+    OpenVinoCompile,
+    Parity,
+    TensorRTCompile,
+)
 from edgeres.errors import RecipeError
 from edgeres.inputs import (
     BenchmarkInputs,
@@ -29,6 +38,7 @@ from edgeres.inputs import (
     QatInputs,
     QuantizeInputs,
     StageInputs,
+    TargetRules,
     VariantInputs,
     World,
     file_refs,
@@ -63,7 +73,27 @@ def runtime_settings(recipe: Recipe, variant: str, runtime: str | None = None) -
         precision=float_precision(recipe, variant),
         ort_optimization_level=cfg.onnxruntime.optimization_level,
         openvino_hint=cfg.openvino.hint,
-    )
+    ).normalized()
+
+
+def graph_export(export: ExportStage) -> ExportStage:
+    """An export config as far as the graph it writes goes (its parity check and name left at their defaults): what
+    prune's probe and QAT export with."""
+    return export.model_copy(update={"parity": Parity(), "name": None})
+
+
+GPU_RUNTIMES = ("cuda", "ort-tensorrt", "tensorrt")
+
+
+def device_facts() -> dict[str, Any]:
+    """The NVIDIA device here as TensorRT engines and GPU measurements depend on it, and whether an engine can be
+    built here at all (TensorRT and a GPU or Jetson)."""
+    from edgeres.tensorrt.facts import probe_device_facts
+
+    facts = probe_device_facts(cuda_context=False)
+    can_build = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
+    keep = ("gpu_name", "compute_capability", "sm_count", "board", "trt_version", "cuda_version", "driver_version")
+    return {"can_build": can_build, **{k: getattr(facts, k) for k in keep}}
 
 
 def threads_of(recipe: Recipe) -> int:
@@ -110,14 +140,21 @@ class Resolver:
             if stage.budget.type == "latency" or stage.measure_latency:
                 q = r.stage_of("quantize", variant)
                 probe = LatencyProbe(
-                    export=r.stage_of("export", variant) or ExportStage(type="export"),
+                    export=graph_export(r.stage_of("export", variant) or ExportStage(type="export")),
                     ptq=None if q is None else PtqProbe(preset=q.preset, fast_bias_correction=q.fast_bias_correction),
+                    qdq_rules=r.target_spec().qdq_rules,
                     settings=runtime_settings(r, variant),
                     threads=threads_of(r),
                     host=host_facts(),
                 )
             return PruneInputs(
-                **common, **target, data=self.data(r), augment=r.data.augment, world=self.world(r), probe=probe
+                **{**common, "config": stage.model_copy(update={"round_to": None})},
+                round_to=stage.round_to if stage.round_to is not None else r.target_spec().round_to,
+                target_name=r.target,
+                data=self.data(r),
+                augment=r.data.augment,
+                world=self.world(r),
+                probe=probe,
             )
         if stage.type == "quantize":
             qat = None
@@ -127,10 +164,12 @@ class Resolver:
                     raise RecipeError(
                         f"variant {variant}: QAT ({stage.id}) exports like the export stage, and it has none"
                     )
-                qat = QatInputs(export=export, augment=r.data.augment, world=self.world(r))
+                qat = QatInputs(export=graph_export(export), augment=r.data.augment, world=self.world(r))
+            spec = r.target_spec()
             return QuantizeInputs(
-                **common,
-                **target,
+                **{**common, "config": stage.model_copy(update={"calibration_size": None})},
+                target=TargetRules(runtime=spec.runtime, precisions=list(spec.precisions), qdq_rules=spec.qdq_rules),
+                target_name=r.target,
                 data=self.data(r),
                 calibration_size=stage.calibration_size or r.data.calibration_size,
                 settings=runtime_settings(r, variant),
@@ -148,28 +187,32 @@ class Resolver:
         self, r: Recipe, variant: str, stage: CompileStage, common: dict[str, Any], target: dict[str, Any]
     ) -> CompileInputs:
         spec = r.target_spec()
-        extra: dict[str, Any] = {}
+        # The blocks of the runtimes this target does not use stay at their defaults: they shape nothing here.
+        blocks = {
+            "onnxruntime": stage.onnxruntime if spec.runtime == "onnxruntime" else OnnxRuntimeCompile(),
+            "openvino": stage.openvino if spec.runtime == "openvino" else OpenVinoCompile(),
+            "tensorrt": stage.tensorrt if spec.runtime == "tensorrt" else TensorRTCompile(),
+        }
+        extra: dict[str, Any] = {"platform": {"machine": platform.machine(), "system": platform.system()}}
         if spec.runtime == "onnxruntime" and stage.onnxruntime.optimization_level == "all":
-            extra["host"] = host_facts()  # level all writes layouts for this CPU's instruction set
+            extra["kernels"] = kernel_facts()  # level all writes layouts for this CPU's instruction set
         if spec.runtime == "tensorrt":
             from edgeres.tensorrt.facts import probe_device_facts
             from edgeres.tensorrt.timing_cache import shared_timing_cache
 
-            facts = probe_device_facts(cuda_context=False)
-            can_build = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
-            extra["device"] = {
-                "can_build": can_build,
-                **{
-                    k: getattr(facts, k)
-                    for k in ("gpu_name", "compute_capability", "sm_count", "board", "trt_version", "cuda_version")
-                },
-                "driver_version": facts.driver_version,
-            }
-            if can_build:
-                extra["timing_cache"] = shared_timing_cache(self.cache_dir, facts)
-            else:
+            device = device_facts()
+            if device["can_build"]:
+                extra["device"] = device
+                extra["timing_cache"] = shared_timing_cache(self.cache_dir, probe_device_facts(cuda_context=False))
+            else:  # a kit: only whether TensorRT is here (the log says which of the two is missing)
+                extra["device"] = {"can_build": False, "trt_version": device["trt_version"]}
                 extra["kit"] = KitInputs(recipe=r.name, variant=variant, data=self.data(r))
-        return CompileInputs(**common, **target, settings=runtime_settings(r, variant), **extra)
+        return CompileInputs(
+            **{**common, "config": stage.model_copy(update=blocks)},
+            **target,
+            settings=runtime_settings(r, variant),
+            **extra,
+        )
 
     def benchmark(self, stage: Any) -> BenchmarkInputs:
         r = self.recipe
@@ -182,16 +225,23 @@ class Resolver:
                 target=vr.target_spec(),
                 target_name=vr.target,
                 stages=[s.id for s in vr.chain(name) if s.type != "benchmark"],
+                threads=threads_of(vr),
             )
+        gpu = any(rt in GPU_RUNTIMES for rt in stage.runtimes) or any(
+            v.target.runtime == "tensorrt" for v in variants.values()
+        )
         return BenchmarkInputs(
             config=stage,
             seed=r.seed,
             threads=threads_of(r),
             recipe=r.name,
             host=host_facts(),
+            device=device_facts() if gpu else None,
             source=source_digest(),
             data=self.data(r),
             variants=variants,
+            order=r.variant_names(),
+            baseline=stage.baseline or r.variant_names()[0],
         )
 
     def files(self, stage: Any) -> dict[str, str]:

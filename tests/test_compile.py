@@ -198,7 +198,10 @@ def test_openvino_ir_and_manifest(build: CBuild) -> None:
     # what OpenVINO is told: f32 and the ACCURACY mode, whatever this CPU would default to (bf16 with AVX512_BF16)
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert manifest["openvino_config"]["EXECUTION_MODE_HINT"] == "ACCURACY"
-    assert manifest["inference_precision_here"] == "f32"  # read back from the compiled model
+    assert "INFERENCE_NUM_THREADS" not in manifest["openvino_config"]  # the host's choice, not the engine's
+    assert "inference_precision_here" not in manifest  # checked on this host: in the sidecar's metrics
+    side = json.loads((folder / "artifact.json").read_text(encoding="utf-8"))
+    assert side["metrics"]["inference_precision_here"] == "f32"  # read back from the compiled model
     assert manifest["sha256"] == {n: sha256(folder / n) for n in ("model.bin", "model.json", "model.xml")}
     assert manifest["source_onnx_sha256"] == sha256(build.export.primary_path)
 
@@ -237,11 +240,12 @@ def test_bf16_engine_manifest(build: CBuild) -> None:
     assert manifest["precision"] == "bf16"
     assert manifest["runtime_settings"]["precision"] == "bf16"
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    metrics = json.loads((build.models("ovbf16") / "artifact.json").read_text(encoding="utf-8"))["metrics"]
     if BF16_HERE:
-        assert manifest["inference_precision_here"] == "bf16"
+        assert metrics["inference_precision_here"] == "bf16"
     else:
-        assert manifest["inference_precision_here"] is None
-        assert "AVX512_BF16 or AMX" in manifest["not_checked_here"]
+        assert metrics["inference_precision_here"] is None
+        assert "AVX512_BF16 or AMX" in metrics["not_checked_here"]
 
 
 @pytest.mark.skipif(not BF16_HERE, reason=NO_BF16)

@@ -266,6 +266,8 @@ def _mutated(raw: dict[str, Any], path: tuple[Any, ...], old: Any, schema: str) 
 # ------------------------------------------------------------------------------- the specification of what's read
 
 SETTINGS = ("precision", "onnxruntime.optimization_level", "openvino.hint")  # runtime settings from compile
+GRAPH = ("exporter", "opset", "dynamic_batch")  # what an export config says about the graph it writes
+DATA_READERS = ("finetune", "prune", "export", "quantize", "package")  # stages that read images (and the report)
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -293,96 +295,148 @@ def changed_paths(old: Recipe, new: Recipe) -> set[str]:
     return {p for p in set(a) | set(b) if a.get(p, "<absent>") != b.get(p, "<absent>")}
 
 
-def effective(path: str, vr: Recipe) -> Any:
-    """What a stage runs with where the recipe leaves a value to a default: threads null is every core, compile
-    precision null is the target's float precision."""
+def settings_of(r: Recipe, variant: str) -> tuple[Any, ...]:
+    """The runtime settings a variant is measured with, as far as its target's runtime reads them (written out here,
+    not taken from edgeres.resolve): runtime, float precision, ORT level (ORT only), OpenVINO hint (OpenVINO only)."""
+    import os  # noqa: F401  (threads below)
+
+    spec = r.target_spec()
+    compile_ = r.stage_of("compile", variant) or r.stage_of("compile")
+    precision = getattr(compile_, "precision", None) or spec.float_precision
+    level = compile_.onnxruntime.optimization_level if compile_ is not None else "extended"
+    hint = compile_.openvino.hint if compile_ is not None else "latency"
+    return (
+        spec.runtime,
+        precision,
+        level if spec.runtime == "onnxruntime" else None,
+        hint if spec.runtime == "openvino" else None,
+    )
+
+
+def threads_of(r: Recipe) -> int:
     import os
 
-    if path == "threads":
-        return vr.threads or os.cpu_count()
-    compile_ = vr.stage_of("compile")
-    if compile_ is not None and path == f"stages.{compile_.id}.precision":
-        return compile_.precision or vr.target_spec().float_precision
-    return None
+    return r.threads or os.cpu_count() or 1
 
 
-def readers(path: str, vr: Recipe, variant: str, other: Recipe | None = None) -> set[str]:
-    """Which stages of `variant` (ids; "benchmark" for the report) a change of `path` in its recipe must rebuild
-    directly: the specification the keys are checked against, written without the resolver. `other` is the recipe
-    on the other side of the change (a default that resolves to the same value changes only the stage that holds
-    the field itself)."""
-    same = other is not None and effective(path, vr) is not None and effective(path, vr) == effective(path, other)
-    chain = vr.chain(variant)
-    ids = [s.id for s in chain]
-    prune = vr.stage_of("prune", variant)
-    probe = prune is not None and (prune.budget.type == "latency" or prune.measure_latency)
+def direct_readers(old: Recipe, new: Recipe, variant: str) -> set[str]:
+    """Which stages of `variant` (ids; "benchmark" for the report) a change from `old` to `new` must re-key directly,
+    with every input artifact held fixed: the specification the keys are checked against, written from what each
+    stage reads, without the resolver."""
+    chain = old.chain(variant)
     of = {s.type: s.id for s in chain}
+    prune = old.stage_of("prune", variant)
+    probe = prune is not None and (prune.budget.type == "latency" or prune.measure_latency)
+    quantize = old.stage_of("quantize", variant)
+    qat = quantize is not None and quantize.qat is not None
+    so, sn = old.target_spec(), new.target_spec()
+    kit = so.runtime == "tensorrt"  # no TensorRT device here: compile writes a kit, which ships val images
     out: set[str] = set()
-    if path == "data.augment":  # the training stages
-        quantize = vr.stage_of("quantize", variant)
-        qat = quantize is not None and quantize.qat is not None
-        return {of[t] for t in ("finetune", "prune") if t in of} | ({of["quantize"]} if qat else set())
-    if path == "data.calibration_size":  # quantize, where its own calibration_size is unset
-        quantize = vr.stage_of("quantize", variant)
-        return {quantize.id} if quantize is not None and quantize.calibration_size is None else set()
-    if path == "seed" or path.startswith(("data.", "model.")):
-        return {*ids, "benchmark"}  # the images (or the network) every stage after finetune follows
-    if path == "threads":
-        return set() if same else ({of["prune"]} if probe else set()) | {"benchmark"}
-    if path == "target" or path.startswith("target"):
-        return {of[t] for t in ("prune", "quantize", "compile", "package") if t in of} | {"benchmark"}
-    if not path.startswith("stages."):
-        return out
-    _, sid, *rest = path.split(".")
-    field = ".".join(rest)
-    st = next((s for s in vr.stages if s.id == sid), None)
-    if st is None:
-        return out
-    if sid in ids:
-        out.add(sid)
-    if st.type == "export" and probe and sid in ids:
-        out.add(of["prune"])
-    if st.type == "quantize" and probe and sid in ids and field in ("preset", "fast_bias_correction"):
-        out.add(of["prune"])
-    if st.type == "compile" and field in SETTINGS and not same:
-        # the engine's runtime settings: quantize judges with them (also in a variant that skips compile), the
-        # latency probe times with them, the benchmark measures with them
-        out |= {of[t] for t in ("quantize",) if t in of} | ({of["prune"]} if probe else set()) | {"benchmark"}
-    if st.type == "benchmark":
+
+    def add(*types: str) -> None:
+        out.update(of[t] for t in types if t in of)
+
+    for path in changed_paths(old, new):
+        if path == "seed":
+            add(*of)  # every stage holds the seed (the report too)
+            out.add("benchmark")
+        elif path == "model.arch":
+            add("finetune")
+        elif path == "data.augment":
+            add("finetune", "prune", *(["quantize"] if qat else []))
+        elif path == "data.calibration_size":
+            if quantize is not None and quantize.calibration_size is None:
+                add("quantize")
+        elif path.startswith("data."):
+            add(*DATA_READERS, *(["compile"] if kit else []))
+            out.add("benchmark")
+        elif path == "threads":
+            if threads_of(old) != threads_of(new):
+                add(*(["prune"] if probe else []))
+                out.add("benchmark")
+        elif path == "target":
+            pass  # compared below by what each stage reads of the target
+        elif path.startswith("stages."):
+            _, sid, *rest = path.split(".")
+            field = ".".join(rest)
+            st = next(s for s in old.stages if s.id == sid)
+            if st.type == "prune" and field == "round_to":
+                continue  # compared below as the resolved multiple
+            if st.type == "quantize" and field == "calibration_size":
+                continue  # compared below as the resolved size
+            if st.type == "compile":
+                block = field.split(".")[0]
+                if block in ("onnxruntime", "openvino", "tensorrt") and block != so.runtime:
+                    continue  # another runtime's block: it shapes nothing for this target
+                if field in SETTINGS:
+                    continue  # compared below as the resolved settings (compile's own config holds precision)
+            if sid in of.values():
+                out.add(sid)
+            if st.type == "export" and field.split(".")[0] in GRAPH and sid in of.values():
+                add(*(["prune"] if probe else []), *(["quantize"] if qat else []))
+            if st.type == "quantize" and field in ("preset", "fast_bias_correction") and probe and sid in of.values():
+                add("prune")
+            if st.type == "benchmark":
+                out.add("benchmark")
+    # What stages read of the target and of compile's settings, resolved on both sides.
+    if settings_of(old, variant) != settings_of(new, variant):
+        add("quantize", "compile", *(["prune"] if probe else []))
         out.add("benchmark")
-    out.discard("benchmark") if st.type == "package" else None
+    compile_old, compile_new = old.stage_of("compile", variant), new.stage_of("compile", variant)
+    if compile_old is not None and compile_old.precision != compile_new.precision:
+        add("compile")
+    if so != sn:
+        add("compile", "package")
+        out.add("benchmark")
+        if (so.runtime, so.precisions, so.qdq_rules) != (sn.runtime, sn.precisions, sn.qdq_rules):
+            add("quantize")
+        if probe and so.qdq_rules != sn.qdq_rules:
+            add("prune")
+    if prune is not None:
+        new_prune = new.stage_of("prune", variant)
+        if (prune.round_to or so.round_to) != (new_prune.round_to or sn.round_to):
+            add("prune")
+    if quantize is not None:
+        new_q = new.stage_of("quantize", variant)
+        if (quantize.calibration_size or old.data.calibration_size) != (
+            new_q.calibration_size or new.data.calibration_size
+        ):
+            add("quantize")
     return out
 
 
-def expected_changes(old: Recipe, new: Recipe) -> set[tuple[str, str]]:
-    """(variant, stage) keys that must change: the readers of every changed path and everything downstream of them
-    in the variant's chain; the report when any variant's stage or anything it reads changed; bundles after it."""
+def expected_direct(old: Recipe, new: Recipe) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
-    bench = False
     for vname in old.variant_names():
-        vo, vn = variant_recipe(old, vname), variant_recipe(new, vname)
-        chain = [s.id for s in vo.chain(vname) if s.type not in ("benchmark", "package")]
-        direct: set[str] = set()
-        for path in changed_paths(vo, vn):
-            direct |= readers(path, vo, vname, vn) | readers(path, vn, vname, vo)
-        bench |= "benchmark" in direct
-        first = min((chain.index(s) for s in direct if s in chain), default=None)
-        if first is not None:
-            out |= {(vname, s) for s in chain[first:]}
-            bench = True
-        package = next((s.id for s in vo.chain(vname) if s.type == "package"), None)
-        if package is not None and package in direct:
-            out.add((vname, package))
-    if bench:
-        out.add(("*", "benchmark"))
-        for vname in old.variant_names():
-            package = next((s.id for s in variant_recipe(old, vname).chain(vname) if s.type == "package"), None)
-            if package is not None:
-                out.add((vname, package))
+        readers = direct_readers(variant_recipe(old, vname), variant_recipe(new, vname), vname)
+        out |= {(vname, s) for s in readers if s != "benchmark"}
+        if "benchmark" in readers:
+            out.add(("*", "benchmark"))
+    return out
+
+
+def direct_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]:
+    """Every stage's key with its input artifacts held fixed: what changes is what the stage itself is given."""
+    import yaml
+
+    from edgeres.keys import stage_key
+
+    recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="key-test")
+    pipe = Pipeline(recipe, cache_dir=cache, reporter=quiet_reporter(), dry_run=True)
+    out = {}
+    for vname in recipe.variant_names():
+        for st in variant_recipe(recipe, vname).chain(vname):
+            if st.type != "benchmark":
+                out[(vname, st.id)] = stage_key(pipe.plan(vname, st, {"input": "0" * 64})[1])
+    bench = recipe.stage_of("benchmark")
+    if bench is not None:
+        out[("*", bench.id)] = stage_key(pipe.plan("*", bench, {"variant:any": "0" * 64})[1])
     return out
 
 
 def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_path: Path) -> None:
+    """Each leaf changed in turn, every stage of every variant keyed with fixed input artifacts: the keys that change
+    are exactly the stages that read the leaf (downstream propagation through content hashes is tested below)."""
     import yaml
 
     walked: set[str] = set()
@@ -393,7 +447,7 @@ def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_p
     for label, base in base_recipes(tmp_path).items():
         recipe = recipe_from_text(yaml.safe_dump(base, sort_keys=False), source=label)
         resolved = recipe.model_dump(mode="json")
-        base_keys = planned_keys(resolved, tmp_path / "cache")
+        base_keys = direct_keys(resolved, tmp_path / "cache")
         for path, schema in walk(resolved):
             if schema in skip or schema in unkeyed or schema.startswith(("variants", "targets")):
                 continue
@@ -409,9 +463,9 @@ def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_p
                 continue
             mutant, new = found
             walked.add(schema)
-            keys = planned_keys(mutant, tmp_path / "cache")
+            keys = direct_keys(mutant, tmp_path / "cache")
             mutant_recipe = recipe_from_text(yaml.safe_dump(mutant, sort_keys=False), source="mutant")
-            expected = expected_changes(recipe, mutant_recipe)
+            expected = expected_direct(recipe, mutant_recipe)
             changed = {k for k, key in keys.items() if base_keys.get(k) != key}
             if changed != expected:
                 failures.append(
@@ -422,6 +476,23 @@ def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_p
     assert not stuck, "the walk found no valid other value for:\n" + "\n".join(stuck)
     missing = schema_leaves() - walked
     assert not missing, f"schema leaves no base recipe holds (add them, or mark them Unkeyed with a reason): {missing}"
+
+
+def test_a_change_propagates_downstream_through_content_hashes(tmp_path: Path) -> None:
+    """With planned inputs (a dry run keys a stage by its upstream's key), a leaf only export reads (its parity check;
+    the latency probe reads only the graph's settings) changes export and everything after it in every variant, and
+    nothing before it."""
+    raw = base_recipes(tmp_path)["latency"]
+    before = planned_keys(raw, tmp_path / "cache")
+    mutant = copy.deepcopy(raw)
+    mutant["stages"][2] = {**mutant["stages"][2], "parity": {"samples": 17}}
+    after = planned_keys(mutant, tmp_path / "cache")
+    changed = {k for k in after if after[k] != before[k]}
+    assert ("int8", "finetune") not in changed and ("int8", "prune") not in changed
+    for v in ("int8", "fp32", "q"):
+        assert (v, "export") in changed
+    assert {("int8", "quantize"), ("int8", "compile"), ("int8", "package"), ("q", "quantize")} <= changed
+    assert ("*", "benchmark") in changed
 
 
 def test_unkeyed_leaves_shape_no_key(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ It holds the sha256 and size of every file in the bundle, the monotonic `version
 anti-rollback counter, edgeres' and the tools' versions, the target and the facts of the engine (runtime, precision,
 runtime settings, where compile built it), the input specification (shape, dtype, layout, channel order, scale,
 mean/std, resize), the class names, the golden inputs and logits of the boot self-test with their tolerance, the
-figures the benchmark measured, and the recipe's hash.
+figures the benchmark measured, and the hash of what the benchmark was given (`inputs_sha256`).
 
 `manifest_sha256` is a digest of the rest of the manifest (canonical JSON: sorted keys, no whitespace), so an
 unsigned bundle's manifest is checked for corruption too: any changed byte either breaks the JSON or changes a value.

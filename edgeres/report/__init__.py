@@ -58,11 +58,14 @@ def result_row(
     }
 
 
-def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
-    """Per variant, each stage that made its deliverable: cache key, seconds, and the stage's headline numbers."""
+def stage_rows(lineage: dict[str, list[Artifact]], names: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Per variant, each stage that made its deliverable: cache key, seconds, and the stage's headline numbers.
+    `names`: each variant's stage names in chain order, as this build calls them (an entry reused after a stage was
+    renamed carries the name it was made under)."""
     rows = []
     for vname, arts in lineage.items():
-        for art in arts:
+        called = (names or {}).get(vname, [])
+        for i, art in enumerate(arts):
             m = art.metadata.get("metrics", {})
             headline = {
                 k: m[k]
@@ -82,7 +85,7 @@ def stage_rows(lineage: dict[str, list[Artifact]]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "variant": vname,
-                    "stage": art.stage,
+                    "stage": called[i] if i < len(called) else art.stage,
                     "type": art.stage_type,
                     "key": art.key,
                     "seconds": art.metadata.get("seconds"),

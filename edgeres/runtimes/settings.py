@@ -49,6 +49,13 @@ class RuntimeSettings:
         """The same choices for another runtime (an ONNX measured on both CPU runtimes)."""
         return RuntimeSettings(runtime, self.precision, self.ort_optimization_level, self.openvino_hint)
 
+    def normalized(self) -> RuntimeSettings:
+        """The same settings with the choices this runtime does not read at their defaults (an ONNX Runtime engine
+        has no OpenVINO hint): what a cache key holds, so a setting for another runtime rebuilds nothing."""
+        level = self.ort_optimization_level if self.runtime in ("onnxruntime", "cuda", "ort-tensorrt") else "extended"
+        hint = self.openvino_hint if self.runtime == "openvino" else "latency"
+        return RuntimeSettings(self.runtime, self.precision, level, hint)
+
     def openvino_config(self, threads: int) -> dict[str, Any]:
         """The configuration handed to `Core.compile_model`: nothing is left to OpenVINO's CPU-dependent defaults.
         fp32 also sets the ACCURACY execution mode, which keeps every op in the model's own precision;

@@ -209,8 +209,8 @@ def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> S
             fid_inputs[key] = {"spec": spec, **kept}
         return fid_inputs[key]
 
-    baseline = cfg.baseline or next(iter(ctx.variants))
-    order = [baseline, *(v for v in ctx.variants if v != baseline)]
+    baseline = ctx.inputs.baseline
+    order = [baseline, *(v for v in ctx.inputs.order if v != baseline)]
     rows: list[dict[str, Any]] = []
     base_preds: dict[str, Any] = {}
     base_fid: dict[str, tuple[dict[str, Any], str]] = {}  # runtime -> (baseline's fidelity output, data fingerprint)
@@ -252,7 +252,7 @@ def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> S
                 "runtime": runtime,
                 "path": str(art.primary_path),
                 "format": art.format,
-                "threads": ctx.inputs.threads,
+                "threads": vin.threads,
                 "data": str(npz),
                 "batch": _batch_size(art),
                 "settings": settings.to_dict(),
@@ -330,7 +330,7 @@ def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> S
             for name, art in ctx.variants.items()
         },
         "fidelity": fidelity_report(fid, fid_inputs, rows),
-        "stages": stage_rows(ctx.lineage),
+        "stages": stage_rows(ctx.lineage, {v: vin.stages for v, vin in ctx.inputs.variants.items()}),
         "results": rows,
         "unmeasured": unmeasured,
     }

@@ -14,7 +14,6 @@ engine depends on; the loader checks it before use.
 
 from __future__ import annotations
 
-import platform
 import shutil
 from typing import Any, Literal
 
@@ -56,7 +55,10 @@ def openvino_ir_from_onnx(
     model = ov.convert_model(str(inp.primary_path))
     ov.save_model(model, str(ctx.workdir / "model.xml"), compress_to_fp16=cfg.openvino.fp16_weights)
     info: dict[str, Any] = {"hint": settings.openvino_hint, "fp16_weights": cfg.openvino.fp16_weights, "device": "CPU"}
-    info["openvino_config"] = settings.openvino_config(ctx.inputs.threads)
+    # The configuration a runner compiles the IR with, less the thread count, which is the running host's choice.
+    info["openvino_config"] = {
+        k: v for k, v in settings.openvino_config(ctx.inputs.threads).items() if k != "INFERENCE_NUM_THREADS"
+    }
     unsupported = settings.unsupported_reason()
     if unsupported is None:
         compiled = ov.Core().compile_model(
@@ -161,6 +163,8 @@ def run(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> StageOutput:
     else:  # the Target model allows nothing else; a new runtime needs a branch here
         raise StageError(f"target {target_name} has runtime {target.runtime}, which compile does not handle")
     faults.point("compile:written")
+    # Checked on this host, so recorded in the sidecar's metrics, not in the manifest (whose bytes are the entry's).
+    here: dict[str, Any] = {k: info.pop(k) for k in ("inference_precision_here", "not_checked_here") if k in info}
     spec_path = inp.path / "model.json"
     if spec_path.is_file() and not (ctx.workdir / "model.json").exists():
         shutil.copyfile(spec_path, ctx.workdir / "model.json")
@@ -183,7 +187,7 @@ def run(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> StageOutput:
         "precision": precision,
         # What every runner loads this engine with (runtimes.settings): measured as it ships.
         "runtime_settings": settings.to_dict(),
-        "built_on": {"machine": platform.machine(), "system": platform.system()},
+        "built_on": ctx.inputs.platform,
         **info,
     }
     write_json_atomic(ctx.workdir / MANIFEST, manifest)
@@ -198,6 +202,7 @@ def run(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> StageOutput:
             "engine": primary,
             "precision": precision,
             "input": inp.metadata.get("metrics", {}).get("input"),
+            **here,
             **info,
         },
     )

@@ -2,10 +2,11 @@
 
 The bundle (edgeres.bundle.pack) holds the variant's compiled deliverable, the ONNX it was compiled from, labels,
 golden self-test data and one manifest: sha256 and size of every file, versions, the target and engine facts, the
-input specification, class names, the report's figures for this variant and the recipe's hash. Its cache key
-hashes the report, so new measurements make a new bundle. Golden logits come from the engine itself, loaded with its
-manifest's settings through the same runner as the benchmark; where this host cannot run the engine (a TensorRT
-device kit, bf16 on a CPU without it) from ONNX Runtime on the source ONNX, with a tolerance that allows for it.
+input specification, class names, the report's figures for this variant and the hash of the benchmark's inputs.
+Its cache key hashes the report, so new measurements make a new bundle. Golden logits come from the engine itself,
+loaded with its manifest's settings through the same runner as the benchmark; where this host cannot run the engine
+(a TensorRT device kit, bf16 on a CPU without it) from ONNX Runtime on the source ONNX, with a tolerance that allows
+for it.
 Signing is a separate step (`edgeres sign`): a signing key never enters a build.
 """
 

@@ -150,11 +150,11 @@ class LatencyProbe:
     def __init__(self, ctx: StageContext[PruneInputs]) -> None:
         inputs = ctx.inputs
         assert inputs.probe is not None  # resolved for latency budgets and measure_latency
-        target = inputs.target
-        if target.runtime not in ("onnxruntime", "openvino"):
+        runtime = inputs.probe.settings.runtime
+        if runtime not in ("onnxruntime", "openvino"):
             raise StageError(
                 f"a latency budget is measured on the target's runtime, and target {inputs.target_name} runs "
-                f"{target.runtime}, which cannot be measured on this host. Use the ratio or macs budget here, or run "
+                f"{runtime}, which cannot be measured on this host. Use the ratio or macs budget here, or run "
                 "the build on the device"
             )
         self.export, self.quantize = inputs.probe.export, inputs.probe.ptq
@@ -162,7 +162,7 @@ class LatencyProbe:
         unsupported = self.settings.unsupported_reason()
         if unsupported is not None:
             raise PrecisionUnsupported(f"the latency budget is measured as the engine ships, and {unsupported}")
-        self.ctx, self.runtime, self.target = ctx, target.runtime, target
+        self.ctx, self.runtime, self.qdq_rules = ctx, runtime, inputs.probe.qdq_rules
         self.int8 = self.quantize is not None
         self.samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
         idx, _ = ctx.data.calibration_indices(QUICK_CALIBRATION, inputs.seed)
@@ -173,7 +173,7 @@ class LatencyProbe:
         self.reference_ms: list[float] = []
 
     def _onnx(self, model: Any, path: Path) -> Path:
-        h_w, rules = self.ctx.data.image_size, self.target.qdq_rules
+        h_w, rules = self.ctx.data.image_size, self.qdq_rules
         return shipped_onnx(model, h_w, self.export, self.quantize, rules, self.calib, path)
 
     def __call__(self, model: Any) -> float:
@@ -351,8 +351,7 @@ def run(ctx: StageContext[PruneInputs], cfg: PruneStage, inp: Artifact) -> Stage
     tp = require("torch_pruning", purpose="prune channels (Torch-Pruning)")
     torch.set_num_threads(ctx.inputs.threads)
     data = ctx.data
-    target = ctx.inputs.target
-    round_to = cfg.round_to if cfg.round_to is not None else target.round_to
+    round_to = ctx.inputs.round_to
     model, spec = load_model(inp.path)
     teacher = copy.deepcopy(model).eval() if cfg.distill else None
     h, w = data.image_size

@@ -3,8 +3,9 @@
 - `facts`: what the device is (TensorRT, CUDA, driver, GPU and compute capability, JetPack/L4T, DLA, memory).
 - `manifest`: the build settings and `engine.manifest.json` written beside every engine; `check_compatible` runs
   before any engine is deserialized (a TensorRT engine is native code tied to one TensorRT version and GPU model).
-- `build`: ONNX to engine with the TensorRT 10/11 Python API, in a child process so that an out-of-memory kill
-  becomes a clear error; `fp16_onnx_from_fp32` for TensorRT 11, which has no FP16 builder flag.
+- `build`: ONNX to engine with the TensorRT 10/11 Python API; `child` runs it in a child process so that an
+  out-of-memory kill becomes a clear error; `onnx_graph` reads the ONNX (Q/DQ count, input) and writes the fp16 copy
+  TensorRT 11 needs (it has no FP16 builder flag).
 - `runner`: `TensorRTRunner`, the Runner interface over an engine.
 - `kit`: a folder to copy to a device when the build host has no TensorRT (the usual case); the compile stage
   (edgeres.stages.compile) builds here or writes a kit.
