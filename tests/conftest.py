@@ -168,6 +168,63 @@ def _isolated_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert not (root / "edgeres").exists(), "a test used the default cache instead of its own tmp cache"
 
 
+# Processes multiprocessing keeps for the whole interpreter by design (the fork server DataLoader workers start from,
+# its resource tracker): owned by the test session, not by any one test.
+SESSION_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _leaked_children(before: set[int]) -> list[Any]:
+    import psutil
+
+    left = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.pid in before or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            # the helpers themselves are this process's children; workers forked from the fork server share its
+            # command line but are its children, and are checked like any other process
+            if p.ppid() == os.getpid() and any(h in " ".join(p.cmdline()) for h in SESSION_HELPERS):
+                continue
+        except psutil.Error:  # exited meanwhile
+            continue
+        left.append(p)
+    return left
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Any:
+    """Fail a test that leaves child processes (DataLoader workers, builds, servers) or open runners behind: a
+    process that forks after a test left threads or workers around is how a suite crashes far from the cause."""
+    import gc
+    import time
+
+    import psutil
+
+    from edgeres.runtimes import base
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    open_before = {id(r) for r in base.OPEN}
+    yield
+    deadline = time.monotonic() + 10.0  # workers told to stop exit within moments; a build's child may take longer
+    while (left := _leaked_children(before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runners = [r for r in list(base.OPEN) if id(r) not in open_before]
+    if runners:  # a runner nobody references any more is not a leak: its session goes with it (gc is slow: only now)
+        del runners
+        gc.collect()
+        runners = [r for r in list(base.OPEN) if id(r) not in open_before]
+    problems = [f"child process {p.pid} ({' '.join(p.cmdline())[:120]}) still runs" for p in left]
+    problems += [
+        f"a {r.name} runner of {r.path} was left open (use `with open_runner(...)` or close())" for r in runners
+    ]
+    for r in runners:
+        r.close()
+    for p in left:
+        p.kill()
+    if problems:
+        pytest.fail("the test leaked:\n  " + "\n  ".join(problems))
+
+
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """mktemp for module-scoped builds: the folders are removed when the module's tests are done.

@@ -11,6 +11,7 @@ image's crop and flip are derived from (the epoch's seed, the image's index), no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -139,14 +140,15 @@ class DataBundle:
         self, split: Split, chunks: list[torch.Tensor], augment: str, key: int, *, normalize: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         torch = require("torch")
-        loader = torch.utils.data.DataLoader(
+        loader = worker_loader(
             _Files(split, augment, key),
+            self.workers,
             batch_sampler=[c.tolist() for c in chunks],
-            num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),
         )
-        for imgs, labels in loader:
-            yield (self.normalize(imgs) if normalize else imgs), labels
+        with iterating(loader) as batches:  # a consumer that stops early (or fails) ends the workers at once
+            for imgs, labels in batches:
+                yield (self.normalize(imgs) if normalize else imgs), labels
 
     def numpy_batches(self, split: Split, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
         n = len(split) if limit is None else min(limit, len(split))
@@ -198,6 +200,36 @@ def _augment_one(img: torch.Tensor, mode: str, key: int, index: int) -> torch.Te
     _, h, w = img.shape
     crop = torch.nn.functional.pad(img, (4, 4, 4, 4))[:, dy : dy + h, dx : dx + w]
     return crop.flip(-1) if flip else crop
+
+
+def worker_loader(dataset: Any, workers: int, **options: Any) -> Any:
+    """A DataLoader whose worker processes are started by a fork server, never forked from this process: a build
+    holds OpenMP, ONNX Runtime and OpenVINO thread pools, and a child forked from a threaded process may inherit a
+    lock some other thread held (a hang or a crash). The fork server is a clean process that imported torch once, so
+    starting workers stays cheap. Where there is no fork server (Windows), they are spawned."""
+    torch = require("torch")
+    context = None
+    if workers > 0:
+        import multiprocessing
+
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["torch", "edgeres.data"])
+    return torch.utils.data.DataLoader(dataset, num_workers=workers, multiprocessing_context=context, **options)
+
+
+@contextlib.contextmanager
+def iterating(loader: Any) -> Iterator[Any]:
+    """Iterate a DataLoader and shut its worker processes down when the block ends, however it ends (rather than
+    when the garbage collector finds the iterator)."""
+    it = iter(loader)
+    try:
+        yield it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class _Files:
@@ -513,21 +545,20 @@ def _stream_imagefolder(
     if not isinstance(scan, dict) or not all(isinstance(scan.get(k), list) for k in ("train", "val", "test")):
         scan = {}
         for name, items in files.items():
-            loader = torch.utils.data.DataLoader(
-                _Probe([p for p, _ in items], side), batch_size=None, num_workers=cfg.workers
-            )
+            loader = worker_loader(_Probe([p for p, _ in items], side), cfg.workers, batch_size=None)
             keep = []
-            for i, h, w, why in loader:
-                p = items[i][0]
-                if why:
-                    bad(p, why)
-                elif (h, w) != side_hw:
-                    raise DataError(
-                        f"{str(p)!r} is {w}x{h} but the first image is {side_hw[1]}x{side_hw[0]}; "
-                        "set data.image_size to resize every image to one size"
-                    )
-                else:
-                    keep.append(i)
+            with iterating(loader) as probed:
+                for i, h, w, why in probed:
+                    p = items[i][0]
+                    if why:
+                        bad(p, why)
+                    elif (h, w) != side_hw:
+                        raise DataError(
+                            f"{str(p)!r} is {w}x{h} but the first image is {side_hw[1]}x{side_hw[0]}; "
+                            "set data.image_size to resize every image to one size"
+                        )
+                    else:
+                        keep.append(i)
             scan[name] = keep
         scan["skipped"] = list(skipped)
         if scan_path is not None:

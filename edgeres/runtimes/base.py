@@ -7,6 +7,7 @@ files and refuses any that differ from the manifest: what ships must be what was
 from __future__ import annotations
 
 import json
+import weakref
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,8 @@ from edgeres.errors import StageError
 from edgeres.runtimes.settings import RuntimeSettings
 
 MANIFEST = "manifest.json"
+# Every runner not yet closed (weakly: a dropped runner leaves it). Tests fail one that leaves runners open.
+OPEN: weakref.WeakSet[Runner] = weakref.WeakSet()
 
 
 def check_manifest(path: Path) -> dict[str, Any] | None:
@@ -49,6 +52,13 @@ class Runner(ABC):
         self.path = path
         self.threads = threads
         self.settings = settings or RuntimeSettings(self.name)
+        self.closed = False
+        OPEN.add(self)
+
+    def check_open(self) -> None:
+        """Refuse to run after close(): the runtime's native objects are gone."""
+        if self.closed:
+            raise StageError(f"the {self.name} runner of {self.path} is closed; open a new one to run the model")
 
     @abstractmethod
     def infer(self, batch: Any) -> Any:
@@ -61,8 +71,11 @@ class Runner(ABC):
         """What the runtime actually runs with, read back from it where it can say (reports record it)."""
         return {}
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+    def close(self) -> None:
+        """Release the runtime's native objects (sessions, compiled models and their thread pools) now, not when the
+        garbage collector gets to them. Subclasses drop theirs, then call this. Closing twice is harmless."""
+        self.closed = True
+        OPEN.discard(self)
 
     def __enter__(self) -> Runner:
         return self

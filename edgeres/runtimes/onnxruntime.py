@@ -108,7 +108,12 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
 
     def infer(self, batch: Any) -> Any:
+        self.check_open()
         return self.session.run(None, {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None  # ONNX Runtime frees the session (and its thread pools) with the last reference
+        super().close()
 
     def version(self) -> str:
         return str(self._ort.__version__)

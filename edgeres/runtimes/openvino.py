@@ -51,6 +51,7 @@ class OpenVinoRunner(Runner):
         return self._requests[key]
 
     def infer(self, batch: Any) -> Any:
+        self.check_open()
         request = self._request(int(batch.shape[0]))
         result = request.infer({0: batch})
         # OpenVINO's own timing of the request (what benchmark_app reports), without the Python call around it.
@@ -59,6 +60,13 @@ class OpenVinoRunner(Runner):
 
     def version(self) -> str:
         return str(self._ov.get_version())
+
+    def close(self) -> None:
+        # Infer requests hold their compiled models, which hold OpenVINO's CPU streams (threads): drop them all.
+        self._requests.clear()
+        self._model = None
+        self._core = None
+        super().close()
 
     def effective(self) -> dict[str, Any]:
         return {"inference_precision": self.inference_precision, "config": self._config, "kernels": self.kernels}

@@ -44,6 +44,7 @@ class TorchRunner(Runner):
             self._buffers: dict[str, tuple[int, int]] = {}  # role -> (device pointer, capacity in bytes)
 
     def infer(self, batch: Any) -> Any:
+        self.check_open()
         if self._io is None:
             with self._torch.inference_mode():
                 return self.model(self._torch.from_numpy(batch)).numpy()
@@ -84,3 +85,4 @@ class TorchRunner(Runner):
     def close(self) -> None:
         if self._io is not None:
             self._io.close()
+        super().close()

@@ -90,6 +90,7 @@ class TensorRTRunner(Runner):
         self.context.set_tensor_address(self.output_name, self._out_ptr)
 
     def infer(self, batch: Any) -> Any:
+        self.check_open()
         np = self._np
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         n = x.shape[0]
@@ -131,6 +132,7 @@ class TensorRTRunner(Runner):
                 delattr(self, attr)
         if hasattr(self, "memory"):
             self.memory.close()
+        super().close()
 
 
 def _dims(d: trt.Dims) -> list[int]:
