@@ -35,7 +35,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 $(STUBS): | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target typings/.site $(TRT_STUBS)
