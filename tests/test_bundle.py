@@ -463,3 +463,21 @@ def test_self_test_fails_when_the_engine_computes_something_else(bundles: dict[s
     write_tar(mixed, [(MANIFEST, opened.path(MANIFEST)), *((n, opened.path(n)) for n in manifest["files"])])
     with pytest.raises(BundleError, match="boot self-test failed: logits differ from the golden ones by up to"):
         edgeres.load(mixed, integrity_only=True)
+
+
+def test_signing_with_an_encrypted_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's release-job path: a key made with --password-env signs with the same variable and verifies; a
+    wrong password or none is refused with a message that says so (exit 2). It failed before with "Cannot convert
+    <class 'str'> instance to a buffer" whatever the password."""
+    monkeypatch.setenv("KP", "correct horse")
+    assert run_cli("keygen", str(tmp_path / "enc"), "--password-env", "KP").code == 0
+    bundle = make_bundle(tmp_path / "b.tar", version=1)
+    signed = tmp_path / "signed.tar"
+    res = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"), "--password-env", "KP", "--out", str(signed))
+    assert res.code == 0, res.stderr
+    assert run_cli("verify", str(signed), "--key", str(tmp_path / "enc.pub")).code == 0
+    monkeypatch.setenv("KP", "wrong")
+    wrong = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"), "--password-env", "KP")
+    assert wrong.code == 2 and "the password does not decrypt it" in wrong.stderr
+    none = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"))
+    assert none.code == 2 and "pass --password-env VAR" in none.stderr, none.stderr

@@ -62,15 +62,26 @@ def _hashing_config() -> Any:
 
 
 def sign_folder(content: Path, signature: Path, private_key: Path, *, password: str | None = None) -> None:
-    """Sign every file under `content` into `signature` (model-signing, elliptic-curve key)."""
+    """Sign every file under `content` into `signature` (model-signing, elliptic-curve key). `password` decrypts an
+    encrypted key (model-signing, like `cryptography`, takes it as bytes: a str failed with "Cannot convert")."""
     ms = require("model_signing", purpose=PURPOSE)
     require("OpenSSL", purpose=PURPOSE)  # model-signing 1.1 imports pyOpenSSL without declaring it
     if not private_key.is_file():
         raise RecipeError(f"private key {private_key} does not exist; make one with `edgeres keygen`")
     try:
-        config = ms.signing.Config().use_elliptic_key_signer(private_key=private_key, password=password)
+        secret = password.encode("utf-8") if password is not None else None
+        config = ms.signing.Config().use_elliptic_key_signer(private_key=private_key, password=secret)
         config.set_hashing_config(_hashing_config()).sign(content, signature)
     except (ValueError, TypeError) as exc:  # unreadable key, wrong password, unsupported curve
+        if password is not None:
+            raise RecipeError(
+                f"cannot sign with {private_key}: the password does not decrypt it (or the key is unreadable: {exc}); "
+                "check the variable --password-env names"
+            ) from None
+        if "encrypted" in str(exc).lower() or "password" in str(exc).lower():
+            raise RecipeError(
+                f"cannot sign with {private_key}: the key is encrypted; pass --password-env VAR with its password"
+            ) from None
         raise RecipeError(f"cannot sign with {private_key}: {exc}") from None
 
 
