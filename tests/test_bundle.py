@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -481,3 +482,31 @@ def test_signing_with_an_encrypted_key(tmp_path: Path, monkeypatch: pytest.Monke
     assert wrong.code == 2 and "the password does not decrypt it" in wrong.stderr
     none = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"))
     assert none.code == 2 and "pass --password-env VAR" in none.stderr, none.stderr
+
+
+def test_load_cleans_up_after_itself_and_takes_one_key_as_a_path(
+    bundles: dict[str, Path], keys: dict[str, Path]
+) -> None:
+    """Issue 26, item 2: each `edgeres.load` left its extracted bundle in /tmp unless closed, surviving `del`, gc and
+    interpreter exit, and `predict` after `close()` raised AttributeError. Item 7: one key as a string was read as
+    characters ("public key r does not exist")."""
+    import gc
+
+    import edgeres
+
+    model = edgeres.load(str(bundles["signed"]), public_keys=str(keys["pub"]))
+    folder = model._workdir
+    assert folder.is_dir()
+    del model
+    gc.collect()
+    assert not folder.exists()  # dropped without close(): removed all the same
+    with edgeres.load(bundles["signed"], public_keys=keys["pub"]) as model:
+        folder = model._workdir
+    assert not folder.exists()
+    with pytest.raises(BundleError, match="this model was closed; load the bundle again"):
+        model.predict(np.zeros((model.preprocessing.height, model.preprocessing.width, 3), dtype=np.uint8))
+    # exits without close(): the folder goes at interpreter exit
+    script = "import edgeres, sys; m = edgeres.load(sys.argv[1], integrity_only=True); print(m._workdir)"
+    out = subprocess.run([sys.executable, "-c", script, str(bundles["unsigned"])], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not Path(out.stdout.strip()).exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +89,9 @@ class Model:
 
     def __init__(self, opened: Opened, workdir: Path, *, threads: int) -> None:
         self._workdir = workdir
+        # The extracted bundle (tens of MB, on a device often in RAM) goes with the model: at close(), or when the
+        # model is garbage-collected, or at interpreter exit, whichever comes first.
+        self._remove = weakref.finalize(self, shutil.rmtree, str(workdir), True)
         self.opened = opened
         self.manifest = opened.data
         self.classes = list(opened.manifest.classes)
@@ -106,6 +110,8 @@ class Model:
     def logits(self, inputs: Any) -> Any:
         """Logits for already preprocessed float32 NCHW inputs."""
         np = require("numpy")
+        if self.runner is None:
+            raise BundleError(f"{self.opened.source}: this model was closed; load the bundle again to run it")
         x = np.ascontiguousarray(inputs, dtype=np.float32)
         return np.concatenate([self.runner.infer(x[i : i + self._batch]) for i in range(0, len(x), self._batch)])
 
@@ -153,7 +159,7 @@ class Model:
         if self.runner is not None:
             self.runner.close()
             self.runner = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._remove()
 
     def __enter__(self) -> Model:
         return self
@@ -167,7 +173,7 @@ class Model:
 def load(
     bundle: Path | str,
     *,
-    public_keys: list[Path | str] | tuple[Path | str, ...] = (),
+    public_keys: Path | str | list[Path | str] | tuple[Path | str, ...] = (),
     integrity_only: bool = False,
     min_version: int | None = None,
     target: str | None = None,
@@ -175,7 +181,10 @@ def load(
     self_test: bool = True,
 ) -> Model:
     """Verify `bundle`, check it fits this device, load its engine and run the boot self-test (see the module doc).
-    Pass the signer's public key(s); `integrity_only=True` accepts an unsigned bundle (files checked, origin not)."""
+    Pass the signer's public key(s): one path or a list; `integrity_only=True` accepts an unsigned bundle (files
+    checked, origin not)."""
+    if isinstance(public_keys, str | Path):  # one key ("release.pub" was iterated as characters)
+        public_keys = [public_keys]
     workdir = Path(tempfile.mkdtemp(prefix="edgeres-bundle-"))
     try:
         opened = open_bundle(
