@@ -547,7 +547,12 @@ class PackageStage(StageBase):
         description="Monotonic bundle version (a uint32): devices refuse a bundle older than the newest they "
         "installed (anti-rollback). Raise it for every release.",
     )
-    include_onnx: bool = Field(True, description="Ship the ONNX the engine was compiled from (source/model.onnx).")
+    include_onnx: bool | Literal["auto"] = Field(
+        "auto",
+        description="Ship the ONNX the engine was compiled from (source/model.onnx). auto: only beside a TensorRT "
+        "engine, which a device may rebuild from it; an ONNX Runtime or OpenVINO engine is itself the model, and the "
+        "ONNX would double an over-the-air download (a kit carries its own ONNX either way).",
+    )
     golden: GoldenSettings = Field(default_factory=GoldenSettings, description="Boot self-test data.")
 
 

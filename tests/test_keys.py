@@ -223,7 +223,7 @@ def mutations(value: Any, schema: str = "") -> list[Any]:
         return ["cpu-openvino", "cpu-onnxruntime", "sgd", "adamw", "l2", "bn", "global", "cosine", "constant",
                 "onecycle", "torchscript", "dynamo", "mixed", "performance", "all", "basic", "throughput", "fp32",
                 "bf16", "val", "random", "none", "crop-flip", "crop", "always", "imagenet-v1", "resnet18", "skip",
-                "10", "test2", "per-process"]  # fmt: skip
+                "10", "test2", "per-process", True]  # fmt: skip
     if isinstance(value, list):
         return [
             ["onnxruntime"],

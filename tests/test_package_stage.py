@@ -24,7 +24,11 @@ COMPILE = {"type": "compile", "tensorrt": {"kit_val_images": 16}}
 BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False}
 RECIPE = tiny_recipe(
     stages=[FINETUNE, EXPORT, COMPILE, BENCH, {"type": "package", "version": 2}],
-    variants={"ort": {}, "ov": {"set": {"target": "cpu-openvino"}}, "trt": {"set": {"target": "nvidia-gpu"}}},
+    variants={
+        "ort": {},  # include_onnx: auto, so no source ONNX beside an ONNX Runtime engine
+        "ov": {"set": {"target": "cpu-openvino", "stages.package.include_onnx": True}},
+        "trt": {"set": {"target": "nvidia-gpu"}},
+    },
 )
 
 
@@ -83,7 +87,11 @@ def test_bundle_carries_the_reports_figures(build: PBuild) -> None:
         assert m["input"]["resize"]["method"] == "none: the images already have this size"
         assert m["golden"]["max_abs_diff"] == 1e-3
         assert m["golden"]["reference"].startswith(f"the engine on {'onnxruntime' if variant == 'ort' else 'openvino'}")
-        assert m["source_onnx"]["sha256"] == build.result.lineage[variant][1].files["model.onnx"]
+    m = build.manifest("ov")
+    assert m["source_onnx"]["sha256"] == build.result.lineage["ov"][1].files["model.onnx"]  # include_onnx: true
+    assert build.manifest("ort")["source_onnx"] is None  # auto: the engine is itself an ONNX (issue 26, item 10)
+    with tarfile.open(build.out / "bundles" / "ort.tar", "r:") as tf:
+        assert "source/model.onnx" not in tf.getnames()
     assert build.manifest("ov")["engine"]["files"] == ["engine/model.xml", "engine/model.bin"]
     trt = build.manifest("trt")
     assert trt["engine"]["format"] == "tensorrt-kit"

@@ -55,6 +55,14 @@ def measured_figures(report: dict[str, Any], variant: str, report_sha256: str) -
     }
 
 
+def ship_onnx(include_onnx: bool | str, fmt: str) -> bool:
+    """Whether the bundle carries the source ONNX: as the recipe says, or (auto) only beside a TensorRT engine. A kit
+    carries its own ONNX, so never a second copy."""
+    if fmt == "tensorrt-kit":
+        return False
+    return fmt == "tensorrt" if include_onnx == "auto" else bool(include_onnx)
+
+
 def _logits_fn(runtime: str, path: Any, fmt: str, settings: RuntimeSettings | None, batch: int) -> Any:
     np = require("numpy")
 
@@ -149,7 +157,7 @@ def run(ctx: StageContext[PackageInputs], cfg: PackageStage, inp: Artifact) -> S
         staging,
         deliverable=inp.path,
         files=files,
-        source_onnx=source.primary_path if cfg.include_onnx and not is_kit else None,
+        source_onnx=source.primary_path if ship_onnx(cfg.include_onnx, fmt) else None,
         info=info,
         golden=golden,
     )
