@@ -298,8 +298,6 @@ def changed_paths(old: Recipe, new: Recipe) -> set[str]:
 def settings_of(r: Recipe, variant: str) -> tuple[Any, ...]:
     """The runtime settings a variant is measured with, as far as its target's runtime reads them (written out here,
     not taken from edgeres.resolve): runtime, float precision, ORT level (ORT only), OpenVINO hint (OpenVINO only)."""
-    import os  # noqa: F401  (threads below)
-
     spec = r.target_spec()
     compile_ = r.stage_of("compile", variant) or r.stage_of("compile")
     precision = getattr(compile_, "precision", None) or spec.float_precision
