@@ -101,6 +101,9 @@ def test_report_html(base_build: Build) -> None:
     assert "<h1>edgeres report: tiny</h1>" in page
     for rt in RUNTIMES:
         assert f"</td><td>{rt}</td>" in page
+    # the per-layer profile's lines are shared with report.md: their `code` spans become <code>, no backticks show
+    section = page.split("<h3>Per-layer profile (batch 1)</h3>", 1)[1].split("</ul>", 1)[0]
+    assert "<li><code>" in section and "`" not in section
 
 
 def test_resolved_recipe_is_the_recipe(base_build: Build) -> None:

@@ -195,6 +195,13 @@ def grid_png(report: dict[str, Any]) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def inline_code(escaped: str) -> str:
+    """Markdown's `code` spans of an already escaped line as HTML <code> (the lines are shared with report.md)."""
+    import re
+
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", escaped)
+
+
 def _html_table(head: list[str], body: list[list[str]]) -> str:
     esc = html.escape
     cells = "".join(
@@ -234,6 +241,8 @@ def html_section(report: dict[str, Any]) -> str:
     prof = profile_lines(report)
     if prof:
         parts.append(
-            "<h3>Per-layer profile (batch 1)</h3><ul>" + "".join(f"<li>{esc(p[2:])}</li>" for p in prof) + "</ul>"
+            "<h3>Per-layer profile (batch 1)</h3><ul>"
+            + "".join(f"<li>{inline_code(esc(p[2:]))}</li>" for p in prof)
+            + "</ul>"
         )
     return "\n".join(parts)
