@@ -12,18 +12,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeres.artifact import SIDECAR
-from edgeres.inputs import flatten
+from edgeres.artifact import SIDECAR, read_artifact
 
 MAX_SHOWN = 80  # leaves listed per stage; a changed data fingerprint or host can differ in many
 
 
 def _sidecar(entry: Path) -> dict[str, Any] | None:
-    try:
-        side = json.loads((entry / SIDECAR).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return side if isinstance(side, dict) and isinstance(side.get("key_material"), dict) else None
+    """A committed entry's sidecar, where it records key material (entries made since it does)."""
+    art = read_artifact(entry)
+    return art.metadata if art is not None and isinstance(art.metadata.get("key_material"), dict) else None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a JSON tree by dotted path."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, list) and tree and any(isinstance(v, dict | list) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}
 
 
 def previous_entry(record: Any, *, cache_dir: Path, out_dir: Path | None) -> tuple[str, dict[str, Any]] | None:

@@ -20,7 +20,6 @@ Each object holds exactly what shapes its stage's output:
 
 from __future__ import annotations
 
-import typing
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -204,28 +203,12 @@ class PackageInputs(StageInputs):
     host: dict[str, Any]  # golden logits are computed here
 
 
-INPUTS: dict[str, type[StageInputs]] = {
-    "finetune": FinetuneInputs,
-    "prune": PruneInputs,
-    "export": ExportInputs,
-    "quantize": QuantizeInputs,
-    "compile": CompileInputs,
-    "benchmark": BenchmarkInputs,
-    "package": PackageInputs,
-}
-
-
 # ------------------------------------------------------------------------------------------------ key material
 
 
 def _marker(model: type[BaseModel], name: str, kind: type) -> Any:
-    info = model.model_fields[name]
-    found = [m for m in info.metadata if isinstance(m, kind)]
-    if not found:  # markers on an Annotated alias that pydantic kept inside the annotation
-        ann = info.annotation
-        if typing.get_origin(ann) is typing.Annotated:
-            found = [m for m in typing.get_args(ann)[1:] if isinstance(m, kind)]
-    return found[0] if found else None
+    """The field's `Unkeyed` or `FileRef` marker (pydantic keeps Annotated metadata on the field), or None."""
+    return next((m for m in model.model_fields[name].metadata if isinstance(m, kind)), None)
 
 
 def _dump(value: Any, *, keyed: bool) -> Any:
@@ -278,18 +261,3 @@ def file_refs(config: BaseModel, prefix: str = "") -> dict[str, str]:
         elif isinstance(v, BaseModel):
             out.update(file_refs(v, f"{prefix}{name}."))
     return out
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaves of a JSON tree by dotted path (for `--explain`)."""
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(tree, list) and tree and any(isinstance(v, dict | list) for v in tree):
-        out = {}
-        for i, v in enumerate(tree):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: tree}

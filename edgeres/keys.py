@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from edgeres.artifact import sha256_json
+from edgeres.artifact import sha256_file, sha256_json
 from edgeres.deps import versions
 
 PACKAGE = Path(__file__).parent
@@ -85,9 +85,5 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[memo] = h.hexdigest()
+        _FILE_DIGESTS[memo] = sha256_file(path)
     return _FILE_DIGESTS[memo]

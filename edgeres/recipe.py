@@ -315,23 +315,26 @@ def format_errors(err: ValidationError, raw: Any, lines: dict[tuple[Any, ...], i
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("root"), str) and not Path(data["root"]).is_absolute():
-        data["root"] = str((base / data["root"]).resolve())
+    """Make the recipe's relative paths (data.root, finetune weights) absolute against its folder, in the file and
+    in each variant's `set` alike (not against wherever edgeres runs)."""
+
+    def resolve(node: dict[str, Any], key: str) -> None:
+        v = node.get(key)
+        if isinstance(v, str) and v not in WEIGHT_WORDS and not Path(v).is_absolute():
+            node[key] = str((base / v).resolve())
+
+    if isinstance(raw.get("data"), dict):
+        resolve(raw["data"], "root")
     for st in raw.get("stages") or []:
         if isinstance(st, dict) and st.get("type") == "finetune":
-            w = st.get("weights")
-            if isinstance(w, str) and w not in WEIGHT_WORDS and not Path(w).is_absolute():
-                st["weights"] = str((base / w).resolve())
-    # A variant's `set` names paths like the file does: relative to the recipe's folder, not to where edgeres runs.
+            resolve(st, "weights")
     for variant in (raw.get("variants") or {}).values():
         sets = variant.get("set") if isinstance(variant, dict) else None
         if not isinstance(sets, dict):
             continue
-        for key, value in sets.items():
-            is_path = key == "data.root" or (key.startswith("stages.") and key.endswith(".weights"))
-            if is_path and isinstance(value, str) and value not in WEIGHT_WORDS and not Path(value).is_absolute():
-                sets[key] = str((base / value).resolve())
+        for key in list(sets):
+            if key == "data.root" or (key.startswith("stages.") and key.endswith(".weights")):
+                resolve(sets, key)
 
 
 def load_recipe(path: Path | str, *, overrides: list[tuple[str, Any]] | None = None) -> Recipe:

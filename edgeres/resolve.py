@@ -85,12 +85,12 @@ def graph_export(export: ExportStage) -> ExportStage:
 GPU_RUNTIMES = ("cuda", "ort-tensorrt", "tensorrt")
 
 
-def device_facts() -> dict[str, Any]:
-    """The NVIDIA device here as TensorRT engines and GPU measurements depend on it, and whether an engine can be
-    built here at all (TensorRT and a GPU or Jetson)."""
+def device_facts(facts: Any = None) -> dict[str, Any]:
+    """The NVIDIA device here (`facts`, else probed) as TensorRT engines and GPU measurements depend on it, and
+    whether an engine can be built here at all (TensorRT and a GPU or Jetson)."""
     from edgeres.tensorrt.facts import probe_device_facts
 
-    facts = probe_device_facts(cuda_context=False)
+    facts = facts or probe_device_facts(cuda_context=False)
     can_build = facts.trt_version is not None and (facts.is_jetson or facts.gpu_name is not None)
     keep = ("gpu_name", "compute_capability", "sm_count", "board", "trt_version", "cuda_version", "driver_version")
     return {"can_build": can_build, **{k: getattr(facts, k) for k in keep}}
@@ -200,10 +200,11 @@ class Resolver:
             from edgeres.tensorrt.facts import probe_device_facts
             from edgeres.tensorrt.timing_cache import shared_timing_cache
 
-            device = device_facts()
+            facts = probe_device_facts(cuda_context=False)
+            device = device_facts(facts)
             if device["can_build"]:
                 extra["device"] = device
-                extra["timing_cache"] = shared_timing_cache(self.cache_dir, probe_device_facts(cuda_context=False))
+                extra["timing_cache"] = shared_timing_cache(self.cache_dir, facts)
             else:  # a kit: only whether TensorRT is here (the log says which of the two is missing)
                 extra["device"] = {"can_build": False, "trt_version": device["trt_version"]}
                 extra["kit"] = KitInputs(recipe=r.name, variant=variant, data=self.data(r))
