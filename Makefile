@@ -12,7 +12,7 @@ STUBS  := typings/tensorrt
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
 .PHONY: install quickstart test test-slow lint format bench bench-precision bench-repro bench-loader bench-tensorrt bench-peers bench-floor clean typings \
-	tensorrt-api
+	tensorrt-api mutate mutate-report docs-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,37 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
+
+# Mutation testing of qdq, keys, bundle/manifest, bundle/tarsafe, onnx_file and recipe_yaml's YAML functions against
+# their fast tests (configuration: [tool.mutmut] in pyproject.toml; results and survivors: tests/MUTANTS.md). Not part
+# of CI: ~N minutes on 2 cores, one worker, niced. Starts afresh (rm -rf mutants); the log is mutants/run.log.
+MUTATE_SCOPE := 'edgeres.qdq.*' 'edgeres.keys.*' 'edgeres.bundle.manifest.*' 'edgeres.bundle.tarsafe.*' \
+	'edgeres.onnx_file.*' 'edgeres.recipe_yaml.x_load_yaml__mutmut_*' 'edgeres.recipe_yaml.x*compose_node__mutmut_*' \
+	'edgeres.recipe_yaml.x_apply_override__mutmut_*' 'edgeres.recipe_yaml.x_parse_set__mutmut_*'
+mutate: install
+	rm -rf mutants && mkdir mutants
+	@echo "mutmut run (log: mutants/run.log)"
+	@start=$$(date +%s); nice -n 15 $(BIN)/mutmut run --max-children 1 $(MUTATE_SCOPE) > mutants/run.log 2>&1 \
+		|| { tail -c 3000 mutants/run.log; exit 1; }; echo "wall time: $$(( $$(date +%s) - start )) s"
+	@$(MAKE) --no-print-directory mutate-report
+
+# The per-module table and every mutant not killed, from the last `make mutate` (the functions out of scope left out).
+# "other" is no tests, not checked, skipped, suspicious or segfault; it counts as survived.
+mutate-report:
+	@printf "%-24s %6s %7s %7s %9s %6s %8s\n" module total killed timeout survived other killed%
+	@$(BIN)/mutmut results --all true | grep -v -e '_list_index__mutmut_' -e '__init____mutmut_' \
+		| sed -E 's/^ *(.*)\.x[^.]*__mutmut_[0-9]+: (.*)$$/\1 \2/' | awk '{ m = $$1; $$1 = ""; st = substr($$0, 2); n[m]++; \
+		  if (st == "killed" || st == "timeout" || st == "survived") c[m, st]++; else c[m, "other"]++ } END { \
+		  for (m in n) printf "%-24s %6d %7d %7d %9d %6d %7.1f%%\n", m, n[m], c[m, "killed"], c[m, "timeout"], \
+		    c[m, "survived"], c[m, "other"], 100 * c[m, "killed"] / n[m] }' | sort
+	@$(BIN)/mutmut results | grep -v -e '_list_index__mutmut_' -e '__init____mutmut_' || true
+
+# The README cannot drift from the CLI: its synopsis against every command's options (both ways), then its `sh` and
+# `python` blocks run against a 1-epoch quickstart build (cache kept in $(DOCS_WORK): a second run skips training).
+DOCS_WORK ?= .docs-check
+docs-check: install
+	$(BIN)/python tests/docs_check.py synopsis
+	$(BIN)/python tests/docs_check.py run --work $(DOCS_WORK)
 
 $(STUBS): | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target typings/.site $(TRT_STUBS)

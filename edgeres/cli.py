@@ -9,15 +9,13 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edgeres import __version__
-from edgeres.errors import EXIT_CODES, EdgeresError, RecipeError
+from edgeres.errors import EXIT_CODES, EdgeresError, UsageError
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
 ENTRY = re.compile(r"^(?P<type>[a-z]+)-(?P<key>[0-9a-f]{64})(?P<suffix>\.partial|\.lock|\.old-\d+)?$")
@@ -98,9 +96,9 @@ def build(
 
     r = _recipe(recipe, sets)
     if explain is not None and not dry_run:
-        raise RecipeError("--explain compares a planned build with the last one; add --dry-run")
+        raise UsageError("--explain compares a planned build with the last one; add --dry-run")
     if explain is not None and explain not in [s.id for s in r.stages]:
-        raise RecipeError(
+        raise UsageError(
             f"--explain {explain!r} is not a stage of this recipe; stages: {', '.join(s.id for s in r.stages)}"
         )
     if nproc is not None and nproc > 1 and dist.world_size() == 1:
@@ -163,23 +161,39 @@ def doctor() -> None:
     click.echo(report())
 
 
-@cli.command(help="Measure one artifact outside a build: an ONNX file, or a torch model folder (model.json).")
+@cli.command(
+    help="Measure one deliverable outside a build: a compiled engine (model.ort.onnx, model.xml, engine.plan), a "
+    "models/<variant>/ folder, a bundle (verified first), an exported model.onnx or a torch model folder."
+)
 @click.argument("artifact", type=click.Path(exists=True))
 @click.option(
     "--runtime",
-    type=click.Choice(["onnxruntime", "openvino", "torch"]),
+    type=click.Choice(["onnxruntime", "openvino", "torch", "tensorrt", "cuda", "ort-tensorrt"]),
     default=None,
-    help="Runtime [default: onnxruntime for ONNX, torch for a model folder].",
+    help="Runtime [default: the one the engine's manifest names, else onnxruntime for ONNX, openvino for an IR, "
+    "tensorrt for a plan, torch for a model folder].",
 )
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe whose data gives accuracy on its test split.")
-@click.option("--threads", type=int, default=None, help="CPU threads [default: all cores].")
-@click.option("--min-queries", type=int, default=100, show_default=True, help="Single-stream minimum query count.")
-@click.option("--min-duration", type=float, default=2.0, show_default=True, help="Single-stream minimum seconds.")
+@click.option(
+    "--name", metavar="VARIANT", help="Name of the result row [default: the variant: the bundle's, else the folder's]."
+)
+@click.option("--key", "keys", multiple=True, type=click.Path(dir_okay=False), help="A bundle's public key (PEM).")
+@click.option("--integrity-only", is_flag=True, help="A bundle: check its files, not its signature.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [default: all cores].")
+@click.option(
+    "--min-queries", type=click.IntRange(min=1), default=100, show_default=True, help="Single-stream minimum queries."
+)
+@click.option(
+    "--min-duration", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Single-stream minimum s."
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a report.json for edgeres compare.")
 def bench(
     artifact: str,
     runtime: str | None,
     recipe: str | None,
+    name: str | None,
+    keys: tuple[str, ...],
+    integrity_only: bool,
     threads: int | None,
     min_queries: int,
     min_duration: float,
@@ -195,12 +209,16 @@ def bench(
         min_queries=min_queries,
         min_duration_s=min_duration,
         json_out=Path(json_out) if json_out else None,
+        name=name,
+        public_keys=[Path(k) for k in keys],
+        integrity_only=integrity_only,
     )
     for r in report["results"]:
         lat, mem, acc = r["latency"], r["memory"], r["accuracy"]
-        top1 = f"top-1 {100 * acc['top1']:.2f}%, " if "top1" in acc else ""
+        top1 = f"top-1 {100 * acc['top1']:.2f}%, " if "top1" in acc else "no accuracy (no --recipe), "
         click.echo(
-            f"{r['runtime']}: {top1}p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
+            f"{r['variant']} on {r['runtime']} ({r['precision']}, engine sha256 {r['artifact']['sha256'][:12]}): "
+            f"{top1}p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
             f"({lat['queries']} queries, {'valid' if lat['valid'] else 'INVALID: ' + str(lat['invalid_reason'])}), "
             f"peak RSS {mem['peak_rss_mb']} MB"
         )
@@ -239,6 +257,11 @@ def bench(
     "reports measured it with the same settings.",
 )
 @click.option("--allow-invalid", is_flag=True, help="Do not fail on latency runs that missed their minimums.")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Do not fail where the base has a row or a figure (top-1, peak RSS) that the new report lacks.",
+)
 def compare(
     base: str,
     new: str,
@@ -247,6 +270,7 @@ def compare(
     max_memory_growth: float,
     max_corruption_drop: float,
     allow_invalid: bool,
+    allow_missing: bool,
 ) -> None:
     from edgeres.errors import RegressionError
     from edgeres.report.compare import compare_reports, load_report
@@ -259,12 +283,13 @@ def compare(
         max_memory_growth=max_memory_growth,
         allow_invalid=allow_invalid,
         max_corruption_drop=max_corruption_drop,
+        allow_missing=allow_missing,
     )
     for line in result.lines:
         click.echo(line)
     if result.regressions:
         raise RegressionError(
-            f"{len(result.regressions)} regression(s):\n" + "\n".join(f"  - {r}" for r in result.regressions)
+            f"{len(result.regressions)} beyond the thresholds:\n" + "\n".join(f"  - {r}" for r in result.regressions)
         )
     click.echo("no regression beyond the thresholds")
 
@@ -291,7 +316,7 @@ def package(
         click.echo(f"bundle {dest}: {manifest['engine']['format']} engine, version {manifest['version']}")
         return
     if src.is_dir():
-        raise RecipeError(
+        raise UsageError(
             f"{src} is a folder but not a device kit with a built engine (kit.json, engine.plan); pass a recipe "
             "file, or a kit folder after `bash build.sh` ran in it on the device"
         )
@@ -312,148 +337,6 @@ def package(
     ).run()
     for vname in result.bundles:
         click.echo(f"bundle {out_dir / 'bundles' / (vname + '.tar')}")
-
-
-@cli.command(help="Make a signing key pair (ECDSA P-256, PEM): NAME.key (private, mode 0600) and NAME.pub.")
-@click.argument("name", type=click.Path(dir_okay=False))
-@click.option("--password-env", metavar="VAR", help="Encrypt the private key with the password in this variable.")
-def keygen(name: str, password_env: str | None) -> None:
-    from edgeres.bundle.sign import generate_key
-
-    password = _password(password_env)
-    base = Path(name)
-    kid = generate_key(
-        base.with_suffix(".key"), base.with_suffix(".pub"), password=password.encode() if password else None
-    )
-    click.echo(f"private key {base.with_suffix('.key')} (keep it secret: never put it in a bundle or a repository)")
-    click.echo(f"public key {base.with_suffix('.pub')} (install it on devices), key id {kid}")
-
-
-def _password(env: str | None) -> str | None:
-    import os
-
-    if env is None:
-        return None
-    if env not in os.environ:
-        raise RecipeError(f"--password-env {env}: the variable is not set")
-    return os.environ[env]
-
-
-@cli.command(help="Sign a bundle (OpenSSF model-signing format, every file covered); replaces an earlier signature.")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
-@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key (PEM).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Signed bundle [default: replace BUNDLE].")
-@click.option("--password-env", metavar="VAR", help="The private key's password is in this variable.")
-def sign(bundle: str, key: str, out: str | None, password_env: str | None) -> None:
-    from edgeres.bundle.sign import sign_bundle
-
-    t0 = time.monotonic()
-    kid = sign_bundle(Path(bundle), Path(key), out=Path(out) if out else None, password=_password(password_env))
-    click.echo(f"signed {out or bundle} with key {kid} in {time.monotonic() - t0:.2f}s")
-
-
-def _verify_options(f: Any) -> Any:
-    f = click.option("--target", help="Refuse a bundle for another target than this one.")(f)
-    f = click.option("--min-version", type=int, help="Refuse a bundle older than this version (anti-rollback).")(f)
-    f = click.option("--integrity-only", is_flag=True, help="No key: check only that files match the manifest.")(f)
-    f = click.option(
-        "--key",
-        "keys",
-        multiple=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="Public key (PEM) of a trusted signer (repeatable: any may have signed).",
-    )(f)
-    return f
-
-
-@contextmanager
-def _opened_bundle(
-    bundle: str, purpose: str, keys: tuple[str, ...], integrity_only: bool, min_version: int | None
-) -> Iterator[Any]:
-    """The bundle checked (signature unless integrity_only, manifest, version) and unpacked into a temporary folder
-    that lives as long as the `with` block."""
-    import tempfile
-
-    from edgeres.bundle.verify import open_bundle
-
-    with tempfile.TemporaryDirectory(prefix=f"edgeres-{purpose}-") as tmp:
-        yield open_bundle(
-            Path(bundle), Path(tmp), public_keys=[Path(k) for k in keys], integrity_only=integrity_only,
-            min_version=min_version,
-        )  # fmt: skip
-
-
-@cli.command(help="Check a bundle before use: safe archive, signature, manifest and every file's sha256, version.")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
-@_verify_options
-@click.option("--load", "load_too", is_flag=True, help="Also load the engine here and run the golden self-test.")
-def verify(
-    bundle: str,
-    keys: tuple[str, ...],
-    integrity_only: bool,
-    min_version: int | None,
-    target: str | None,
-    load_too: bool,
-) -> None:
-    from edgeres.bundle.load import device_differences
-
-    t0 = time.monotonic()
-    with _opened_bundle(bundle, "verify", keys, integrity_only, min_version) as opened:
-        m = opened.manifest
-        by = f"signed by {opened.signed_by}" if opened.signed_by else "integrity only (signature not checked)"
-        click.echo(
-            f"{bundle}: OK, {len(m.files) + 1} files match the manifest; {by}; {m.name}/{m.variant} version "
-            f"{m.version}, target {m.target.get('name')}, {m.engine.format} {m.engine.precision} "
-            f"({time.monotonic() - t0:.2f}s)"
-        )
-        if target is not None or load_too:
-            differences = device_differences(opened, target=target)
-            if differences:
-                from edgeres.errors import BundleError
-
-                raise BundleError(f"{bundle} was not built for this device: " + "; ".join(differences) + ". Refused")
-    if load_too:
-        from edgeres.bundle.load import load
-
-        with load(Path(bundle), public_keys=[Path(k) for k in keys], integrity_only=integrity_only) as model:
-            result = model.self_test()
-        click.echo(f"self-test: {result}")
-
-
-@cli.command(help="Write a verified bundle's engine for firmware: C arrays (or .incbin) + CMake, or raw images.")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["c", "bin"]), required=True, help="C sources, or raw images.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--prefix", default="model", show_default=True, help="Prefix of C names and files.")
-@click.option("--align", type=int, default=64, show_default=True, help="Alignment of engine data in bytes.")
-@click.option("--incbin", is_flag=True, help="C: the engine bytes through an assembler .incbin file (large engines).")
-@_verify_options
-def embed(
-    bundle: str,
-    fmt: str,
-    out: str,
-    prefix: str,
-    align: int,
-    incbin: bool,
-    keys: tuple[str, ...],
-    integrity_only: bool,
-    min_version: int | None,
-    target: str | None,
-) -> None:
-    from edgeres.bundle.embed import embed_bin, embed_c
-    from edgeres.errors import BundleError
-
-    t0 = time.monotonic()
-    with _opened_bundle(bundle, "embed", keys, integrity_only, min_version) as opened:
-        if target is not None and opened.manifest.target.get("name") != target:
-            raise BundleError(f"{bundle} is for target {opened.manifest.target.get('name')}, not {target}; refused")
-        if fmt == "c":
-            written = embed_c(opened, Path(out), prefix=prefix, align=align, incbin=incbin)
-        else:
-            written = embed_bin(opened, Path(out), prefix=prefix, align=align)
-    for p in written:
-        click.echo(f"wrote {p}")
-    click.echo(f"embedded in {time.monotonic() - t0:.2f}s")
 
 
 @cli.group(help="Inspect or clean the artifact cache.")
@@ -495,12 +378,26 @@ def cache_ls(cache_path: str | None) -> None:
     click.echo(f"{len([e for e in entries if not e.name.endswith('.lock')])} entries, {total / 1e6:.1f} MB in {root}")
 
 
-@cache.command("clean", help="Remove cache entries (all, or only unfinished ones with --partial).")
+@cache.command(
+    "clean",
+    help="Remove cache entries: all (listed first; asks on a terminal, needs --yes elsewhere), or only unfinished "
+    "ones with --partial (no confirmation).",
+)
 @click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="Cache folder.")
 @click.option("--partial", is_flag=True, help="Remove only unfinished entries (killed builds), keep finished ones.")
-def cache_clean(cache_path: str | None, partial: bool) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="Only list what would be removed (entries, sizes, total); remove nothing."
+)
+@click.option(
+    "--yes", is_flag=True, help="Remove without asking; needed to remove all entries when stdin is not a terminal."
+)
+def cache_clean(cache_path: str | None, partial: bool, dry_run: bool, yes: bool) -> None:
     """Entries are removed under their lock: an entry a running build holds (writing it, its .partial folder, its
-    lock file) is skipped and named, never pulled from under the build."""
+    lock file) is skipped and named, never pulled from under the build.
+
+    Removing everything (no --partial) lists what would go, then asks on a terminal (answering no removes nothing
+    and exits 0) and needs --yes elsewhere (else exit 2): the default cache is shared by every build on the
+    machine. --partial removes only what killed builds left, without asking."""
     from edgeres.locks import lock_holder, try_lock
 
     root = _cache_dir(cache_path)
@@ -511,6 +408,22 @@ def cache_clean(cache_path: str | None, partial: bool) -> None:
         unfinished = m is not None and (m["suffix"] or "").startswith((".partial", ".old"))
         if m is not None and (unfinished or not partial):
             groups.setdefault(f"{m['type']}-{m['key']}", []).append(p)
+    if dry_run or not (partial or yes):
+        what, total = _list_doomed(root, groups, partial=partial, default=cache_path is None)
+        if dry_run:
+            click.echo("dry run: nothing was removed")
+            return
+        if not what:
+            return
+        if not _stdin_is_tty():
+            raise UsageError(
+                f"cache clean would remove {what} ({total / 1e6:.1f} MB, listed above) from {root}, and stdin is "
+                "not a terminal to confirm on: pass --yes to remove them, --dry-run to only list them, or --partial "
+                "to remove only what killed builds left"
+            )
+        if not click.confirm(f"remove {what} ({total / 1e6:.1f} MB) from {root}?", default=False):
+            click.echo("nothing was removed")
+            return
     for name, doomed in groups.items():
         lock = root / f"{name}.lock"
         existed = lock.exists()
@@ -537,6 +450,48 @@ def cache_clean(cache_path: str | None, partial: bool) -> None:
     click.echo(f"removed {removed} entries, freed {freed / 1e6:.1f} MB from {root}{held_note}")
 
 
+def _stdin_is_tty() -> bool:
+    """Whether a person can answer a prompt (tests replace this)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _entry_part(name: str) -> str:
+    """What a cache path is, in `cache ls`'s words: done (a committed folder), partial, stale (.old-PID), lock."""
+    m = ENTRY.match(name)
+    suffix = (m["suffix"] if m else None) or ""
+    return {"": "done", ".partial": "partial", ".lock": "lock"}.get(suffix, "stale")
+
+
+def _list_doomed(root: Path, groups: dict[str, list[Path]], *, partial: bool, default: bool) -> tuple[str, int]:
+    """Print what `cache clean` would remove from `root` (each entry's parts and size, and the decoded data sets
+    unless `partial`); returns (what, in words: "" when nothing, and its bytes)."""
+    where = f"{root} (the default cache: every build without --cache shares it)" if default else str(root)
+    rows, total = [], 0
+    for name, paths in groups.items():
+        m = ENTRY.match(name)
+        assert m is not None
+        size = sum(_size(p) for p in paths)
+        kinds = " + ".join(_entry_part(p.name) for p in paths)
+        rows.append(f"  {m['type']:<10} {m['key'][:16]}  {kinds:<22} {size / 1e6:9.1f} MB")
+        total += size
+    data = root / "data"
+    with_data = not partial and data.is_dir()
+    if with_data:
+        size = _size(data)
+        rows.append(f"  {'data':<10} {'(decoded data sets)':<40} {size / 1e6:9.1f} MB")
+        total += size
+    if not rows:
+        click.echo(f"nothing to remove in {where}")
+        return "", 0
+    what = f"{len(groups)} entries" + (" and the decoded data sets" if with_data else "")
+    click.echo(f"would remove from {where}:")
+    for row in rows:
+        click.echo(row)
+    held = "; an entry a running build holds is skipped when removing" if groups else ""
+    click.echo(f"{what}, {total / 1e6:.1f} MB in all{held}")
+    return what, total
+
+
 def _relaunch_under_torchrun(nproc: int, max_restarts: int) -> None:
     """Run this same command under torchrun with N processes on this machine (without --nproc), and exit with its
     exit code. torchrun restarts the group at most `max_restarts` times after a process dies."""
@@ -560,6 +515,11 @@ def _relaunch_under_torchrun(nproc: int, max_restarts: int) -> None:
     sys.exit(subprocess.run(cmd, check=False).returncode)
 
 
+from edgeres.cli_bundle import COMMANDS  # noqa: E402  (the bundle commands, registered on the group above)
+
+for _command in COMMANDS:
+    cli.add_command(_command)
+
 _ARGV: list[str] = []  # the command line main() was given (what --nproc relaunches)
 
 
@@ -574,8 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except EdgeresError as exc:
-        kind = "recipe error" if isinstance(exc, RecipeError) else "error"
-        click.echo(f"edgeres: {kind}: {exc}", err=True)
+        click.echo(f"edgeres: {exc.kind}: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted; completed stages are cached and a re-run resumes", err=True)

@@ -1,14 +1,19 @@
 """`edgeres doctor`: what this machine can do with edgeres, and how to install what is missing.
 
 Reads package metadata without importing heavy packages, except to ask the runtimes that are installed which
-devices they see (ONNX Runtime providers, OpenVINO devices, CUDA through torch, TensorRT's version).
+devices they see (ONNX Runtime providers, OpenVINO devices and CPU capabilities, CUDA through torch, TensorRT's
+version). Also reports the CPU's instruction sets that decide the runtimes' kernels (from /proc/cpuinfo) and what
+edgeres and the runtimes do with them, and the firmware toolchain for `edgeres embed`'s output (gcc, as, cmake).
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from edgeres.deps import available, install_hint, version_of
@@ -74,6 +79,7 @@ def report() -> str:
         lines.append(
             "  openvino devices: " + _probe(lambda: ", ".join(__import__("openvino").Core().available_devices))
         )
+        lines.append("  openvino CPU: " + _probe(_openvino_cpu))
     if available("torch"):
         lines.append("  torch CUDA: " + _probe(_torch_cuda))
     if shutil.which("nvidia-smi"):
@@ -82,6 +88,8 @@ def report() -> str:
         lines.append("  tensorrt: " + _probe(_tensorrt))
     else:
         lines.append("  tensorrt: not installed; TensorRT targets cannot build engines on this machine")
+    lines += ["", *isa_report(read_cpu_flags())]
+    lines += ["", *toolchain_report()]
     if missing:
         lines += ["", "to install what is missing:"]
         for mod, _ in missing:
@@ -112,3 +120,132 @@ def _nvidia_smi() -> str:
         check=False,
     )
     return out.stdout.strip().replace("\n", "; ") or out.stderr.strip()
+
+
+def _openvino_cpu() -> str:
+    """What OpenVINO itself says about this CPU: what edgeres asks before running bf16 or fp16, and OpenVINO's own
+    default inference precision (which edgeres never uses: it always sets one)."""
+    core = __import__("openvino").Core()
+    caps = ", ".join(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    default = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+    default = getattr(default, "get_type_name", lambda: str(default))()
+    return f"capabilities {caps}; OpenVINO's default inference precision here: {default} (edgeres sets its own)"
+
+
+# The x86 instruction sets that decide which inference kernels ONNX Runtime and OpenVINO run: (cpuinfo flag, name).
+INFERENCE_ISA: list[tuple[str, str]] = [
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512 (F)"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx512_bf16", "AVX512_BF16"),
+    ("amx_tile", "AMX-TILE"),
+    ("amx_int8", "AMX-INT8"),
+    ("amx_bf16", "AMX-BF16"),
+]
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """The x86 CPU flags in /proc/cpuinfo text (its first `flags` line), or None where there is none (not x86, or
+    not Linux's format: an Arm CPU lists `Features` instead)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def read_cpu_flags() -> frozenset[str] | None:
+    """This CPU's x86 flags on Linux; None elsewhere or where /proc/cpuinfo cannot be read or has none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
+def isa_report(flags: frozenset[str] | None) -> list[str]:
+    """The inference instruction sets of a CPU with these flags (None: unknown), and what ONNX Runtime, OpenVINO
+    and edgeres do with them."""
+    lines = ["CPU instruction sets for inference (from /proc/cpuinfo):"]
+    if flags is None:
+        where = "not Linux" if not sys.platform.startswith("linux") else "no x86 `flags` line in /proc/cpuinfo"
+        lines += [f"  {name:<14} unknown" for _, name in INFERENCE_ISA]
+        lines.append(f"  ({where}: these x86 instruction sets are unknown here, and so is what the runtimes pick)")
+        return lines
+    lines += [f"  {name:<14} {'yes' if flag in flags else 'no'}" for flag, name in INFERENCE_ISA]
+    has = flags.__contains__
+    vnni = has("avx512_vnni") or has("avx_vnni")
+    bf16 = has("avx512_bf16") or has("amx_bf16")
+    lines.append("what the runtimes do with them:")
+    if vnni:
+        lines.append(
+            "  ONNX Runtime INT8: VNNI kernels (" + ("AVX-512 VNNI" if has("avx512_vnni") else "AVX-VNNI")
+            + "): u8 x s8 products summed straight into int32, no intermediate saturation"
+        )  # fmt: skip
+    elif has("avx2"):
+        lines.append(
+            "  ONNX Runtime INT8: no VNNI, so AVX2 u8 x s8 kernels (VPMADDUBSW): products are summed in pairs into "
+            "saturating int16, so INT8 answers can differ from a VNNI CPU's (README, Reproducibility)"
+        )
+    else:
+        lines.append("  ONNX Runtime INT8: neither VNNI nor AVX2; edgeres has not measured INT8 on such a CPU")
+    if has("amx_int8"):
+        lines.append(
+            "    AMX-INT8 is present: recent ONNX Runtime versions may use AMX kernels (not checked by edgeres)"
+        )
+    lines.append(
+        "    INT8 answers follow these kernels, so edgeres keys the quantize stage on this CPU's instruction-set "
+        "flags and judges INT8 accuracy with this CPU's kernels; a bundle's self-test allows 10% of the largest "
+        "|logit| for int8 engines"
+    )
+    if bf16:
+        lines.append(
+            "  OpenVINO: with AVX512_BF16 or AMX its default CPU inference precision is bf16 (logits measured 4e-3 "
+            "to 0.1 away from f32); edgeres never uses that default: it sets f32 (execution mode ACCURACY) unless "
+            "the recipe asks for bf16 (stages.compile.precision: bf16), and checks the precision OpenVINO compiled to"
+        )
+    else:
+        lines.append(
+            "  OpenVINO: without AVX512_BF16 or AMX its default CPU inference precision is f32; edgeres sets f32 "
+            "(execution mode ACCURACY) explicitly anyway"
+        )
+        lines.append(
+            "    bf16 asked for here (stages.compile.precision: bf16): OpenVINO would silently run f32, so edgeres "
+            "asks OpenVINO's CPU capabilities for BF16 first: compile writes the IR but cannot check it here, the "
+            "benchmark leaves it unmeasured (saying why), quantize and a latency-budget prune stop (exit 3), "
+            "`edgeres.load` and `verify --load` refuse the bundle (exit 9), and a model OpenVINO compiled to another "
+            "precision than asked is refused (exit 3)"
+        )
+    return lines
+
+
+# The tools that build `edgeres embed`'s output into firmware: (names to look for, what for, Debian/Ubuntu package).
+TOOLCHAIN: list[tuple[tuple[str, ...], str, str]] = [
+    (("gcc", "cc"), "compiles embed's C sources (tests/test_embed.py builds them with gcc -std=c11)", "gcc"),
+    (("as",), "assembles the .S file embed --incbin writes (GNU as or LLVM, ELF targets)", "binutils"),
+    (("cmake",), "builds the <prefix>.cmake snippet embed writes into a firmware project", "cmake"),
+]
+
+
+def toolchain_report() -> list[str]:
+    """Whether gcc (or cc), as and cmake are found, with their version lines. edgeres itself runs none of them:
+    they are what a firmware build (and tests/test_embed.py) needs."""
+    lines = ["firmware toolchain (for `edgeres embed` output; edgeres itself does not run it):"]
+    for names, purpose, package in TOOLCHAIN:
+        found = next(((n, p) for n in names if (p := shutil.which(n))), None)
+        if found is None:
+            lines.append(
+                f"  {' or '.join(names):<8} not found; it {purpose}; install it where you build firmware "
+                f"(Debian/Ubuntu: apt-get install {package})"
+            )
+            continue
+        lines.append(f"  {found[0]:<8} {_probe(functools.partial(_version_line, found[1]))}; {purpose}")
+    return lines
+
+
+def _version_line(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else f"found at {path} (no version printed)"

@@ -11,51 +11,70 @@ import errno
 
 
 class EdgeresError(Exception):
-    """A problem the user can fix. The message says what happened, the value seen, what is allowed and the fix."""
+    """A problem the user can fix. The message says what happened, the value seen, what is allowed and the fix.
+
+    `kind` is the prefix the CLI prints (`edgeres: <kind>: <message>`): each class names one kind of problem, so the
+    prefix says what was wrong."""
 
     exit_code = 3
+    kind = "error"
+
+
+class UsageError(EdgeresError):
+    """A command or Python API call was given something it cannot use (a missing or existing file, a bad option
+    value, a file of the wrong kind); nothing has run. Not about a recipe: that is RecipeError."""
+
+    exit_code = 2
+    kind = "usage error"
 
 
 class RecipeError(EdgeresError):
     """The recipe or the command line is invalid; nothing has run."""
 
     exit_code = 2
+    kind = "recipe error"
 
 
 class MissingDependencyError(EdgeresError):
     """An optional package that this step needs is not installed."""
 
     exit_code = 4
+    kind = "missing package"
 
 
 class DataError(EdgeresError):
     """The data set cannot be read or is unusable (missing folder, no images, NaN inputs...)."""
 
     exit_code = 5
+    kind = "data error"
 
 
 class StageError(EdgeresError):
     """A stage ran and its result failed a check (parity, accuracy budget, Q/DQ rules...)."""
 
     exit_code = 3
+    kind = "stage failed"
 
 
 class CacheError(EdgeresError):
     """The artifact cache is unusable (locked by another build, corrupt entry, missing input for --from)."""
 
     exit_code = 6
+    kind = "cache error"
 
 
 class StorageError(EdgeresError):
     """A write failed (disk full, quota, file-size limit, read-only file system): committed artifacts are intact."""
 
     exit_code = 8
+    kind = "write failed"
 
 
 class RegressionError(EdgeresError):
     """`edgeres compare` found a regression beyond its thresholds."""
 
     exit_code = 7
+    kind = "regression"
 
 
 # The errno values of a write that failed for want of room or permission (not a bug in edgeres, not bad input).
@@ -80,6 +99,7 @@ class BundleError(EdgeresError):
     the wrong signature, an older version than allowed, or built for another target or device."""
 
     exit_code = 9
+    kind = "bundle refused"
 
 
 EXIT_CODES: dict[int, str] = {

@@ -244,7 +244,7 @@ def test_wrong_key_missing_signature_and_no_key(bundles: dict[str, Path], keys: 
     assert "is not signed (no signature.sig)" in unsigned.stderr
     nokey = run_cli("verify", str(bundles["unsigned"]))
     assert nokey.code == 2
-    assert "pass --key PUBLIC.pem" in nokey.stderr
+    assert "(CLI: --key PUBLIC.pem, repeatable" in nokey.stderr
     integrity = run_cli("verify", str(bundles["unsigned"]), "--integrity-only")
     assert integrity.code == 0
     assert "integrity only (signature not checked)" in integrity.stdout
@@ -392,14 +392,59 @@ def test_load_predicts_with_the_manifest_preprocessing(bundles: dict[str, Path],
 
 
 def test_predict_refuses_what_the_model_does_not_take(bundles: dict[str, Path]) -> None:
+    """Bad input to the Python API is an edgeres UsageError saying what to pass, never a runtime's raw error."""
     import edgeres
-    from edgeres.errors import DataError
+    from edgeres.errors import UsageError
 
     with edgeres.load(bundles["unsigned"], integrity_only=True) as model:
-        with pytest.raises(DataError, match="images must be uint8 RGB pixels"):
+        with pytest.raises(UsageError, match="images must be uint8 RGB pixels"):
             model.predict(images(2).astype(np.float32))
-        with pytest.raises(DataError, match=r"the model takes RGB images of 16x16"):
+        with pytest.raises(UsageError, match=r"the model takes RGB images of 16x16"):
             model.predict(np.zeros((2, 3, 8, 8), dtype=np.uint8))
+        with pytest.raises(UsageError, match=r"predict\(\) was given no images"):
+            model.predict(np.zeros((0, 3, 16, 16), dtype=np.uint8))
+        with pytest.raises(UsageError, match=r"logits\(\) takes preprocessed float32 inputs; these are uint8"):
+            model.logits(images(2))
+        with pytest.raises(UsageError, match=r"logits\(\) was given an empty batch"):
+            model.logits(np.zeros((0, 3, 16, 16), dtype=np.float32))
+        with pytest.raises(UsageError, match=r"logits\(\) takes a batch of shape \(N, 3, 16, 16\); got \(2, 3, 8, 8\)"):
+            model.logits(np.zeros((2, 3, 8, 8), dtype=np.float32))
+        for bad in (0, 5, True, 1.5):
+            with pytest.raises(UsageError, match="top_k="):
+                model.predict(images(1), top_k=bad)  # type: ignore[arg-type]
+    for options in ({"threads": 0}, {"min_version": -1}):
+        with pytest.raises(UsageError):
+            edgeres.load(bundles["unsigned"], integrity_only=True, **options)  # type: ignore[arg-type]
+
+
+def test_predict_gives_the_top_k_classes(bundles: dict[str, Path]) -> None:
+    import edgeres
+
+    x = images(6, seed=3)
+    with edgeres.load(bundles["unsigned"], integrity_only=True) as model:
+        one = model.predict(x)
+        three = model.predict(x, top_k=3)
+    order = np.argsort(-three.logits, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(three.top_indices, order)
+    np.testing.assert_array_equal(three.top_indices[:, 0], one.indices)
+    np.testing.assert_array_equal(three.top_scores[:, 0], one.scores)
+    assert np.all(np.diff(three.top_scores, axis=1) <= 0)  # most probable first
+    assert three.top_labels == [[CLASSES[i] for i in row] for row in order]
+    assert one.top_indices.shape == (6, 1)
+
+
+def test_the_public_api_has_explicit_signatures() -> None:
+    """`edgeres.load` shows its options (no **options), with threads=1 documented."""
+    import inspect
+
+    import edgeres
+
+    params = inspect.signature(edgeres.load).parameters
+    assert list(params) == [
+        "bundle", "public_keys", "integrity_only", "min_version", "target", "threads", "self_test"
+    ]  # fmt: skip
+    assert params["threads"].default == 1
+    assert "threads" in (edgeres.load.__doc__ or "")
 
 
 def test_load_refuses_another_target_naming_it(bundles: dict[str, Path]) -> None:
@@ -481,7 +526,7 @@ def test_signing_with_an_encrypted_key(tmp_path: Path, monkeypatch: pytest.Monke
     wrong = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"), "--password-env", "KP")
     assert wrong.code == 2 and "the password does not decrypt it" in wrong.stderr
     none = run_cli("sign", str(bundle), "--key", str(tmp_path / "enc.key"))
-    assert none.code == 2 and "pass --password-env VAR" in none.stderr, none.stderr
+    assert none.code == 2 and "(CLI: --password-env VAR" in none.stderr, none.stderr
 
 
 def test_load_cleans_up_after_itself_and_takes_one_key_as_a_path(
@@ -510,3 +555,124 @@ def test_load_cleans_up_after_itself_and_takes_one_key_as_a_path(
     out = subprocess.run([sys.executable, "-c", script, str(bundles["unsigned"])], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert not Path(out.stdout.strip()).exists()
+
+
+# ------------------------------------------------------------------------------------- verify and embed wording
+
+
+def with_signature(src: Path, dest: Path, signature: bytes) -> Path:
+    """A copy of bundle `src` whose signature.sig holds `signature` (the other members unchanged)."""
+    from edgeres.bundle.tarsafe import write_tar
+
+    work = dest.parent / f".{dest.name}.members"
+    work.mkdir()
+    files = []
+    for m in members(src):
+        path = work / m.name.replace("/", "__")
+        path.write_bytes(signature if m.name == SIGNATURE else read_member(src, m.name))
+        files.append((m.name, path))
+    write_tar(dest, files)
+    return dest
+
+
+def test_verify_prints_no_ok_before_a_refusal(bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify --target X` printed "OK, 9 files match" and then refused with exit 9; so did `--load` before a failed
+    self-test. OK is printed only once every check passed."""
+    res = run_cli("verify", str(bundles["unsigned"]), "--integrity-only", "--target", "cpu-openvino")
+    assert res.code == 9
+    assert res.stdout == ""
+    assert "was not built for this device: target: the bundle is for cpu-onnxruntime" in res.stderr
+    from edgeres.bundle.load import Model
+
+    def failing(self: Any) -> dict[str, Any]:
+        raise BundleError("boot self-test failed: logits differ (test)")
+
+    monkeypatch.setattr(Model, "self_test", failing)
+    res = run_cli("verify", str(bundles["unsigned"]), "--integrity-only", "--load")
+    assert res.code == 9
+    assert res.stdout == ""
+    assert "boot self-test failed" in res.stderr
+    ok = run_cli("verify", str(bundles["unsigned"]), "--integrity-only", "--target", "cpu-onnxruntime")
+    assert ok.code == 0, ok.stderr
+    assert ok.stdout.startswith(f"{bundles['unsigned']}: OK, 9 files match the manifest")
+
+
+def test_verify_and_embed_refuse_an_unknown_target_as_usage(bundles: dict[str, Path], tmp_path: Path) -> None:
+    for cmd in (["verify"], ["embed", "--format", "c", "--out", str(tmp_path / "fw")]):
+        res = run_cli(*cmd, str(bundles["unsigned"]), "--integrity-only", "--target", "foo")
+        assert res.code == 2, res.stderr
+        assert res.stdout == ""
+        assert res.stderr.startswith(
+            "edgeres: usage error: --target 'foo' is not a target edgeres knows: pass one of cpu-onnxruntime, "
+            "cpu-openvino, jetson-orin, nvidia-gpu"
+        )
+    assert not (tmp_path / "fw").exists()
+    # A recipe's own target is known to the bundles built for it.
+    custom = make_bundle(tmp_path / "custom.tar", info={"target": {"name": "my-board"}})
+    res = run_cli("verify", str(custom), "--integrity-only", "--target", "my-board")
+    assert res.code == 0, res.stderr
+    res = run_cli("verify", str(custom), "--integrity-only", "--target", "my-other-board")
+    assert res.code == 2
+    assert "pass one of cpu-onnxruntime, cpu-openvino, jetson-orin, my-board, nvidia-gpu" in res.stderr
+
+
+def test_min_version_must_not_be_negative(bundles: dict[str, Path]) -> None:
+    res = run_cli("verify", str(bundles["unsigned"]), "--integrity-only", "--min-version", "-1")
+    assert res.code == 2
+    assert "Invalid value for '--min-version': -1 is not in the range 0<=x<=4294967295" in res.stderr
+    assert res.stdout == ""
+
+
+def test_integrity_only_warns_about_a_signature_it_did_not_check(
+    bundles: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    res = run_cli("verify", str(bundles["signed"]), "--integrity-only")
+    assert res.code == 0, res.stderr
+    assert "integrity only (signature present, not checked)" in res.stdout
+    assert res.stderr.startswith(f"warning: {bundles['signed']} carries a signature ({SIGNATURE}) and")
+    assert "so it was not checked: the files match the manifest, but who made them is unknown" in res.stderr
+    assert "cannot even be read" not in res.stderr
+    garbage = with_signature(bundles["signed"], tmp_path / "garbage.tar", b"\x00not a signature\xff")
+    res = run_cli("verify", str(garbage), "--integrity-only")
+    assert res.code == 0, res.stderr  # integrity only was asked for, and the files match
+    assert "cannot even be read as a model-signing signature" in res.stderr
+    assert "Pass --key PUBLIC.pem to check the signature" in res.stderr
+    assert run_cli("verify", str(garbage), "--key", str(keys["pub"])).code == 9
+    res = run_cli("embed", str(garbage), "--format", "bin", "--out", str(tmp_path / "fw"), "--integrity-only")
+    assert res.code == 0, res.stderr
+    assert "cannot even be read as a model-signing signature" in res.stderr
+    unsigned = run_cli("verify", str(bundles["unsigned"]), "--integrity-only")
+    assert unsigned.stderr == ""  # nothing to warn about: there is no signature
+
+
+def test_verify_load_prints_a_readable_summary(bundles: dict[str, Path]) -> None:
+    res = run_cli("verify", str(bundles["unsigned"]), "--integrity-only", "--load")
+    assert res.code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3, res.stdout
+    assert lines[0].startswith(f"{bundles['unsigned']}: OK, 9 files match the manifest")
+    assert lines[1].startswith("loaded: onnx engine engine/model.ort.onnx on onnxruntime ")
+    assert lines[1].endswith(" (fp32)")
+    assert lines[2].startswith("self-test: passed on 3 golden images: logits within ")
+    assert "top-1 class the same on every image" in lines[2]
+    assert "{" not in res.stdout and "'ran'" not in res.stdout
+
+
+def test_embed_refuses_a_prefix_it_would_change_and_a_bad_alignment(bundles: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "fw"
+    for prefix, suggested in (("my-model", "my_model"), ("Model", "model"), ("int", "m_int"), ("9lives", "m_9lives")):
+        res = run_cli("embed", str(bundles["unsigned"]), "--format", "c", "--out", str(out), "--prefix", prefix,
+                      "--integrity-only")  # fmt: skip
+        assert res.code == 2, res.stderr
+        assert res.stderr.startswith(f"edgeres: usage error: --prefix {prefix!r} cannot be used as it is")
+        assert res.stderr.rstrip().endswith(f"pass --prefix {suggested}")
+    for align in ("3", "0", "8192"):
+        res = run_cli("embed", str(bundles["unsigned"]), "--format", "bin", "--out", str(out), "--align", align,
+                      "--integrity-only")  # fmt: skip
+        assert res.code == 2, res.stderr
+        assert res.stderr.startswith(f"edgeres: usage error: --align {align}: the alignment must be a power of two")
+    assert not out.exists()
+    res = run_cli("embed", str(bundles["unsigned"]), "--format", "c", "--out", str(out), "--prefix", "my_model",
+                  "--integrity-only")  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert (out / "my_model.h").is_file()

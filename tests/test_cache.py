@@ -181,7 +181,7 @@ def test_from_on_the_cli_exits_6(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
     res = run_cli("build", str(path), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--from", "export")
     assert res.code == 6
-    assert res.stderr.startswith("edgeres: error: --from export needs finetune's output in the cache")
+    assert res.stderr.startswith("edgeres: cache error: --from export needs finetune's output in the cache")
     assert "Traceback" not in res.stderr
 
 
@@ -331,8 +331,8 @@ def test_tampered_entry_exits_6_on_the_cli(finetune_cache_copy: Path, tmp_path: 
     res = run_cli("build", str(path), "--cache", str(finetune_cache_copy), "--out", str(tmp_path / "o"))
     assert res.code == 6
     assert res.stderr == (
-        f"edgeres: error: artifact {final} does not match its sidecar (changed, missing or extra: model.json); it "
-        "was modified after it was written. Remove it with `edgeres cache clean` and rebuild.\n"
+        f"edgeres: cache error: artifact {final} does not match its sidecar (changed, missing or extra: model.json); "
+        "it was modified after it was written. Remove it with `edgeres cache clean` and rebuild.\n"
     )
 
 
@@ -439,8 +439,8 @@ def test_deliverables_outside_the_hashed_files_are_refused(
     res = run_cli(*args, "--quiet")
     assert res.code == 6
     assert res.stderr == (
-        f"edgeres: error: cache entry {final} is corrupt: its sidecar names {deliverable!r} as a deliverable, which "
-        "is not one of the files it hashed (model.json, model.pt). Rebuild it with `edgeres build RECIPE --force "
+        f"edgeres: cache error: cache entry {final} is corrupt: its sidecar names {deliverable!r} as a deliverable, "
+        "which is not one of the files it hashed (model.json, model.pt). Rebuild it with `edgeres build RECIPE --force "
         "finetune`, or remove it with `edgeres cache clean`.\n"
     )
     assert not out.exists()  # checked before anything is written

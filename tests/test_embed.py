@@ -1,11 +1,14 @@
 """Firmware embedding: the generated C compiles warning-free (C11), the .incbin variant assembles, a small C program
 checks alignment, recomputes CRC-32, parses the raw image's header and writes the engine's bytes back out; those
-bytes equal the engine file and give the engine's logits. Needs gcc (the CI script installs it where missing)."""
+bytes equal the engine file and give the engine's logits; the C arrays of a 2 MB engine compile at -O2 in memory
+proportionate to it. Needs gcc (the CI script installs it where missing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,8 @@ import pytest
 from bundle_fixtures import make_bundle
 from conftest import REPO, run_cli
 
-from edgeres.bundle.embed import c_identifier, parse_bin_header
+from edgeres.bundle.embed import c_identifier, embed_bin, embed_c, parse_bin_header
+from edgeres.bundle.verify import open_bundle
 from edgeres.errors import BundleError
 from edgeres.runtimes import open_runner
 
@@ -95,7 +99,7 @@ def test_embedded_engine_compiles_checks_and_round_trips(
 ) -> None:
     bundle, pub = signed[runtime], str(signed["pub"])
     out = tmp_path / "fw"
-    args = ["--out", str(out), "--prefix", "my-model", "--align", str(align), "--key", pub]
+    args = ["--out", str(out), "--prefix", "my_model", "--align", str(align), "--key", pub]
     res = run_cli("embed", str(bundle), "--format", "c", *args, *(["--incbin"] if incbin else []))
     assert res.code == 0, res.stderr
     res = run_cli("embed", str(bundle), "--format", "bin", *args)
@@ -111,6 +115,8 @@ def test_embedded_engine_compiles_checks_and_round_trips(
     for ident in idents:
         assert (f"{ident}[{ident.upper()}_SIZE] = {{" in source) != incbin  # the bytes: in C, or pulled in by .S
         assert (incbin and f'.incbin "{ident}.dat"' in (out / "my_model_blobs.S").read_text()) or not incbin
+    if incbin:  # assembled below from tmp_path, not from out: found through -I, as the .S says
+        assert "assemble it with\n   -I <this folder> unless run from it" in (out / "my_model_blobs.S").read_text()
     written = build_and_run(tmp_path, out, "my_model", bins, incbin=incbin)
     originals = [extracted(bundle, f, tmp_path / f"orig-{f}") for f in files]
     for w, o in zip(written, originals, strict=True):
@@ -124,6 +130,51 @@ def test_embedded_engine_compiles_checks_and_round_trips(
         written[1].rename(tmp_path / "written.bin")
         got = logits(written[0].rename(tmp_path / "written.xml"), fmt, x)
     np.testing.assert_array_equal(got, logits(originals[0], fmt, x))
+
+
+# Runs argv in a process of its own and prints its exit code and the peak resident memory in bytes of it and its
+# descendants (gcc's cc1 and as): RUSAGE_CHILDREN is cumulative over a process's life, so pytest's own earlier
+# children would count in it.
+PEAK_RSS = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(done.returncode, peak if sys.platform == "darwin" else peak * 1024)
+"""
+
+
+def test_c_arrays_compile_in_memory_proportionate_to_the_engine(signed: dict[str, Path], tmp_path: Path) -> None:
+    """The C arrays of a 2 MiB engine through gcc -O2 peak at most 40x the engine's size: written as a {0x12, ...}
+    list, gcc 12 took 125x (250 MiB; 3.8 GB for the quickstart's 24 MB engine), as string literals 26x (52 MiB, about
+    20 of them gcc's floor). The compiled array holds the engine's bytes."""
+    work = tmp_path / "open"
+    work.mkdir()
+    opened = open_bundle(signed["onnxruntime"], work, integrity_only=True)
+    blob = np.random.default_rng(0).integers(0, 256, 2 << 20, dtype=np.uint8).tobytes()
+    opened.path("engine/model.ort.onnx").write_bytes(blob)  # after the checks: embed reads the engine from here
+    out = tmp_path / "fw"
+    embed_c(opened, out)
+    embed_bin(opened, out)
+    cmd = [*GCC[:-1], "-O2", "-c", str(out / "model.c"), "-o", str(tmp_path / "model.o")]
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rc, peak = (int(v) for v in done.stdout.split())
+    assert rc == 0, done.stderr
+    assert peak <= 40 * len(blob), f"gcc -O2 peaked at {peak / 2**20:.0f} MiB for a {len(blob) / 2**20:.0f} MiB engine"
+    (written,) = build_and_run(tmp_path, out, "model", [out / "model_model_ort_onnx.bin"], incbin=False)
+    assert written.read_bytes() == blob
+
+
+def test_c_of_a_bundle_without_golden_inputs_compiles(signed: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "open"
+    work.mkdir()
+    opened = open_bundle(signed["onnxruntime"], work, integrity_only=True)
+    opened = dataclasses.replace(opened, manifest=opened.manifest.model_copy(update={"golden": None}))
+    embed_c(opened, tmp_path / "fw")
+    assert "#define MODEL_GOLDEN_COUNT 0u" in (tmp_path / "fw" / "model.h").read_text()
+    cmd = [*GCC, "-c", str(tmp_path / "fw" / "model.c"), "-o", str(tmp_path / "model.o")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_raw_image_header_is_as_documented(signed: dict[str, Path], tmp_path: Path) -> None:

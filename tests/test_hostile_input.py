@@ -256,7 +256,7 @@ def test_finetune_refuses_a_pickle_payload_checkpoint_and_runs_nothing(tmp_path:
     res = run_cli("build", str(path), "--cache", str(cache), "--out", str(out), "--quiet")
     assert res.code == 3
     assert res.stderr.startswith(
-        f"edgeres: error: cannot load {str(weights)!r} as a tensors-only checkpoint (UnpicklingError: "
+        f"edgeres: stage failed: cannot load {str(weights)!r} as a tensors-only checkpoint (UnpicklingError: "
     )
     assert res.stderr.endswith(
         "edgeres never unpickles code: save a plain state dict with torch.save(model.state_dict(), path)\n"
@@ -290,7 +290,7 @@ def test_checkpoint_of_another_architecture_fails_the_build_with_exit_3(tmp_path
     path = write_recipe(tmp_path / "r.yaml", finetune_only(weights=str(weights), epochs=0))
     res = run_cli("build", str(path), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet")
     assert res.code == 3
-    assert res.stderr.startswith(f"edgeres: error: weights from {weights} do not fit this architecture: ")
+    assert res.stderr.startswith(f"edgeres: stage failed: weights from {weights} do not fit this architecture: ")
     assert res.stderr.endswith("; check model.arch\n")
     assert not (tmp_path / "out").exists()
 

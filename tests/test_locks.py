@@ -90,7 +90,7 @@ def test_lock_wait_times_out_naming_the_holder(tmp_path: Path, hold: type) -> No
     args = ["build", str(path), "--cache", str(cache), "--out", str(tmp_path / "out"), "--until", "finetune"]
     res = run_cli(*args, "--quiet", "--lock-timeout", "0.2")
     assert res.code == 6
-    assert res.stderr == f"edgeres: error: {info.value}\n".replace("0.5 s", "0.2 s")
+    assert res.stderr == f"edgeres: cache error: {info.value}\n".replace("0.5 s", "0.2 s")
 
     holder.release()
     assert lock.read_text() == ""  # a released lock names nobody
@@ -125,7 +125,7 @@ def test_cache_clean_skips_entries_a_running_build_holds(finetune_cache_copy: Pa
     holder = hold(lock)
 
     for partial in (True, False):
-        res = run_cli("cache", "clean", "--cache", str(cache), *(["--partial"] if partial else []))
+        res = run_cli("cache", "clean", "--cache", str(cache), *(["--partial"] if partial else ["--yes"]))
         assert res.code == 0, res.stderr
         assert res.stdout.splitlines()[0] == f"skipped {final.name}: a running build (PID {holder.pid}) holds it"
         assert res.stdout.splitlines()[1].endswith("; skipped 1 held by running builds")
@@ -135,7 +135,7 @@ def test_cache_clean_skips_entries_a_running_build_holds(finetune_cache_copy: Pa
         assert not (cache / ("export-" + "b" * 64 + ".lock")).exists()  # the lock clean took is not left behind
 
     holder.release()
-    res = run_cli("cache", "clean", "--cache", str(cache))
+    res = run_cli("cache", "clean", "--cache", str(cache), "--yes")
     assert res.code == 0
     assert res.stdout.startswith("removed 3 entries")
     assert not final.exists() and not held_partial.exists() and not lock.exists()

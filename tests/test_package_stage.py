@@ -13,12 +13,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_LATENCY, Build, as_recipe, run_cli, run_pipeline, statuses, tiny_recipe
+from conftest import (
+    TINY_FINETUNE,
+    TINY_LATENCY,
+    Build,
+    as_recipe,
+    run_cli,
+    run_pipeline,
+    statuses,
+    tiny_recipe,
+    write_recipe,
+)
 
 from edgeres.artifact import sha256_file
 from edgeres.errors import BundleError, RecipeError
 
-FINETUNE = {"type": "finetune", "epochs": 1, "batch_size": 32}  # as in the base build: its entries are reused
+FINETUNE = TINY_FINETUNE  # as in the base build: its entries are reused
 EXPORT = {"type": "export", "opset": 18}
 COMPILE = {"type": "compile", "tensorrt": {"kit_val_images": 16}}
 BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False}
@@ -103,6 +113,22 @@ def test_bundle_carries_the_reports_figures(build: PBuild) -> None:
         assert tf.getmember("engine/build.sh").mode == 0o755
 
 
+def test_the_manifest_hashes_are_what_the_readme_says(build: PBuild) -> None:
+    """`inputs_sha256` is the sha256 of the benchmark stage's keyed inputs (as its sidecar records them, what
+    `--dry-run --explain benchmark` compares), not of the recipe file; `measured.report_sha256` is the sha256 of the
+    report.json written to --out."""
+    from edgeres.artifact import read_artifact, sha256_json
+
+    bench = read_artifact(build.result.report.path)
+    assert bench is not None
+    inputs = bench.metadata["key_material"]["inputs"]
+    for variant in ("ort", "ov", "trt"):
+        m = build.manifest(variant)
+        assert m["inputs_sha256"] == sha256_json(inputs)
+        assert m["measured"]["report_sha256"] == sha256_file(build.out / "report.json")
+    assert "recipe_sha256" not in build.manifest("ort")
+
+
 def test_predict_gives_what_the_benchmark_measured(build: PBuild) -> None:
     """The bundle's predict (its own preprocessing of uint8 pixels) gives the report's top-1 on the test split, and
     the very logits the engine gives on the training loader's preprocessing."""
@@ -126,6 +152,45 @@ def test_predict_gives_what_the_benchmark_measured(build: PBuild) -> None:
         with open_runner(runtime, art.primary_path, fmt=art.format, threads=1) as runner:
             want = np.concatenate([runner.infer(x[i : i + 64]) for i in range(0, len(x), 64)])
         np.testing.assert_array_equal(pred.logits, want)
+
+
+def test_eval_reproduces_the_reports_count_from_the_bundle(build: PBuild, tmp_path: Path) -> None:
+    """`edgeres eval` and its Python equivalent (edgeres.split_images + edgeres.evaluate) count the correct test
+    images through the bundle (uint8 pixels, its own preprocessing) and find the report's count on this machine."""
+    import edgeres
+
+    recipe_file = write_recipe(tmp_path / "tiny.yaml", RECIPE)
+    report = build.report()
+    for variant in ("ort", "ov"):
+        (row,) = [r for r in report["results"] if r["variant"] == variant]
+        n = row["accuracy"]["images"]
+        correct = round(row["accuracy"]["top1"] * n)
+        bundle = build.out / "bundles" / f"{variant}.tar"
+        res = run_cli("eval", str(bundle), "--recipe", str(recipe_file), "--integrity-only")
+        assert res.code == 0, res.stderr
+        assert res.stdout == (
+            f"{variant}: {correct}/{n} correct on test (top-1 {100 * correct / n:.2f}%)\n"
+            f"the same as the build measured: {correct}/{n}\n"
+        )
+        split = edgeres.split_images(recipe_file, "test")
+        assert split.images.dtype == np.uint8 and split.images.shape[0] == n == len(split.labels)
+        with edgeres.load(bundle, integrity_only=True) as model:
+            result = edgeres.evaluate(model, recipe_file, batch=7)  # batches that do not divide the split
+        assert (result.correct, result.images, result.matches) == (correct, n, True)
+
+
+def test_eval_fails_beyond_its_tolerance_and_says_so() -> None:
+    from edgeres.evaluation import Evaluation, describe
+
+    off = Evaluation(split="test", images=100, correct=90, measured_top1=0.92, measured_images=100)
+    assert (off.measured_correct, off.matches) == (92, False)
+    assert describe("int8", off) == [
+        "int8: 90/100 correct on test (top-1 90.00%)",
+        "the build measured 92/100 (top-1 92.00%): -2 images",
+    ]
+    none = Evaluation(split="val", images=10, correct=9, measured_top1=None, measured_images=None)
+    assert none.matches is None
+    assert describe("x", none)[1] == "the bundle records no top-1 on val to compare with"
 
 
 def test_the_report_is_in_the_package_key(build: PBuild, tmp_path: Path) -> None:

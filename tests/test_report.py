@@ -8,6 +8,7 @@ renderings are checked on hand-made rows.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 import subprocess
@@ -295,7 +296,10 @@ def test_compare_identical_reports_exits_0(base_json: tuple[dict[str, Any], Path
     lines = res.stdout.splitlines()
     corruption = [line for line in lines if ": mean corruption top-1 " in line]  # one per row (fidelity on)
     assert len(corruption) == len(report["results"]) and all("(+0.00 pts)" in line for line in corruption)
-    lines = [line for line in lines if line not in corruption]
+    same = [line for line in lines if ": same engine (sha256 " in line]  # one per row: the same files
+    assert same == [f"main on {r['runtime']}: same engine (sha256 {r['artifact']['sha256'][:12]})"
+                    for r in report["results"]]  # fmt: skip
+    lines = [line for line in lines if line not in corruption and line not in same]
     for line, r in zip(lines, report["results"], strict=False):
         p50, top1 = r["latency"]["p50_ms"], 100 * r["accuracy"]["top1"]
         assert re.fullmatch(
@@ -327,7 +331,7 @@ def test_compare_slower_by_20_percent_exits_7(base_json: tuple[dict[str, Any], P
     res = compare(base, new)
     assert res.code == 7
     assert res.stderr == (
-        "edgeres: error: 2 regression(s):\n"
+        "edgeres: regression: 2 beyond the thresholds:\n"
         "  - main on onnxruntime: p50 latency +20.0% exceeds --max-latency-regression 10%\n"
         "  - main on openvino: p50 latency +20.0% exceeds --max-latency-regression 10%\n"
     )
@@ -355,7 +359,7 @@ def test_compare_accuracy_drop_exits_7(base_json: tuple[dict[str, Any], Path], t
     res = compare(base, new, "--max-accuracy-drop", "0.01")
     assert res.code == 7
     assert res.stderr == (
-        "edgeres: error: 1 regression(s):\n"
+        "edgeres: regression: 1 beyond the thresholds:\n"
         "  - main on onnxruntime: top-1 dropped 6.25 pts, more than --max-accuracy-drop 1 pts\n"
     )
     assert "(-6.25 pts)" in res.stdout.splitlines()[0]
@@ -369,7 +373,9 @@ def test_compare_missing_row_exits_7(base_json: tuple[dict[str, Any], Path], tmp
     res = compare(base, write_json(tmp_path / "new.json", fewer))
     assert res.code == 7
     assert res.stderr == (
-        "edgeres: error: 1 regression(s):\n  - main on openvino: measured in the base report, missing in the new one\n"
+        "edgeres: regression: 1 beyond the thresholds:\n  - main on openvino: measured in the base report, missing in "
+        "the new one; name the new run's row with `edgeres bench --name`, or pass --allow-missing to compare only the "
+        "rows both have\n"
     )
 
 
@@ -391,7 +397,8 @@ def test_compare_memory_growth_exits_7(base_json: tuple[dict[str, Any], Path], t
     res = compare(base, write_json(tmp_path / "new.json", bigger))
     assert res.code == 7
     assert res.stderr == (
-        "edgeres: error: 1 regression(s):\n  - main on openvino: peak RSS +50.0% exceeds --max-memory-growth 10%\n"
+        "edgeres: regression: 1 beyond the thresholds:\n"
+        "  - main on openvino: peak RSS +50.0% exceeds --max-memory-growth 10%\n"
     )
 
 
@@ -403,7 +410,7 @@ def test_compare_invalid_new_run_exits_7_unless_allowed(base_json: tuple[dict[st
     res = compare(base, new)
     assert res.code == 7
     assert res.stderr == (
-        "edgeres: error: 1 regression(s):\n"
+        "edgeres: regression: 1 beyond the thresholds:\n"
         "  - main on onnxruntime: the new latency run is invalid (3 queries < min_queries 50); raise the run's "
         "minimums or pass --allow-invalid\n"
     )
@@ -418,7 +425,7 @@ def test_compare_other_schema_exits_2(base_json: tuple[dict[str, Any], Path], tm
     res = compare(base, new)
     assert res.code == 2
     assert res.stderr == (
-        f"edgeres: recipe error: {str(new)!r} has schema 'edgeres.report/2'; "
+        f"edgeres: usage error: {str(new)!r} has schema 'edgeres.report/2'; "
         "edgeres compare reads 'edgeres.report/1' reports\n"
     )
     assert res.stdout == ""
@@ -431,12 +438,12 @@ def test_compare_unreadable_reports_exit_2(base_json: tuple[dict[str, Any], Path
     missing = tmp_path / "nope.json"
     res = compare(base, missing)
     assert res.code == 2
-    assert res.stderr == f"edgeres: recipe error: report {str(missing)!r} does not exist\n"
+    assert res.stderr == f"edgeres: usage error: report {str(missing)!r} does not exist\n"
     broken = tmp_path / "broken.json"
     broken.write_text("{", encoding="utf-8")
     res = compare(base, broken)
     assert res.code == 2
-    assert res.stderr.startswith(f"edgeres: recipe error: report {str(broken)!r} is not readable JSON: ")
+    assert res.stderr.startswith(f"edgeres: usage error: report {str(broken)!r} is not readable JSON: ")
     res = compare(base, write_json(tmp_path / "list.json", [1, 2]))
     assert res.code == 2
     assert "has schema 'list'; edgeres compare reads 'edgeres.report/1' reports" in res.stderr
@@ -480,8 +487,8 @@ def test_bench_writes_a_valid_report(bench_run: tuple[CliResult, Path, Path]) ->
     assert res.code == 0, res.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["schema"] == REPORT_SCHEMA
-    assert report["recipe"] == "model"
-    assert report["baseline"] == "model"
+    assert report["recipe"] == "main"  # the models/<variant>/ folder it came from, not the file's stem
+    assert report["baseline"] == "main"
     assert report["data"] == {"type": "random", "split": "none"}
     assert report["settings"]["latency"]["min_queries"] == 5
     assert report["settings"]["latency"]["min_duration_s"] == 0.0
@@ -489,7 +496,8 @@ def test_bench_writes_a_valid_report(bench_run: tuple[CliResult, Path, Path]) ->
     assert report["settings"]["isolated_processes"] is True
     assert report["environment"]["threads"] == 1
     (r,) = report["results"]
-    assert (r["variant"], r["runtime"], r["runtime_version"]) == ("model", "onnxruntime", ort.__version__)
+    assert (r["variant"], r["runtime"], r["runtime_version"]) == ("main", "onnxruntime", ort.__version__)
+    assert r["precision"] == "fp32"  # no Q/DQ node in the graph
     assert r["artifact"]["file"] == "model.onnx"
     assert r["artifact"]["format"] == "onnx"
     assert r["artifact"]["sha256"] == sha256_file(onnx_path)
@@ -501,11 +509,12 @@ def test_bench_writes_a_valid_report(bench_run: tuple[CliResult, Path, Path]) ->
     assert lat["p50_ms"] > 0
     assert r["memory"]["peak_rss_mb"] > 0
     assert res.stdout == (
-        f"onnxruntime: p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
+        f"main on onnxruntime (fp32, engine sha256 {r['artifact']['sha256'][:12]}): no accuracy (no --recipe), "
+        f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
         f"(5 queries, valid), peak RSS {r['memory']['peak_rss_mb']} MB\n"
     )
     # the renderings read it too
-    assert "| model ★ | onnxruntime | - | - |" in render_markdown(report)
+    assert "| main ★ | onnxruntime | fp32 | - |" in render_markdown(report)
     assert "<svg" in render_html(report)
 
 
@@ -514,9 +523,10 @@ def test_compare_accepts_a_bench_report(bench_run: tuple[CliResult, Path, Path])
     res = compare(out, out)
     assert res.code == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert re.fullmatch(r"model on onnxruntime: p50 (\d+\.\d{3}) -> \1 ms \(\+0\.0%\), top-1 n/a, peak RSS \+0\.0%",
+    assert re.fullmatch(r"main on onnxruntime: p50 (\d+\.\d{3}) -> \1 ms \(\+0\.0%\), top-1 n/a, peak RSS \+0\.0%",
                         lines[0])  # fmt: skip
-    assert lines[1:] == ["no regression beyond the thresholds"]
+    assert re.fullmatch(r"main on onnxruntime: same engine \(sha256 [0-9a-f]{12}\)", lines[1])
+    assert lines[2:] == ["no regression beyond the thresholds"]
 
 
 def test_bench_measures_offline_for_a_dynamic_batch_model(bench_run: tuple[CliResult, Path, Path]) -> None:
@@ -541,16 +551,144 @@ def test_bench_with_recipe_measures_the_test_split(base_build: Build, tmp_path: 
     assert r["accuracy"]["images"] == 32
     assert r["accuracy"]["top1"] == built["accuracy"]["top1"]
     assert r["accuracy"]["top5"] == built["accuracy"]["top5"]
-    assert res.stdout.startswith(f"onnxruntime: top-1 {100 * r['accuracy']['top1']:.2f}%, p50 ")
+    assert res.stdout.startswith(
+        f"main on onnxruntime (fp32, engine sha256 {r['artifact']['sha256'][:12]}): top-1 "
+        f"{100 * r['accuracy']['top1']:.2f}%, p50 "
+    )
 
 
 def test_bench_refuses_what_it_cannot_measure(tmp_path: Path) -> None:
     res = run_cli("bench", str(tmp_path))
     assert res.code == 2
     assert res.stderr == (
-        f"edgeres: recipe error: {str(tmp_path)!r} is not something edgeres can measure: pass a .onnx file, or a "
-        "folder holding model.onnx or model.json + model.pt\n"
+        f"edgeres: usage error: {str(tmp_path)!r} is not something edgeres can measure: pass a compiled engine "
+        "(model.ort.onnx, model.xml, engine.plan), a models/<variant>/ folder, a bundle .tar, an exported model.onnx "
+        "or its folder, or a torch model folder (model.json + model.pt)\n"
     )
+
+
+def test_compare_a_build_against_a_bench_run_matches_the_variant(
+    base_build: Build, bench_run: tuple[CliResult, Path, Path]
+) -> None:
+    """A bench run of a build's deliverable is named like the build's row for it: compare matches them (one engine,
+    same sha256); the build's other row and its accuracy are missing in the bench run, which fails the gate unless
+    --allow-missing says to compare only what both have."""
+    _, _, bench_json = bench_run
+    build_json = base_build.out / "report.json"
+    strict = compare(build_json, bench_json)
+    assert strict.code == 7
+    assert strict.stderr.splitlines()[1:] == [
+        "  - main on onnxruntime: top-1 measured in the base report, not in the new one (a bench run without --recipe "
+        "measures no accuracy); measure it, or pass --allow-missing",
+        "  - main on openvino: measured in the base report, missing in the new one; name the new run's row with "
+        "`edgeres bench --name`, or pass --allow-missing to compare only the rows both have",
+    ]
+    loose = compare(build_json, bench_json, "--allow-missing", "--max-latency-regression", "100")
+    assert loose.code == 0, loose.stderr
+    out = loose.stdout.splitlines()
+    build_sha = next(r for r in base_report(base_build)["results"] if r["runtime"] == "onnxruntime")["artifact"]
+    assert f"main on onnxruntime: same engine (sha256 {build_sha['sha256'][:12]})" in out
+    assert (
+        "main on onnxruntime: top-1 measured in the base report, not in the new one: not gated (--allow-missing)" in out
+    )
+    assert "main on openvino: measured in the base report, missing in the new one (--allow-missing)" in out
+
+
+def test_compare_says_when_one_name_covers_two_engines(base_json: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    report, base = base_json
+    other = copy.deepcopy(report)
+    other["results"][0]["artifact"]["sha256"] = "f" * 64
+    res = compare(base, write_json(tmp_path / "new.json", other))
+    assert res.code == 0
+    old = report["results"][0]["artifact"]["sha256"][:12]
+    assert f"main on onnxruntime: note: two different engines under one name (sha256 {old} -> ffffffffffff)" in (
+        res.stdout.splitlines()
+    )
+
+
+@pytest.fixture(scope="module")
+def deliverables(module_tmp: Any) -> dict[str, Path]:
+    """What edgeres writes, small: an ONNX Runtime engine folder and an OpenVINO one as compile writes them
+    (models/<variant>/), and a bundle of each."""
+    from bundle_fixtures import compiled_folder, make_bundle
+
+    root = module_tmp("deliverables")
+    ort_folder, source = compiled_folder(root / "models" / "int8", seed=3)
+    ov_folder, _ = compiled_folder(root / "models" / "int8-openvino", seed=4, runtime="openvino")
+    for folder in (ort_folder, ov_folder):  # as if quantized: the manifest's precision is what the row reports
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8"}), encoding="utf-8")
+    return {
+        "ort": ort_folder,
+        "ov": ov_folder,
+        "source": source,
+        "ort_bundle": make_bundle(root / "bundles" / "b1.tar", seed=5, info={"variant": "release-a"}),
+        "ov_bundle": make_bundle(root / "bundles" / "b2.tar", seed=6, runtime="openvino", info={"variant": "ov-b"}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("what", "options", "variant", "runtime", "file", "precision"),
+    [
+        ("ort", (), "int8", "onnxruntime", "model.ort.onnx", "int8"),
+        ("ort/model.ort.onnx", (), "int8", "onnxruntime", "model.ort.onnx", "int8"),
+        ("ov", (), "int8-openvino", "openvino", "model.xml", "int8"),
+        ("ov/model.xml", (), "int8-openvino", "openvino", "model.xml", "int8"),
+        ("ov/model.xml", ("--name", "candidate"), "candidate", "openvino", "model.xml", "int8"),
+        ("ort_bundle", ("--integrity-only",), "release-a", "onnxruntime", "model.ort.onnx", "fp32"),
+        ("ov_bundle", ("--integrity-only",), "ov-b", "openvino", "model.xml", "fp32"),
+    ],
+)
+def test_bench_measures_every_deliverable_named_by_variant(
+    deliverables: dict[str, Path],
+    tmp_path: Path,
+    what: str,
+    options: tuple[str, ...],
+    variant: str,
+    runtime: str,
+    file: str,
+    precision: str,
+) -> None:
+    """Engine files, models/<variant>/ folders and bundles (verified first): the row is named by variant (the
+    bundle's, the folder's, or --name), runs on the runtime the manifest names, and reports the manifest's precision
+    (the folders' manifests say int8 although the tiny model is float: read, not guessed)."""
+    head, _, rest = what.partition("/")
+    path = deliverables[head] / rest if rest else deliverables[head]
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", str(path), *options, "--min-queries", "3", "--min-duration", "0", "--threads", "1",
+                  "--json", str(out))  # fmt: skip
+    assert res.code == 0, res.stderr
+    (r,) = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert (r["variant"], r["runtime"], r["artifact"]["file"], r["precision"]) == (variant, runtime, file, precision)
+    if not head.endswith("bundle"):
+        assert r["artifact"]["sha256"] == sha256_file(deliverables[head] / file)
+    assert r["runtime_settings"]["runtime"] == runtime
+
+
+def test_bench_refuses_an_engine_on_a_runtime_it_does_not_ship_to(deliverables: dict[str, Path]) -> None:
+    res = run_cli("bench", str(deliverables["ort"] / "model.ort.onnx"), "--runtime", "openvino")
+    assert res.code == 2
+    assert res.stderr.startswith("edgeres: usage error: ")
+    assert "an engine compiled for onnxruntime" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.splitlines()) == 1  # one sentence, not a converter's dump
+
+
+def test_bench_verifies_a_bundle_before_opening_it(deliverables: dict[str, Path], tmp_path: Path) -> None:
+    """A bundle is verified first: without a key it is refused (nothing measured), and a changed file is found."""
+    res = run_cli("bench", str(deliverables["ort_bundle"]))
+    assert res.code == 2 and "no public key given" in res.stderr
+    import tarfile
+
+    tampered = tmp_path / "t.tar"
+    with tarfile.open(deliverables["ort_bundle"]) as src, tarfile.open(tampered, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if member.name == "labels.txt" and data is not None:
+                data = data.replace(b"zero", b"Zero")
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    res = run_cli("bench", str(tampered), "--integrity-only")
+    assert res.code == 9, res.stderr
+    assert "labels.txt" in res.stderr
 
 
 # -------------------------------------------------------------------------------------------- worker process

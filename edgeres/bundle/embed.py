@@ -6,9 +6,12 @@ Cortex-A/x86 and the burst alignment DMA engines and NPU drivers ask for, so the
 without copying them), with its size, sha256 and CRC-32; a metadata struct (bundle version, target, runtime and
 versions, input shape, mean/std, classes, golden inputs and logits with their tolerance); `<prefix>_crc32`,
 `<prefix>_check_blobs` (alignment and CRC-32 of every blob, e.g. at boot) and `<prefix>_golden_compare` (the boot
-self-test's check of one golden output). With `incbin=True` the arrays come from `<prefix>_blobs.S` instead, which
-pulls each engine file's bytes in with the assembler's `.incbin` (for engines of tens of MB, where a C initializer
-takes the compiler minutes and gigabytes). `<prefix>.cmake` adds either to a firmware target.
+self-test's check of one golden output). The arrays' bytes are C string literals (`c_string_rows`: a compiler keeps
+one string constant where a `{0x12, ...}` list costs it a tree node per byte), so a 24 MB engine compiles in seconds
+and a few hundred MB. With `incbin=True` the arrays come from `<prefix>_blobs.S` instead, which pulls each engine
+file's bytes in with the assembler's `.incbin` (cheaper still: the compiler never sees the bytes); the assembler finds
+the `.dat` files through the include path, so it is assembled with `-I <that folder>` unless run from it.
+`<prefix>.cmake` adds either to a firmware target (and the include path with it).
 
 `--format bin` writes one raw image per engine file, `<prefix>_<file>.bin`: a fixed 128-byte little-endian header
 then the file's bytes at an aligned offset, for a bootloader or OTA agent to check before handing the bytes to the
@@ -48,7 +51,7 @@ from edgeres import __version__
 from edgeres.artifact import write_bytes_atomic, write_text_atomic
 from edgeres.bundle.verify import Opened, read_golden
 from edgeres.deps import require
-from edgeres.errors import BundleError, RecipeError
+from edgeres.errors import BundleError, UsageError
 
 MAGIC = b"EDGRSBIN"
 BIN_VERSION = 1
@@ -129,6 +132,34 @@ def hex_rows(data: bytes, per_row: int = 16) -> str:
     return "\n".join(flat[i : i + width].decode("ascii") for i in range(0, len(flat), width))
 
 
+def c_string_rows(data: bytes, per_row: int = 64) -> str:
+    """`data` as adjacent C string literals, `per_row` bytes a row: the initializer of a `const unsigned char` array.
+
+    Why strings and not `0x12,` lists: a compiler builds a tree node for every element of a brace list (gcc 12 -O2
+    took 3.8 GB and 45-190 s for a 24 MB engine written that way), but one string constant for a literal, however
+    long (about 15 bytes of compiler memory per engine byte, 2 s for 24 MB). Printable ASCII stays as itself,
+    every other byte is a 3-digit octal escape: an octal escape ends after 3 digits, so a digit after it is never
+    read into it (a `\\x` escape would take every hex digit that follows); '"', '\\' and '?' (trigraphs are on under
+    -std=c11) are escaped too. Adjacent literals are concatenated by the compiler; the caller sizes the array to
+    exactly len(data), so the literal's NUL is not stored (valid C: an array of character type may be initialized by
+    a string literal whose terminating NUL does not fit) and the array holds exactly the bytes.
+    """
+    np = require("numpy")
+    escapes = [chr(b) if 32 <= b < 127 and chr(b) not in '"\\?' else f"\\{b:03o}" for b in range(256)]
+    table = np.array([e.encode("ascii") for e in escapes], dtype="S4").view(np.uint8).reshape(256, 4)
+    lengths = np.array([len(e) for e in escapes], dtype=np.uint8)
+    used = np.arange(4, dtype=np.uint8)
+    rows: list[str] = []
+    block = per_row * 16384  # bounds the working arrays (~10 bytes per input byte) for engines of hundreds of MB
+    for start in range(0, len(data), block):
+        a = np.frombuffer(data, dtype=np.uint8, count=min(block, len(data) - start), offset=start)
+        n = lengths[a]
+        flat = table[a][used < n[:, None]].tobytes()
+        ends = np.cumsum(np.add.reduceat(n, np.arange(0, len(a), per_row), dtype=np.int64)).tolist()
+        rows.extend(f'"{flat[s:e].decode("ascii")}"' for s, e in zip([0, *ends[:-1]], ends, strict=True))
+    return "\n".join(rows)
+
+
 def _floats(values: Any, per_row: int = 6) -> str:
     items = [c_float(v) for v in values]
     return "\n".join("    " + ", ".join(items[i : i + per_row]) + "," for i in range(0, len(items), per_row))
@@ -151,11 +182,26 @@ def _golden(opened: Opened) -> tuple[Any, Any, Any, float] | None:
     return arrays[0], arrays[1], arrays[2], opened.manifest.golden.max_abs_diff
 
 
+def check_options(prefix: str, align: int) -> str:
+    """The prefix, when it is usable as it is, and the alignment; else a UsageError saying what to pass. A prefix is
+    never changed silently: the C names and file names the firmware refers to are made from it."""
+    if align < 1 or align & (align - 1) or align > 4096:
+        raise UsageError(
+            f"--align {align}: the alignment must be a power of two from 1 to 4096 bytes; pass e.g. --align 64 (the "
+            "default: a cache line, and what DMA engines and NPU drivers ask for) or --align 4096 (a page)"
+        )
+    if c_identifier(prefix) != prefix:
+        raise UsageError(
+            f"--prefix {prefix!r} cannot be used as it is: the C names and file names are made from it, so it must be "
+            "lower-case letters, digits and '_', start with a letter, not end with '_' and not be a C keyword; pass "
+            f"--prefix {c_identifier(prefix)}"
+        )
+    return prefix
+
+
 def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64, incbin: bool = False) -> list[Path]:
     """Write the C (or C + .incbin assembler) sources and the CMake snippet into `out`; returns the paths."""
-    if align < 1 or align & (align - 1) or align > 4096:
-        raise RecipeError(f"--align {align}: the alignment must be a power of two from 1 to 4096")
-    p = c_identifier(prefix)
+    p = check_options(prefix, align)
     P = p.upper()
     m = opened.manifest
     data = opened.data
@@ -250,11 +296,25 @@ def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64
     ]
     c: list[str] = [f"/* {origin} */", f'#include "{header_name}"', ""]
     if not incbin:
+        c += [
+            "/* The engine bytes are string literals (cheap for compilers, unlike {0x12, ...} lists), each exactly as",
+            "   long as its array: no NUL is stored, which is valid C, but gcc >= 15 and clang >= 21 warn about it",
+            "   (-Wextra) unless the array is marked nonstring: these arrays are bytes, not strings. */",
+            "#if defined(__has_attribute)",
+            "#if __has_attribute(nonstring)",
+            f"#define {P}_NONSTRING __attribute__((nonstring))",
+            "#endif",
+            "#endif",
+            f"#ifndef {P}_NONSTRING",
+            f"#define {P}_NONSTRING",
+            "#endif",
+            "",
+        ]
         for b in blobs:
             c += [
                 f"/* engine/{b.name}: {len(b.data)} bytes, sha256 {b.sha256} */",
-                f"_Alignas({align}) const unsigned char {b.ident}[{b.ident.upper()}_SIZE] = {{",
-                hex_rows(b.data),
+                f"_Alignas({align}) {P}_NONSTRING const unsigned char {b.ident}[{b.ident.upper()}_SIZE] = {{",
+                c_string_rows(b.data),
                 "};",
                 "",
             ]
@@ -309,6 +369,9 @@ def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64
         c += ["    NULL,", "    NULL,", "    NULL,", "    0.0f,"]
     c += ["};", ""]
     table = _crc_table()
+    # Without golden inputs, `index >= 0u` is always true, which -Wextra (type-limits) refuses under -Werror; the
+    # NULL golden_logits says -1 alone then.
+    in_range = "" if golden is None else f"index >= {P}_GOLDEN_COUNT || "
     c += [
         f"static const uint32_t {p}_crc_table[256] = {{",
         *("    " + ", ".join(f"0x{v:08x}u" for v in table[i : i + 8]) + "," for i in range(0, 256, 8)),
@@ -334,7 +397,7 @@ def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64
         "}",
         "",
         f"int {p}_golden_compare(uint32_t index, const float *logits) {{",
-        f"    if (index >= {P}_GOLDEN_COUNT || {p}_metadata.golden_logits == NULL) {{",
+        f"    if ({in_range}{p}_metadata.golden_logits == NULL) {{",
         "        return -1;",
         "    }",
         f"    const float *want = &{p}_metadata.golden_logits[index * {P}_NUM_CLASSES];",
@@ -363,7 +426,13 @@ def embed_c(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64
     write_text_atomic(out / header_name, "\n".join(h))
     write_text_atomic(out / source_name, "\n".join(c))
     if incbin:
-        asm = [f"/* {origin} */", "/* ELF assemblers (GNU as, LLVM): each engine file's bytes, aligned. */"]
+        asm = [
+            f"/* {origin} */",
+            "/* ELF assemblers (GNU as, LLVM): each engine file's bytes, aligned. The assembler looks for the .dat",
+            "   files in its working folder and then the include path, never beside this file: assemble it with",
+            f"   -I <this folder> unless run from it, e.g. `cc -c -I fw/model fw/model/{asm_name}` (the {cmake_name}",
+            "   snippet adds that folder to the include path). */",
+        ]
         for b in blobs:
             raw = f"{b.ident}.dat"
             shutil.copyfile(opened.path(f"engine/{b.name}"), out / raw)
@@ -429,9 +498,7 @@ def bin_image(blob: Blob, *, index: int, count: int, version: int, align: int) -
 
 def embed_bin(opened: Opened, out: Path, *, prefix: str = "model", align: int = 64) -> list[Path]:
     """Write `<prefix>_<file>.bin` for each engine file into `out`; returns the paths."""
-    if align < 1 or align & (align - 1) or align > 4096:
-        raise RecipeError(f"--align {align}: the alignment must be a power of two from 1 to 4096")
-    p = c_identifier(prefix)
+    p = check_options(prefix, align)
     blobs = engine_blobs(opened, p)
     written = []
     for i, b in enumerate(blobs):

@@ -23,7 +23,7 @@ from typing import Any
 
 from edgeres.bundle.verify import Opened, open_bundle, read_golden
 from edgeres.deps import require
-from edgeres.errors import BundleError
+from edgeres.errors import BundleError, DataError, UsageError
 from edgeres.preprocess import Preprocessing, model_input
 
 
@@ -33,6 +33,9 @@ class Prediction:
     indices: Any  # int64 N: the top-1 class index
     scores: Any  # float32 N: softmax probability of the top-1 class
     logits: Any  # float32 N x classes
+    top_indices: Any  # int64 N x k: the k most probable classes, most probable first (k = predict's top_k)
+    top_scores: Any  # float32 N x k: their softmax probabilities
+    top_labels: list[list[str]]  # N lists of k class names
 
 
 def device_differences(opened: Opened, *, target: str | None = None) -> list[str]:
@@ -108,26 +111,51 @@ class Model:
         )
 
     def logits(self, inputs: Any) -> Any:
-        """Logits for already preprocessed float32 NCHW inputs."""
+        """Logits (float32 N x classes) for already preprocessed float32 NCHW inputs of the model's shape; for uint8
+        images use predict, which preprocesses them as the manifest says."""
         np = require("numpy")
         if self.runner is None:
             raise BundleError(f"{self.opened.source}: this model was closed; load the bundle again to run it")
-        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        x = np.asarray(inputs)
+        if x.dtype == np.uint8:
+            raise UsageError(
+                "logits() takes preprocessed float32 inputs; these are uint8 pixels: pass them to predict(), which "
+                "applies the manifest's scale, mean and std"
+            )
+        shape = (3, self.preprocessing.height, self.preprocessing.width)
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise UsageError(f"logits() takes a batch of shape (N, {', '.join(map(str, shape))}); got {x.shape}")
+        if len(x) == 0:
+            raise UsageError("logits() was given an empty batch (0 images); pass at least one")
+        x = np.ascontiguousarray(x, dtype=np.float32)
         return np.concatenate([self.runner.infer(x[i : i + self._batch]) for i in range(0, len(x), self._batch)])
 
-    def predict(self, images: Any) -> Prediction:
+    def predict(self, images: Any, *, top_k: int = 1) -> Prediction:
         """Labels and scores for uint8 RGB images at the model's size ((H, W, 3), (3, H, W) or a batch of either),
-        preprocessed as the manifest says, with the benchmark's preprocessing code."""
+        preprocessed as the manifest says, with the benchmark's preprocessing code. `top_k` > 1 also gives the k
+        most probable classes of each image (top_indices, top_scores, top_labels)."""
         np = require("numpy")
-        logits = self.logits(model_input(images, self.preprocessing))
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.classes):
+            raise UsageError(f"top_k={top_k!r}: pass a whole number from 1 to the {len(self.classes)} classes")
+        if np.asarray(images).size == 0:
+            raise UsageError("predict() was given no images; pass at least one uint8 RGB image")
+        try:
+            inputs = model_input(images, self.preprocessing)
+        except DataError as exc:
+            raise UsageError(str(exc)) from None
+        logits = self.logits(inputs)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         idx = logits.argmax(axis=1)
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
         return Prediction(
             labels=[self.classes[i] for i in idx],
             indices=idx.astype(np.int64),
             scores=probs[np.arange(len(idx)), idx].astype(np.float32),
             logits=logits,
+            top_indices=top.astype(np.int64),
+            top_scores=np.take_along_axis(probs, top, axis=1).astype(np.float32),
+            top_labels=[[self.classes[i] for i in row] for row in top],
         )
 
     def self_test(self) -> dict[str, Any]:
@@ -181,10 +209,22 @@ def load(
     self_test: bool = True,
 ) -> Model:
     """Verify `bundle`, check it fits this device, load its engine and run the boot self-test (see the module doc).
-    Pass the signer's public key(s): one path or a list; `integrity_only=True` accepts an unsigned bundle (files
-    checked, origin not)."""
+
+    public_keys: the signer's public key(s), one path or a list (any of them may have signed it).
+    integrity_only: accept an unsigned bundle (its files are checked against the manifest, its origin is not).
+    min_version: refuse a bundle older than this (anti-rollback).
+    target: refuse a bundle built for another target than this one (e.g. "cpu-onnxruntime").
+    threads: CPU threads of the runtime (1 by default: a device usually runs other work beside the model).
+    self_test: run the golden inputs and refuse an engine that computes something else than what was measured.
+    """
     if isinstance(public_keys, str | Path):  # one key ("release.pub" was iterated as characters)
         public_keys = [public_keys]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads={threads!r}: pass a whole number of CPU threads, 1 or more")
+    if min_version is not None and (
+        isinstance(min_version, bool) or not isinstance(min_version, int) or min_version < 0
+    ):
+        raise UsageError(f"min_version={min_version!r}: pass a whole number, 0 or more (or None)")
     workdir = Path(tempfile.mkdtemp(prefix="edgeres-bundle-"))
     try:
         opened = open_bundle(

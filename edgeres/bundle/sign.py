@@ -20,7 +20,7 @@ from typing import Any
 
 from edgeres.artifact import sha256_file
 from edgeres.deps import require
-from edgeres.errors import BundleError, RecipeError
+from edgeres.errors import BundleError, UsageError
 
 PURPOSE = "sign and verify bundles"
 IN_TOTO = "application/vnd.in-toto+json"
@@ -40,7 +40,7 @@ def generate_key(private_path: Path, public_path: Path, *, password: bytes | Non
 
     for p in (private_path, public_path):
         if p.exists():
-            raise RecipeError(f"{p} exists; keys are never overwritten. Choose another name or remove it first")
+            raise UsageError(f"{p} exists; keys are never overwritten. Choose another name or remove it first")
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: Any = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
@@ -67,22 +67,23 @@ def sign_folder(content: Path, signature: Path, private_key: Path, *, password: 
     ms = require("model_signing", purpose=PURPOSE)
     require("OpenSSL", purpose=PURPOSE)  # model-signing 1.1 imports pyOpenSSL without declaring it
     if not private_key.is_file():
-        raise RecipeError(f"private key {private_key} does not exist; make one with `edgeres keygen`")
+        raise UsageError(f"private key {private_key} does not exist; make one with `edgeres keygen`")
     try:
         secret = password.encode("utf-8") if password is not None else None
         config = ms.signing.Config().use_elliptic_key_signer(private_key=private_key, password=secret)
         config.set_hashing_config(_hashing_config()).sign(content, signature)
     except (ValueError, TypeError) as exc:  # unreadable key, wrong password, unsupported curve
         if password is not None:
-            raise RecipeError(
+            raise UsageError(
                 f"cannot sign with {private_key}: the password does not decrypt it (or the key is unreadable: {exc}); "
-                "check the variable --password-env names"
+                "check the password (CLI: the variable --password-env names)"
             ) from None
         if "encrypted" in str(exc).lower() or "password" in str(exc).lower():
-            raise RecipeError(
-                f"cannot sign with {private_key}: the key is encrypted; pass --password-env VAR with its password"
+            raise UsageError(
+                f"cannot sign with {private_key}: the key is encrypted; give its password (CLI: --password-env VAR; "
+                "Python: password=)"
             ) from None
-        raise RecipeError(f"cannot sign with {private_key}: {exc}") from None
+        raise UsageError(f"cannot sign with {private_key}: {exc}") from None
 
 
 def verify_folder(content: Path, signature: Path, public_keys: list[Path], *, source: str) -> Path:
@@ -93,14 +94,22 @@ def verify_folder(content: Path, signature: Path, public_keys: list[Path], *, so
     errors = []
     for key in public_keys:
         if not key.is_file():
-            raise RecipeError(f"public key {key} does not exist")
+            raise UsageError(f"public key {key} does not exist")
         try:
             config = ms.verifying.Config().use_elliptic_key_verifier(public_key=key)
             config.set_hashing_config(_hashing_config()).verify(content, signature)
             return key
         except Exception as exc:  # model-signing raises ValueError, InvalidSignature, pydantic and JSON errors
-            errors.append(f"{key.name}: {type(exc).__name__}")
+            errors.append(f"{key.name}: {_why_not(exc)}")
     raise BundleError(f"{source}: {diagnose(content, signature, public_keys)} ({'; '.join(errors)}). Refused")
+
+
+def _why_not(exc: Exception) -> str:
+    """A key's failure in words (model-signing's exception class names mean nothing to a user)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "public key" in text.lower() or "pem" in text.lower() or "deserialize" in text.lower():
+        return f"not a usable public key ({text[:120]})"
+    return f"does not verify{f' ({text[:120]})' if text else ''}"
 
 
 def read_signature(signature: Path) -> tuple[bytes, bytes, str | None]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgeres.bundle.manifest import MANIFEST, SIGNATURE, Manifest, check_files, parse
 from edgeres.bundle.tarsafe import extract
-from edgeres.errors import BundleError, RecipeError
+from edgeres.errors import BundleError, UsageError
 
 CONTENT = "bundle"  # the folder the files are extracted to (and signed in): its name is part of the signed statement
 
@@ -50,12 +50,13 @@ def open_bundle(
 ) -> Opened:
     """Extract the bundle at `path` into `workdir` (an empty folder this process made) and check it (module doc)."""
     if not public_keys and not integrity_only:
-        raise RecipeError(
-            f"no public key given to check {path}'s signature: pass --key PUBLIC.pem (repeatable: any of them may "
-            "have signed it), or --integrity-only to check only that the files match the manifest (not who made it)"
+        raise UsageError(
+            f"no public key given to check {path}'s signature: pass the signer's public key (CLI: --key PUBLIC.pem, "
+            "repeatable; Python: public_keys=[...]), or ask for integrity only (CLI: --integrity-only; Python: "
+            "integrity_only=True) to check only that the files match the manifest, not who made them"
         )
     if not path.is_file():
-        raise RecipeError(f"bundle {path} does not exist")
+        raise UsageError(f"bundle {path} does not exist")
     root = workdir / CONTENT
     root.mkdir()
     names = extract(path, root)

@@ -1,7 +1,12 @@
 """`edgeres compare`: the CI gate. Compares two report.json files row by row (variant, runtime) and lists every
 regression beyond the thresholds: latency (p50, relative), accuracy (top-1, absolute points), mean accuracy under
-common corruptions (absolute points, where both reports measured it), memory (peak RSS, relative), a row that
-disappeared, and (unless allowed) a measurement that is not valid.
+common corruptions (absolute points, where both reports measured it), memory (peak RSS, relative), a row or a
+figure the base has and the new report lacks (a `bench` run without `--recipe` has no accuracy: it cannot pass an
+accuracy gate by saying nothing), and (unless allowed) a measurement that is not valid.
+
+Rows are matched by name (variant, runtime); each row carries its engine's sha256, and the comparison says whether a
+name covers the same engine or two different ones (expected after a rebuild, a mistake when two unrelated files
+were measured under one name).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeres.errors import RecipeError
+from edgeres.errors import UsageError
 from edgeres.report import REPORT_SCHEMA
 
 
@@ -25,12 +30,12 @@ def load_report(path: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RecipeError(f"report {str(path)!r} does not exist") from None
+        raise UsageError(f"report {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecipeError(f"report {str(path)!r} is not readable JSON: {exc}") from None
+        raise UsageError(f"report {str(path)!r} is not readable JSON: {exc}") from None
     if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
         seen = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise RecipeError(f"{str(path)!r} has schema {seen!r}; edgeres compare reads {REPORT_SCHEMA!r} reports")
+        raise UsageError(f"{str(path)!r} has schema {seen!r}; edgeres compare reads {REPORT_SCHEMA!r} reports")
     return report
 
 
@@ -49,6 +54,7 @@ def compare_reports(
     max_memory_growth: float,
     allow_invalid: bool = False,
     max_corruption_drop: float | None = None,
+    allow_missing: bool = False,
 ) -> Comparison:
     """Row by row; `max_corruption_drop` (absolute, 0.01 = 1 point) gates the mean corruption top-1 where both rows
     carry robustness figures measured with the same settings (None: not gated)."""
@@ -59,7 +65,14 @@ def compare_reports(
         name = f"{key[0]} on {key[1]}"
         n = new_rows.pop(key, None)
         if n is None:
-            out.regressions.append(f"{name}: measured in the base report, missing in the new one")
+            missing = f"{name}: measured in the base report, missing in the new one"
+            if allow_missing:
+                out.lines.append(f"{missing} (--allow-missing)")
+            else:
+                out.regressions.append(
+                    f"{missing}; name the new run's row with `edgeres bench --name`, or pass "
+                    "--allow-missing to compare only the rows both have"
+                )
             continue
         lat = _rel(n["latency"]["p50_ms"], b["latency"]["p50_ms"])
         b_top1, n_top1 = b["accuracy"].get("top1"), n["accuracy"].get("top1")
@@ -71,6 +84,24 @@ def compare_reports(
             f"{'n/a' if drop is None else f'{100 * b_top1:.2f} -> {100 * n_top1:.2f} ({0.0 - 100 * drop:+.2f} pts)'}, "
             f"peak RSS {'n/a' if mem is None else f'{100 * mem:+.1f}%'}"
         )
+        b_sha, n_sha = (b.get("artifact") or {}).get("sha256"), (n.get("artifact") or {}).get("sha256")
+        if b_sha and n_sha:
+            out.lines.append(
+                f"{name}: same engine (sha256 {b_sha[:12]})"
+                if b_sha == n_sha
+                else f"{name}: note: two different engines under one name (sha256 {b_sha[:12]} -> {n_sha[:12]})"
+            )
+        for figure, b_value, n_value in (
+            ("top-1", b_top1, n_top1),
+            ("peak RSS", (b.get("memory") or {}).get("peak_rss_mb"), (n.get("memory") or {}).get("peak_rss_mb")),
+        ):
+            if b_value is not None and n_value is None:
+                missing = f"{name}: {figure} measured in the base report, not in the new one"
+                if allow_missing:
+                    out.lines.append(f"{missing}: not gated (--allow-missing)")
+                else:
+                    hint = " (a bench run without --recipe measures no accuracy)" if figure == "top-1" else ""
+                    out.regressions.append(f"{missing}{hint}; measure it, or pass --allow-missing")
         if lat is not None and lat > max_latency_regression:
             out.regressions.append(
                 f"{name}: p50 latency {100 * lat:+.1f}% exceeds --max-latency-regression "
