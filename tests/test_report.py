@@ -735,3 +735,35 @@ def test_measure_artifact_child_failure_is_a_stage_error(base_build: Build, tmp_
     assert str(exc.value).startswith(
         f"measuring {missing} on onnxruntime failed in its child process with exit code 1:\n"
     )
+
+
+def test_bench_refuses_a_precision_this_cpu_cannot_run_saying_why(
+    deliverables: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 engine on a CPU without AVX512_BF16 or AMX is refused with the reason, nothing measured. This machine
+    may have bf16, so the CPU's answer is stood in (RuntimeSettings.unsupported_reason, which edgeres.load and the
+    benchmark stage ask too); what is tested is that bench asks it, with the manifest's settings, and stops."""
+    from edgeres.runtimes.settings import RuntimeSettings
+
+    asked: list[RuntimeSettings] = []
+
+    def no_bf16(self: RuntimeSettings) -> str | None:
+        asked.append(self)
+        return "bf16 needs AVX512_BF16 or AMX, which this CPU lacks" if self.precision == "bf16" else None
+
+    monkeypatch.setattr(RuntimeSettings, "unsupported_reason", no_bf16)
+    folder = deliverables["ov"]
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    bf16 = folder.parent / "bf16-openvino"
+    import shutil
+
+    shutil.copytree(folder, bf16)
+    settings = {**manifest["runtime_settings"], "precision": "bf16"}
+    (bf16 / "manifest.json").write_text(json.dumps({**manifest, "runtime_settings": settings}), encoding="utf-8")
+    res = run_cli("bench", str(bf16), "--min-queries", "3", "--min-duration", "0")
+    assert res.code == 3
+    assert res.stderr == (
+        "edgeres: stage failed: bf16-openvino on openvino: not measured here: bf16 needs AVX512_BF16 or AMX, which "
+        "this CPU lacks\n"
+    )
+    assert [s.precision for s in asked] == ["bf16"]
