@@ -169,7 +169,11 @@ def engine_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 class FakeTensorRTRunner:
-    """Stands in for the TensorRT runner on a host without TensorRT: runs the kit's ONNX on ONNX Runtime."""
+    """Stands in for the TensorRT runner on a host without TensorRT: runs the kit's ONNX on ONNX Runtime and adds
+    OFFSET to every logit, so a test can tell what this "engine" computed from what ONNX Runtime computes on the
+    same ONNX (the fallback a bundle would use without an engine)."""
+
+    OFFSET = 1.0
 
     name = "tensorrt"
 
@@ -179,7 +183,7 @@ class FakeTensorRTRunner:
         self._runner = open_runner("onnxruntime", path.parent / "model.onnx", fmt="onnx", threads=threads)
 
     def infer(self, batch: Any) -> Any:
-        return self._runner.infer(batch)
+        return np.asarray(self._runner.infer(batch)) + np.float32(self.OFFSET)
 
     def close(self) -> None:
         self._runner.close()

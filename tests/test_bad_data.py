@@ -186,8 +186,13 @@ def test_a_plain_onnx_file_passes(tmp_path: Path) -> None:
 
 
 def test_external_data_inside_the_folder_passes(tmp_path: Path) -> None:
-    (tmp_path / "weights.bin").write_bytes(np.ones((4, 2), dtype=np.float32).tobytes())
-    check_onnx_file(tiny_onnx(tmp_path, external="weights.bin"))
+    (tmp_path / "weights.bin").write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    proto = check_onnx_file(tiny_onnx(tmp_path, external="weights.bin"))
+    from onnx import numpy_helper
+
+    # the checked proto is the model with its external data read: the file's values, not zeros or a stub
+    np.testing.assert_array_equal(numpy_helper.to_array(proto.graph.initializer[0], base_dir=str(tmp_path)),
+                                  np.arange(8, dtype=np.float32).reshape(4, 2))  # fmt: skip
 
 
 @pytest.mark.parametrize("where", ["../secret.bin", "ABS", "sub/../../secret.bin", "link.bin"])

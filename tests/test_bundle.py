@@ -388,7 +388,7 @@ def test_load_predicts_with_the_manifest_preprocessing(bundles: dict[str, Path],
     assert nchw.labels == [CLASSES[i] for i in nchw.logits.argmax(1)]
     assert np.all((nchw.scores > 0) & (nchw.scores <= 1))
     assert not source.exists()  # the extracted bundle is removed on close
-    assert result["max_abs_diff"] == 0.0 and result["top1_match"] and result["preprocessing_matches"]
+    assert result["max_abs_diff"] == 0.0  # tighter than the self-test's own tolerance (which load already checked)
 
 
 def test_predict_refuses_what_the_model_does_not_take(bundles: dict[str, Path]) -> None:

@@ -19,9 +19,9 @@ from conftest import tiny_recipe
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edgeres.artifact import SCHEMA_VERSION, SIDECAR, Artifact, hash_files, read_artifact, sha256_file
+from edgeres.artifact import SCHEMA_VERSION, SIDECAR, hash_files, read_artifact, sha256_file
 from edgeres.errors import EdgeresError
-from edgeres.recipe import Recipe, recipe_from_text
+from edgeres.recipe import recipe_from_text
 from edgeres.recipe_yaml import parse_set
 from edgeres.tensorrt.kit import KIT_JSON, KIT_SCHEMA, read_kit
 
@@ -97,11 +97,10 @@ class Count:
 
 def load_any(text: str, overrides: list[tuple[str, Any]] | None = None) -> str:
     try:
-        recipe = recipe_from_text(text, source="fuzz.yaml", overrides=overrides)
+        recipe_from_text(text, source="fuzz.yaml", overrides=overrides)
     except EdgeresError as exc:
         assert str(exc)
         return type(exc).__name__
-    assert isinstance(recipe, Recipe)
     return "recipe"
 
 
@@ -193,7 +192,6 @@ def test_kit_reader_on_arbitrary_and_mutated_kit_json() -> None:
                 assert str(exc)
                 count.add(type(exc).__name__)
                 return
-            assert isinstance(kit, dict)
             for part in ("onnx", "val"):
                 assert (folder / kit[part]["file"]).resolve().parent == folder.resolve()
             count.add("kit")
@@ -238,7 +236,6 @@ def test_cache_entry_reader_on_arbitrary_and_mutated_sidecars() -> None:
                 if art is None:
                     count.add("not done")
                     return
-                assert isinstance(art, Artifact)
                 art.verify()
                 for rel in art.deliverables():
                     assert (entry / rel).resolve().parent == entry.resolve()

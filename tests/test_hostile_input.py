@@ -66,7 +66,6 @@ def recipe_error(text: str) -> tuple[str, float]:
 
 def test_billion_laughs_is_refused_before_expanding() -> None:
     text = billion_laughs()
-    assert len(text) == 342
     msg, seconds = recipe_error(text)
     assert msg == LAUGHS_ERROR
     assert seconds < 1.0

@@ -393,7 +393,7 @@ def test_probe_reads_jetson_files(tmp_path: Path) -> None:
 def test_probe_fails_soft_here(tmp_path: Path) -> None:
     """Whatever this machine lacks (on the CPU build machines: GPU, driver, nvidia-smi, TensorRT), no probe raises."""
     facts = probe_device_facts(root=tmp_path, run=lambda cmd: None)
-    assert isinstance(facts, DeviceFacts) and not facts.is_jetson and facts.driver_version is None
+    assert not facts.is_jetson and facts.driver_version is None
     assert set(facts.sources) <= {f for f in facts.to_dict() if f != "sources"}
     if facts.trt_version is None:
         assert facts.dla_cores == 0
