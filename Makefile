@@ -39,14 +39,17 @@ test-slow: install
 
 # Mutation testing of qdq, keys, bundle/manifest, bundle/tarsafe, onnx_file and recipe_yaml's YAML functions against
 # their fast tests (configuration: [tool.mutmut] in pyproject.toml; results and survivors: tests/MUTANTS.md). Not part
-# of CI: ~N minutes on 2 cores, one worker, niced. Starts afresh (rm -rf mutants); the log is mutants/run.log.
+# of CI: ~10-18 minutes on 2 cores, one worker, niced, each process capped at 6 GiB of address space (a mutant that
+# lets a YAML bomb expand dies of MemoryError instead of filling the machine), one thread per BLAS/OpenMP pool and a
+# fixed hash seed (the order of a mutant's tests). Starts afresh (rm -rf mutants); the log is mutants/run.log.
 MUTATE_SCOPE := 'edgeres.qdq.*' 'edgeres.keys.*' 'edgeres.bundle.manifest.*' 'edgeres.bundle.tarsafe.*' \
 	'edgeres.onnx_file.*' 'edgeres.recipe_yaml.x_load_yaml__mutmut_*' 'edgeres.recipe_yaml.x*compose_node__mutmut_*' \
 	'edgeres.recipe_yaml.x_apply_override__mutmut_*' 'edgeres.recipe_yaml.x_parse_set__mutmut_*'
 mutate: install
 	rm -rf mutants && mkdir mutants
 	@echo "mutmut run (log: mutants/run.log)"
-	@start=$$(date +%s); nice -n 15 $(BIN)/mutmut run --max-children 1 $(MUTATE_SCOPE) > mutants/run.log 2>&1 \
+	@start=$$(date +%s); ulimit -v 6291456; OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONHASHSEED=0 \
+		nice -n 15 $(BIN)/mutmut run --max-children 1 $(MUTATE_SCOPE) > mutants/run.log 2>&1 \
 		|| { tail -c 3000 mutants/run.log; exit 1; }; echo "wall time: $$(( $$(date +%s) - start )) s"
 	@$(MAKE) --no-print-directory mutate-report
 
