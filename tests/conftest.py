@@ -29,9 +29,23 @@ TINY_DATA: dict[str, Any] = {
     "val_size": 32,
     "test_size": 32,
     "num_classes": 4,
+    # The classes are 4x4 patterns upsampled to the grid: a 4-pixel crop shift (the default `crop`) moves them by a
+    # whole cell. With it the tiny model learned late: one seed in six ended at test top-1 0.875 (see TINY_FINETUNE).
+    "augment": "none",
 }
 TINY_LATENCY: dict[str, Any] = {"warmup": 1, "min_queries": 5, "min_duration_s": 0}
 TINY_OFFLINE: dict[str, Any] = {"batch": 8, "warmup": 1, "min_queries": 2, "min_duration_s": 0}
+# Long enough for the tiny model to tell the classes apart (24 steps, ~3 s): test top-1 1.0 for seeds 0-9 with
+# torch's AVX-512 kernels and 0-5 with its AVX2 ones (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2); one epoch
+# (the recipe before) answered one class for every image, which lets every agreement and accuracy-drop check pass
+# whatever the code does (tests/test_build.py checks it learns). Test files that build the tiny chain copy this dict
+# so that their builds reuse the shared finetune and export entries.
+TINY_FINETUNE: dict[str, Any] = {
+    "type": "finetune",
+    "epochs": 6,
+    "batch_size": 16,
+    "optimizer": {"type": "sgd", "lr": 0.01},
+}
 
 _TINY: dict[str, Any] = {
     "name": "tiny",
@@ -42,7 +56,7 @@ _TINY: dict[str, Any] = {
     "data": TINY_DATA,
     "model": {"arch": "resnet18"},
     "stages": [
-        {"type": "finetune", "epochs": 1, "batch_size": 32},
+        TINY_FINETUNE,
         {"type": "export", "opset": 18},
         {
             "type": "benchmark",

@@ -86,6 +86,16 @@ def test_report_json(base_build: Build) -> None:
     assert results[0]["accuracy"]["top1"] == pytest.approx(results[1]["accuracy"]["top1"], abs=1 / 32)
 
 
+def test_the_tiny_model_learns(base_build: Build) -> None:
+    """The shared tiny model tells the classes apart: a model that answers one class for every image would let every
+    agreement and accuracy-drop check of the suite pass whatever the code does."""
+    report = json.loads((base_build.out / "report.json").read_text(encoding="utf-8"))
+    assert report["data"]["split"] == "test"
+    for r in report["results"]:
+        assert r["accuracy"]["images"] == 32
+        assert r["accuracy"]["top1"] >= 0.9, r["runtime"]
+
+
 def test_report_md(base_build: Build) -> None:
     md = (base_build.out / "report.md").read_text(encoding="utf-8")
     lines = md.splitlines()

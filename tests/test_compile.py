@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_LATENCY, TINY_OFFLINE, Build, as_recipe, run_pipeline, statuses, tiny_recipe
+from conftest import TINY_FINETUNE, TINY_LATENCY, TINY_OFFLINE, Build, as_recipe, run_pipeline, statuses, tiny_recipe
 
 from edgeres.artifact import Artifact, sha256_file
 from edgeres.errors import StageError
 from edgeres.runtimes import open_runner
 
-FINETUNE = {"type": "finetune", "epochs": 1, "batch_size": 32}  # as in the base build: its entries are reused
+FINETUNE = TINY_FINETUNE  # as in the base build: its entries are reused
 EXPORT = {"type": "export", "opset": 18}
 KIT_IMAGES = 16
 BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "isolate": False}

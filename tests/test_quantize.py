@@ -9,7 +9,6 @@ Q/DQ rules are unit-tested on hand-made ONNX graphs.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import Build, as_recipe, quiet_reporter, run_pipeline, statuses, tiny_recipe
+from conftest import TINY_FINETUNE, Build, as_recipe, run_pipeline, statuses, tiny_recipe
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeres.artifact import Artifact, read_artifact, sha256_file
-from edgeres.errors import DataError, RecipeError, StageError
+from edgeres.artifact import Artifact, sha256_file
+from edgeres.errors import DataError, RecipeError
 from edgeres.qdq import (
     check_rules,
     constants_to_initializers,
@@ -35,7 +34,7 @@ from edgeres.qdq import (
 )
 from edgeres.stages.quantize import validate_calibration
 
-FINETUNE = {"type": "finetune", "epochs": 1, "batch_size": 32}  # as in the base build: its entries are reused
+FINETUNE = TINY_FINETUNE  # as in the base build: its entries are reused
 EXPORT = {"type": "export", "opset": 18}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # resnet18: 20 convolutions and the classifier Gemm
@@ -911,177 +910,8 @@ def test_constant_calibration_images_are_refused(value: float, shown: str) -> No
 
 
 # -------------------------------------------------------------------------------------- accuracy-bounded PTQ
-
-
-# A probe with teeth for accuracy-bounded PTQ. The shared tiny model (one epoch) answers one class for every image,
-# so no quantization error can change its answers. This one is trained until it tells the classes apart (test top-1
-# 1.0), and its val split is the 32 test images, labelled with the FP32 model's own answers, with one image replaced
-# by an image on a decision boundary that plain PTQ (one calibration image) answers differently: a blend of two test
-# images the FP32 model classes differently, taken where its answer flips. FP32 val top-1 is exactly 1.0, plain PTQ
-# is one answer short of it, and accuracy control has to find the layers that change that answer.
-TRAINED_FINETUNE = {"type": "finetune", "epochs": 6, "batch_size": 16, "optimizer": {"type": "sgd", "lr": 0.05}}
-
-
-def trained_recipe(**quantize: Any) -> dict[str, Any]:
-    stages: list[dict[str, Any]] = [TRAINED_FINETUNE, EXPORT]
-    if quantize:
-        stages.append({"type": "quantize", **quantize})
-    recipe = tiny_recipe(target="cpu-onnxruntime", stages=stages)
-    recipe["data"] = {**recipe["data"], "augment": "none"}
-    return recipe
-
-
-def as_inputs(data: Any, images: Any) -> np.ndarray:
-    """uint8 images preprocessed as the data says (the runner's input)."""
-    import torch
-
-    from edgeres.data import Split
-
-    return np.concatenate([b[0] for b in data.numpy_batches(Split(images, torch.zeros(len(images))), 512)])
-
-
-def boundary_images(data: Any, model_path: Path, steps: int = 12) -> Any:
-    """uint8 blends of two test images the model classes differently, each at the blend where its answer flips
-    (bisection on the blend weight, all pairs at once), sorted by the model's top-2 logit margin."""
-    import torch
-
-    images = data.test.images
-    pred = ort_predictions(model_path, as_inputs(data, images))
-    i, j = (torch.from_numpy(v) for v in np.nonzero(pred[:, None] < pred[None, :]))
-    a, b = images[i].float(), images[j].float()
-    lo, hi = torch.zeros(len(i)), torch.ones(len(i))
-
-    def blend(t: Any) -> Any:
-        return torch.round(a + (b - a) * t[:, None, None, None]).to(torch.uint8)
-
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        same = torch.from_numpy(ort_predictions(model_path, as_inputs(data, blend(mid))) == pred[i.numpy()])
-        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
-    blends = blend(lo)
-    top2 = np.sort(ort_logits(model_path, as_inputs(data, blends)), 1)[:, -2:]
-    return blends[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]
-
-
-@pytest.fixture(scope="module")
-def self_labelled(module_tmp: Any) -> tuple[Any, Any, Any, Any]:
-    """(recipe, export artifact, data, finetune artifact): the trained model's export, and the val split described
-    above."""
-    import torch
-
-    from edgeres.data import Split, load_data
-
-    root = module_tmp("q-trained")
-    build = _build(root, trained_recipe(), cache=root / "cache")
-    finetune, exported = build.result.lineage["main"]
-    export = read_artifact(exported.path)
-    assert export is not None
-    recipe = as_recipe(trained_recipe(calibration_size=1, max_accuracy_drop=0.0))
-    data = load_data(recipe.data, seed=0)
-
-    def labelled(images: Any) -> Any:
-        labels = ort_predictions(export.primary_path, as_inputs(data, images))
-        return dataclasses.replace(data, val=Split(images, torch.from_numpy(labels.astype(np.int64))))
-
-    clean = data.test.images.clone()
-    plain = as_recipe(trained_recipe(calibration_size=1))  # no budget: plain PTQ, calibrated on one clean image
-    run_quantize_stage(root / "plain-ptq", plain, export, labelled(clean))
-    # the image replaced is not the calibration image, so PTQ's scales stay those of the plain run
-    replaced = next(i for i in reversed(range(len(clean))) if i != int(data.calibration_indices(1, 0)[0][0]))
-    near = boundary_images(data, export.primary_path)[:64]
-    fp32 = ort_predictions(export.primary_path, as_inputs(data, near))
-    int8 = ort_predictions(root / "plain-ptq" / "model.onnx", as_inputs(data, near))
-    changed = np.nonzero(fp32 != int8)[0]
-    assert changed.size, "plain PTQ on one image changed none of 64 boundary images: the probe needs a new model"
-    clean[replaced] = near[int(changed[0])]
-    return recipe, export, labelled(clean), finetune
-
-
-def run_quantize_stage(
-    workdir: Path, recipe: Any, export: Artifact, bundle: Any, torch_source: Artifact | None = None
-) -> tuple[Any, str]:
-    from edgeres.resolve import Resolver
-    from edgeres.stages import quantize
-    from edgeres.stages.base import StageContext
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    reporter = quiet_reporter()
-    resolver = Resolver(recipe, fingerprint=lambda data, seed: "the test's own images", cache_dir=workdir)
-    ctx = StageContext(
-        workdir=workdir,
-        inputs=resolver.inputs("main", recipe.stage("quantize")),
-        reporter=reporter,
-        load_data=lambda data: bundle,
-        torch_source=torch_source,
-    )
-    try:
-        return quantize.run(ctx, recipe.stage("quantize"), export), reporter.stream.getvalue()
-    except StageError as exc:
-        exc.log = reporter.stream.getvalue()  # type: ignore[attr-defined]
-        raise
-
-
-PTQ_LINE = re.compile(r"PTQ on onnxruntime: val top-1 1\.0000 -> (\d\.\d{4}) \(drop (\d+\.\d\d) pts\)")
-
-
-def test_accuracy_control_holds_a_zero_drop(self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path) -> None:
-    recipe, export, bundle, _ = self_labelled
-    out, log = run_quantize_stage(tmp_path / "work", recipe, export, bundle)
-    # plain PTQ on one calibration image drops accuracy on val ...
-    ptq = PTQ_LINE.search(log)
-    assert ptq is not None, log
-    assert float(ptq.group(2)) > 0
-    assert f"drop {ptq.group(2)} pts exceeds max_accuracy_drop 0: accuracy control (keeping the most sensitive " \
-           "layers in FP32)" in log  # fmt: skip
-    # ... and accuracy control keeps layers in FP32 until the drop is 0
-    m = out.metrics
-    assert m["method"] == "ptq+accuracy-control"
-    assert m["max_accuracy_drop"] == 0.0
-    assert m["calibration"]["images"] == 1
-    kept = m["kept_fp32_layers"]
-    assert isinstance(kept, list) and kept
-    assert f"accuracy control: val drop 0.00 pts with {len(kept)} layers in FP32" in log
-    assert m["val"]["fp32_top1"] == 1.0
-    assert m["val"]["int8_top1"] == 1.0
-    assert m["val"]["drop"] == 0.0
-    assert m["val"]["agreement"] == 1.0
-    model = onnx.load(str(tmp_path / "work" / "model.onnx"))
-    quantized, plain = float_layers(model)
-    assert plain == kept
-    assert quantized == WEIGHTED_LAYERS - len(kept)
-    assert m["rules"]["exempt"] == sorted(kept)
-    assert m["rules"]["errors"] == []
-    assert m["scales_sha256"] == scales_digest(model)
-    assert m["quick_latency"]["all_int8_ptq_p50_ms"] > 0  # what the kept layers cost against all-INT8
-    assert m["seconds"]["accuracy_control"] > 0
-
-
-def test_accuracy_budget_that_cannot_be_held_fails(
-    self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When accuracy control cannot restore the budget (here: NNCF returns plain PTQ), the stage says so."""
-    import nncf
-
-    recipe, export, bundle, _ = self_labelled
-
-    def no_restoration(model: Any, calib: Any, _val: Any, _validate: Any, **kw: Any) -> Any:
-        return nncf.quantize(model, calib, subset_size=kw["subset_size"], preset=kw["preset"],
-                             fast_bias_correction=kw["fast_bias_correction"])  # fmt: skip
-
-    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", no_restoration)
-    with pytest.raises(StageError) as exc:
-        run_quantize_stage(tmp_path / "work", recipe, export, bundle)
-    msg = str(exc.value)
-    ptq = PTQ_LINE.search(exc.value.log)  # type: ignore[attr-defined]
-    assert ptq is not None
-    assert msg == (
-        f"INT8 could not be held within max_accuracy_drop 0 pts on val: the best reached is {ptq.group(2)} pts "
-        f"(drop per method, pts: ptq {ptq.group(2)}, ptq+accuracy-control {ptq.group(2)}; accuracy control kept 0 "
-        "layers in FP32). Raise the budget, calibrate on more images (calibration_size), try QAT (qat:), or train "
-        "longer before quantizing"
-    )
-    assert msg.startswith("INT8 could not be held within max_accuracy_drop")
-    assert exc.value.exit_code == 3
+# Accuracy control (on each target's runtime), the budget that cannot be held and QAT recovering what PTQ loses are
+# tested on a model that plain PTQ makes lose accuracy: tests/test_int8_accuracy.py.
 
 
 # ---------------------------------------------------------------------------- quantization-aware training (QAT)
@@ -1179,24 +1009,6 @@ def test_qat_for_tensorrt_passes_the_hard_rules(qat_trt_build: QBuild) -> None:
 def test_two_qat_builds_give_identical_scales(qat_build: QBuild, base_build: Build, tmp_path: Path) -> None:
     again = _build(tmp_path, quantize_recipe(qat=QAT), copy_from=base_build.cache)
     assert again.metrics["scales_sha256"] == qat_build.metrics["scales_sha256"]
-
-
-def test_qat_after_ptq_misses_the_budget(self_labelled: tuple[Any, Any, Any, Any], tmp_path: Path) -> None:
-    """PTQ on one calibration image misses a zero budget, so QAT runs next; if it too misses, accuracy control."""
-    _, export, bundle, torch_model = self_labelled
-    recipe = as_recipe(
-        trained_recipe(calibration_size=1, max_accuracy_drop=0.0, qat={"when": "if-ptq-misses", "epochs": 1})
-    )
-    out, log = run_quantize_stage(tmp_path / "work", recipe, export, bundle, torch_source=torch_model)
-    ptq = PTQ_LINE.search(log)
-    assert ptq is not None and float(ptq.group(2)) > 0
-    assert f"drop {ptq.group(2)} pts exceeds max_accuracy_drop 0: QAT" in log
-    assert "QAT on onnxruntime: val top-1 1.0000 -> " in log
-    m = out.metrics
-    assert m["qat"]["steps"] == 1  # 64 train images, the default batch of 64
-    assert m["method"] in ("qat", "ptq+accuracy-control")
-    assert m["val"]["drop"] <= 0.0  # held, by QAT or by layers kept in FP32 after it
-    assert set(m["seconds"]) >= {"ptq", "qat"}
 
 
 # ------------------------------------------------------------------------------------------------ recipe checks

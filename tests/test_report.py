@@ -575,7 +575,7 @@ def test_compare_a_build_against_a_bench_run_matches_the_variant(
     --allow-missing says to compare only what both have."""
     _, _, bench_json = bench_run
     build_json = base_build.out / "report.json"
-    strict = compare(build_json, bench_json)
+    strict = compare(build_json, bench_json, "--max-latency-regression", "100")  # latency: two runs, one noisy machine
     assert strict.code == 7
     assert strict.stderr.splitlines()[1:] == [
         "  - main on onnxruntime: top-1 measured in the base report, not in the new one (a bench run without --recipe "
