@@ -44,4 +44,9 @@ def test_every_architecture_builds_through_compile(arch: str, tmp_path: Path) ->
     lineage = {a.stage_type: a for a in result.lineage["main"]}
     pruned = lineage["prune"].metadata["metrics"]
     assert pruned["macs_after"] < pruned["macs_before"], pruned  # channels really went
-    assert lineage["quantize"].metadata["metrics"]["precision"] == "int8"
+    import onnx
+
+    from edgeres.qdq import float_layers
+
+    quantized, _ = float_layers(onnx.load(str(lineage["quantize"].primary_path)))
+    assert quantized > 0  # the written graph holds quantized layers (the sidecar's "int8" is a constant)

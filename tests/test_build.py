@@ -70,8 +70,7 @@ def test_report_json(base_build: Build) -> None:
         assert acc["images"] == 32
         assert 0.0 <= acc["top1"] <= 1.0
         assert acc["top1"] <= acc["top5"] <= 1.0
-        assert acc["top1_drop"] == 0.0  # the baseline against itself
-        assert acc["top1_agreement"] == 1.0
+        assert acc["reference"] == f"main on {r['runtime']}"  # the baseline row is compared on its own runtime
         assert lat["p50_ms"] > 0
         assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
         assert lat["queries"] >= 5
@@ -160,8 +159,8 @@ def test_sidecar_holds_parity_metrics(base_build: Build) -> None:
     assert m["input"] == {"name": "input", "shape": ["batch", 3, 16, 16]}
     parity = m["parity"]
     assert parity["samples"] == 32  # min(parity.samples=256, 32 val images)
-    assert 0.0 <= parity["max_abs_diff"] <= 1e-3
-    assert parity["top1_agreement"] >= 0.99
+    # the gate allows 1e-3 and 0.99 (it raised otherwise): an fp32 export of this model is far closer than that
+    assert 0.0 <= parity["max_abs_diff"] < 1e-4
     # The delivered files are the committed ones.
     out = base_build.out / "models" / "main"
     assert side["files"]["model.onnx"] == sha256(out / "model.onnx")
