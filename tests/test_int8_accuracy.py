@@ -105,7 +105,9 @@ def washed(base_build: Build, module_tmp: Any) -> Washed:
     from edgeres.data import load_data
 
     root = module_tmp("washed")
-    (finetune,) = committed(base_build.cache, "finetune")
+    built = json.loads((base_build.out / "build.json").read_text(encoding="utf-8"))["stages"]
+    # the base build's own entry (other tests add finetune entries of other recipes to the same cache)
+    finetune = Path(next(s["path"] for s in built if s["stage_type"] == "finetune"))
     weights = root / "tiny.pt"
     shutil.copyfile(finetune / "model.pt", weights)
     syn = load_data(as_recipe(tiny_recipe()).data, seed=0)
