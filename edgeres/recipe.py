@@ -364,10 +364,16 @@ def recipe_from_text(
         apply_override(raw, key, value)
     if base is not None:
         _resolve_paths(raw, base)
-    lines = _line_index(text)
+    return recipe_from_mapping(raw, source=source, text=text)
+
+
+def recipe_from_mapping(raw: dict[str, Any], *, source: str = "recipe", text: str | None = None) -> Recipe:
+    """Validate a recipe already read into a mapping (paths resolved, overrides applied); `text`, the YAML it came
+    from, lets errors name their lines (composed again only when there is an error)."""
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
+        lines = _line_index(text) if text is not None else {}
         raise RecipeError(format_errors(exc, raw, lines, source)) from None
     # A variant is a recipe too: validate each with its overrides applied, so its errors surface now.
     for vname, variant in recipe.variants.items():

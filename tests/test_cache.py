@@ -15,6 +15,7 @@ from conftest import (
     as_recipe,
     committed,
     entries,
+    finetune_only,
     run_cli,
     run_pipeline,
     statuses,
@@ -281,6 +282,27 @@ def test_dry_run_lists_a_benchmark_that_would_run(base_build: Build) -> None:
     ]
 
 
+def cheap() -> dict[str, Any]:
+    """A one-epoch finetune of the tiny data: the entries the tests below damage and rebuild need no model that
+    learned (a rebuild of the shared 6-epoch entry took 2.5 s each)."""
+    return finetune_only()
+
+
+@pytest.fixture(scope="module")
+def cheap_cache(module_tmp: Any) -> Path:
+    cache = module_tmp("cheap") / "cache"
+    run_pipeline(cheap(), cache)
+    return cache
+
+
+@pytest.fixture
+def cheap_cache_copy(cheap_cache: Path, tmp_path: Path) -> Path:
+    """A private copy of a cache holding one committed finetune entry (cheap())."""
+    dst = tmp_path / "cache"
+    shutil.copytree(cheap_cache, dst)
+    return dst
+
+
 # ---------------------------------------------------------------------------------------------- atomic commit
 
 
@@ -289,12 +311,12 @@ def only_entry(cache: Path) -> Path:
     return entry
 
 
-def test_partial_folder_is_never_taken_as_done(finetune_cache_copy: Path) -> None:
+def test_partial_folder_is_never_taken_as_done(cheap_cache_copy: Path) -> None:
     # A finished-looking folder (files and a valid sidecar) that was never renamed into place.
-    final = only_entry(finetune_cache_copy)
+    final = only_entry(cheap_cache_copy)
     partial = final.with_name(final.name + ".partial")
     os.rename(final, partial)
-    result, _ = run_pipeline(tiny_recipe(), finetune_cache_copy, until_stage="finetune")
+    result, _ = run_pipeline(cheap(), cheap_cache_copy, until_stage="finetune")
     assert statuses(result) == [("main", "finetune", "ran")]
     assert read_artifact(final) is not None
     read_artifact(final).verify()  # type: ignore[union-attr]
@@ -302,8 +324,8 @@ def test_partial_folder_is_never_taken_as_done(finetune_cache_copy: Path) -> Non
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "wrong-schema"])
-def test_entry_without_valid_sidecar_is_rerun(finetune_cache_copy: Path, damage: str) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_entry_without_valid_sidecar_is_rerun(cheap_cache_copy: Path, damage: str) -> None:
+    final = only_entry(cheap_cache_copy)
     side = final / SIDECAR
     if damage == "missing":
         side.unlink()
@@ -313,16 +335,16 @@ def test_entry_without_valid_sidecar_is_rerun(finetune_cache_copy: Path, damage:
         meta = json.loads(side.read_text(encoding="utf-8"))
         side.write_text(json.dumps({**meta, "schema": 99}), encoding="utf-8")
     assert read_artifact(final) is None
-    result, _ = run_pipeline(tiny_recipe(), finetune_cache_copy, until_stage="finetune")
+    result, _ = run_pipeline(cheap(), cheap_cache_copy, until_stage="finetune")
     assert statuses(result) == [("main", "finetune", "ran")]
     art = read_artifact(final)
     assert art is not None
     art.verify()
-    assert sorted(entries(finetune_cache_copy)) == [final.name]
+    assert sorted(entries(cheap_cache_copy)) == [final.name]
 
 
-def test_tampered_entry_fails_the_build(finetune_cache_copy: Path) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_tampered_entry_fails_the_build(cheap_cache_copy: Path) -> None:
+    final = only_entry(cheap_cache_copy)
     with open(final / "model.pt", "r+b") as f:
         f.seek(-8, os.SEEK_END)
         f.write(b"\x00" * 8)
@@ -336,15 +358,15 @@ def test_tampered_entry_fails_the_build(finetune_cache_copy: Path) -> None:
         art.verify()
     assert str(info.value) == expected
     with pytest.raises(CacheError) as info:
-        run_pipeline(tiny_recipe(), finetune_cache_copy, until_stage="finetune")
+        run_pipeline(cheap(), cheap_cache_copy, until_stage="finetune")
     assert str(info.value) == expected
 
 
-def test_tampered_entry_exits_6_on_the_cli(finetune_cache_copy: Path, tmp_path: Path) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_tampered_entry_exits_6_on_the_cli(cheap_cache_copy: Path, tmp_path: Path) -> None:
+    final = only_entry(cheap_cache_copy)
     (final / "model.json").write_text("{}", encoding="utf-8")
-    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
-    res = run_cli("build", str(path), "--cache", str(finetune_cache_copy), "--out", str(tmp_path / "o"))
+    path = write_recipe(tmp_path / "r.yaml", cheap())
+    res = run_cli("build", str(path), "--cache", str(cheap_cache_copy), "--out", str(tmp_path / "o"))
     assert res.code == 6
     assert res.stderr == (
         f"edgeres: cache error: artifact {final} does not match its sidecar (changed, missing or extra: model.json); "
@@ -352,23 +374,23 @@ def test_tampered_entry_exits_6_on_the_cli(finetune_cache_copy: Path, tmp_path: 
     )
 
 
-def test_force_replaces_a_tampered_entry(finetune_cache_copy: Path) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_force_replaces_a_tampered_entry(cheap_cache_copy: Path) -> None:
+    final = only_entry(cheap_cache_copy)
     (final / "extra.txt").write_text("x", encoding="utf-8")
-    result, _ = run_pipeline(tiny_recipe(), finetune_cache_copy, until_stage="finetune", force=("finetune",))
+    result, _ = run_pipeline(cheap(), cheap_cache_copy, until_stage="finetune", force=("finetune",))
     assert statuses(result) == [("main", "finetune", "ran")]
     art = read_artifact(final)
     assert art is not None
     art.verify()
     assert not (final / "extra.txt").exists()
-    assert sorted(entries(finetune_cache_copy)) == [final.name]
+    assert sorted(entries(cheap_cache_copy)) == [final.name]
 
 
 def test_a_missing_weights_file_fails_before_any_stage_and_commits_nothing(tmp_path: Path) -> None:
     """Its content is keyed, so a missing file is found while the build is planned, before anything runs."""
     cache = tmp_path / "cache"
     missing = tmp_path / "missing.pt"
-    recipe = with_stage(tiny_recipe(), 0, weights=str(missing), epochs=0)
+    recipe = with_stage(cheap(), 0, weights=str(missing), epochs=0)
     with pytest.raises(RecipeError) as info:
         run_pipeline(recipe, cache)
     assert str(info.value) == (
@@ -383,7 +405,7 @@ def test_stage_that_raises_after_writing_its_output_commits_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "cache"
-    key = planned_key(tiny_recipe(), cache)
+    key = planned_key(cheap(), cache)
     final = cache / f"finetune-{key}"
 
     def boom(ctx: Any, cfg: Any, inp: Any) -> Any:
@@ -393,14 +415,14 @@ def test_stage_that_raises_after_writing_its_output_commits_nothing(
 
     monkeypatch.setattr(edgeres.stages.finetune, "run", boom)
     with pytest.raises(RuntimeError, match="killed mid-stage"):
-        run_pipeline(tiny_recipe(), cache, until_stage="finetune")
+        run_pipeline(cheap(), cache, until_stage="finetune")
     assert not final.exists()
     assert read_artifact(final) is None
     assert read_artifact(final.with_name(final.name + ".partial")) is None
     monkeypatch.undo()
 
     # The next build runs the stage for real and commits it.
-    result, _ = run_pipeline(tiny_recipe(), cache, until_stage="finetune")
+    result, _ = run_pipeline(cheap(), cache, until_stage="finetune")
     assert statuses(result) == [("main", "finetune", "ran")]
     art = read_artifact(final)
     assert art is not None
@@ -408,15 +430,15 @@ def test_stage_that_raises_after_writing_its_output_commits_nothing(
     assert (final / "model.pt").read_bytes() != b"half-written"
 
 
-def test_cache_clean_partial_keeps_committed_entries(finetune_cache_copy: Path) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_cache_clean_partial_keeps_committed_entries(cheap_cache_copy: Path) -> None:
+    final = only_entry(cheap_cache_copy)
     stale = final.with_name("export-" + "a" * 64 + ".partial")
     shutil.copytree(final, stale)
-    res = run_cli("cache", "ls", "--cache", str(finetune_cache_copy))
+    res = run_cli("cache", "ls", "--cache", str(cheap_cache_copy))
     assert res.code == 0
     states = sorted(line.split()[:3:2] for line in res.stdout.splitlines()[:-1])
     assert states == [["export", "partial"], ["finetune", "done"]]
-    res = run_cli("cache", "clean", "--partial", "--cache", str(finetune_cache_copy))
+    res = run_cli("cache", "clean", "--partial", "--cache", str(cheap_cache_copy))
     assert res.code == 0
     assert res.stdout.startswith("removed 1 entries")
     assert not stale.exists()
@@ -425,11 +447,11 @@ def test_cache_clean_partial_keeps_committed_entries(finetune_cache_copy: Path) 
 
 def test_stray_files_in_a_leftover_partial_are_not_committed(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    key = planned_key(tiny_recipe(), cache)
+    key = planned_key(cheap(), cache)
     partial = cache / f"finetune-{key}.partial"
     partial.mkdir(parents=True)
     (partial / ".model.pt.k3j2h1").write_bytes(b"temporary of a write that was killed")
-    result, _ = run_pipeline(tiny_recipe(), cache, until_stage="finetune")
+    result, _ = run_pipeline(cheap(), cache, until_stage="finetune")
     assert statuses(result) == [("main", "finetune", "ran")]
     art = result.variants["main"]
     assert sorted(art.files) == ["model.json", "model.pt"]
@@ -442,16 +464,16 @@ def test_stray_files_in_a_leftover_partial_are_not_committed(tmp_path: Path) -> 
     "deliverable", ["../../etc/passwd", "/etc/passwd", "model.pt/../../../x", "model.pt\\..\\x", "not-hashed.bin"]
 )
 def test_deliverables_outside_the_hashed_files_are_refused(
-    finetune_cache_copy: Path, tmp_path: Path, deliverable: str
+    cheap_cache_copy: Path, tmp_path: Path, deliverable: str
 ) -> None:
-    final = only_entry(finetune_cache_copy)
+    final = only_entry(cheap_cache_copy)
     side = final / SIDECAR
     meta = json.loads(side.read_text(encoding="utf-8"))
     assert meta["deliverables"] == ["model.pt", "model.json"]
     side.write_text(json.dumps({**meta, "deliverables": ["model.pt", deliverable]}), encoding="utf-8")
-    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
+    path = write_recipe(tmp_path / "r.yaml", cheap())
     out = tmp_path / "out"
-    args = ["build", str(path), "--cache", str(finetune_cache_copy), "--out", str(out), "--until", "finetune"]
+    args = ["build", str(path), "--cache", str(cheap_cache_copy), "--out", str(out), "--until", "finetune"]
     res = run_cli(*args, "--quiet")
     assert res.code == 6
     assert res.stderr == (
@@ -470,8 +492,8 @@ def test_deliverables_outside_the_hashed_files_are_refused(
 
 
 @pytest.mark.parametrize("deliverables", [[], "model.pt", None, [3]])
-def test_deliverables_that_are_not_a_list_of_files_are_refused(finetune_cache_copy: Path, deliverables: Any) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_deliverables_that_are_not_a_list_of_files_are_refused(cheap_cache_copy: Path, deliverables: Any) -> None:
+    final = only_entry(cheap_cache_copy)
     side = final / SIDECAR
     meta = json.loads(side.read_text(encoding="utf-8"))
     side.write_text(json.dumps({**meta, "deliverables": deliverables}), encoding="utf-8")
@@ -491,15 +513,13 @@ def test_deliverables_that_are_not_a_list_of_files_are_refused(finetune_cache_co
     )
 
 
-def test_a_tampered_file_is_found_by_rehashing_and_rebuilt_with_force(
-    finetune_cache_copy: Path, tmp_path: Path
-) -> None:
-    final = only_entry(finetune_cache_copy)
+def test_a_tampered_file_is_found_by_rehashing_and_rebuilt_with_force(cheap_cache_copy: Path, tmp_path: Path) -> None:
+    final = only_entry(cheap_cache_copy)
     before = (final / "model.pt").read_bytes()
     (final / "model.pt").write_bytes(before[:-4] + b"\xff\xff\xff\xff")
-    path = write_recipe(tmp_path / "r.yaml", tiny_recipe())
+    path = write_recipe(tmp_path / "r.yaml", cheap())
     out = tmp_path / "out"
-    args = ["build", str(path), "--cache", str(finetune_cache_copy), "--out", str(out), "--until", "finetune"]
+    args = ["build", str(path), "--cache", str(cheap_cache_copy), "--out", str(out), "--until", "finetune"]
     res = run_cli(*args, "--quiet")
     assert res.code == 6
     assert "does not match its sidecar (changed, missing or extra: model.pt)" in res.stderr

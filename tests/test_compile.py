@@ -27,7 +27,7 @@ from edgeres.runtimes import open_runner
 FINETUNE = TINY_FINETUNE  # as in the base build: its entries are reused
 EXPORT = {"type": "export", "opset": 18}
 KIT_IMAGES = 16
-BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "isolate": False}
+BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "isolate": False, "fidelity": None}
 RECIPE = tiny_recipe(
     stages=[FINETUNE, EXPORT, {"type": "compile", "tensorrt": {"kit_val_images": KIT_IMAGES}}, BENCH],
     variants={

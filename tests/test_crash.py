@@ -266,7 +266,14 @@ SWEEP_STAGES: list[dict[str, Any]] = [
     {"type": "export"},
     {"type": "quantize", "qat": {"when": "always", "epochs": 2, "batch_size": 32}},
     {"type": "compile"},
-    {"type": "benchmark", "runtimes": ["onnxruntime"], "latency": TINY_LATENCY, "offline": None, "isolate": False},
+    {
+        "type": "benchmark",
+        "runtimes": ["onnxruntime"],
+        "latency": TINY_LATENCY,
+        "offline": None,
+        "isolate": False,
+        "fidelity": None,
+    },
 ]
 SWEEP_POINTS = [
     "epoch:finetune@1",

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from edgeres.config import Unkeyed
 from edgeres.errors import RecipeError
 from edgeres.pipeline import Pipeline
-from edgeres.recipe import Recipe, recipe_from_text, variant_recipe
+from edgeres.recipe import Recipe, recipe_from_mapping, variant_recipe
 
 
 def unkeyed_leaves() -> dict[str, str]:
@@ -134,10 +134,14 @@ def base_recipes(tmp: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def planned_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]:
-    import yaml
+def as_recipe(raw: dict[str, Any], source: str) -> Recipe:
+    """The recipe a YAML file holding `raw` gives, validated from the mapping itself: the walk below validates
+    ~1,700 recipes, and reading each through YAML (tested in test_recipe.py) took most of its time."""
+    return recipe_from_mapping(copy.deepcopy(raw), source=source)
 
-    recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="key-test")
+
+def planned_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]:
+    recipe = as_recipe(raw, "key-test")
     result = Pipeline(recipe, cache_dir=cache, reporter=quiet_reporter(), dry_run=True).run()
     return {(r.variant, r.stage): r.key for r in result.records}
 
@@ -248,15 +252,13 @@ def _set(raw: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 
 
 def _mutated(raw: dict[str, Any], path: tuple[Any, ...], old: Any, schema: str) -> tuple[dict[str, Any], Any] | None:
-    import yaml
-
     for new in mutations(old, schema):
         if new == old:
             continue
         candidate = copy.deepcopy(raw)
         _set(candidate, path, new)
         try:
-            recipe_from_text(yaml.safe_dump(candidate, sort_keys=False), source="mutant")
+            as_recipe(candidate, "mutant")
         except RecipeError:
             continue
         return candidate, new
@@ -415,11 +417,9 @@ def expected_direct(old: Recipe, new: Recipe) -> set[tuple[str, str]]:
 
 def direct_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]:
     """Every stage's key with its input artifacts held fixed: what changes is what the stage itself is given."""
-    import yaml
-
     from edgeres.keys import stage_key
 
-    recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="key-test")
+    recipe = as_recipe(raw, "key-test")
     pipe = Pipeline(recipe, cache_dir=cache, reporter=quiet_reporter(), dry_run=True)
     out = {}
     for vname in recipe.variant_names():
@@ -435,15 +435,13 @@ def direct_keys(raw: dict[str, Any], cache: Path) -> dict[tuple[str, str], str]:
 def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_path: Path) -> None:
     """Each leaf changed in turn, every stage of every variant keyed with fixed input artifacts: the keys that change
     are exactly the stages that read the leaf (downstream propagation through content hashes is tested below)."""
-    import yaml
-
     walked: set[str] = set()
     failures: list[str] = []
     unchangeable: list[tuple[str, str]] = []  # (leaf, where): fine where another base recipe changed the leaf
     skip = STRUCTURAL.keys() - {"data.augment", "data.calibration_size"}
     unkeyed = unkeyed_leaves()
     for label, base in base_recipes(tmp_path).items():
-        recipe = recipe_from_text(yaml.safe_dump(base, sort_keys=False), source=label)
+        recipe = as_recipe(base, label)
         resolved = recipe.model_dump(mode="json")
         base_keys = direct_keys(resolved, tmp_path / "cache")
         for path, schema in walk(resolved):
@@ -462,7 +460,7 @@ def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_p
             mutant, new = found
             walked.add(schema)
             keys = direct_keys(mutant, tmp_path / "cache")
-            mutant_recipe = recipe_from_text(yaml.safe_dump(mutant, sort_keys=False), source="mutant")
+            mutant_recipe = as_recipe(mutant, "mutant")
             expected = expected_direct(recipe, mutant_recipe)
             changed = {k for k, key in keys.items() if base_keys.get(k) != key}
             if changed != expected:
@@ -600,9 +598,7 @@ def test_tensorrt_quantize_key_follows_the_float_islands_precision(tmp_path: Pat
 
 def resolved_inputs(raw: dict[str, Any], tmp: Path) -> dict[tuple[str, str], Any]:
     """Each planned stage's inputs object, by (variant, stage)."""
-    import yaml
-
-    recipe = recipe_from_text(yaml.safe_dump(raw, sort_keys=False), source="inputs")
+    recipe = as_recipe(raw, "inputs")
     pipe = Pipeline(recipe, cache_dir=tmp / "cache", reporter=quiet_reporter(), dry_run=True)
     result = pipe.run()
     return {

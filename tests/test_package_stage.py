@@ -31,7 +31,7 @@ from edgeres.errors import BundleError, RecipeError
 FINETUNE = TINY_FINETUNE  # as in the base build: its entries are reused
 EXPORT = {"type": "export", "opset": 18}
 COMPILE = {"type": "compile", "tensorrt": {"kit_val_images": 16}}
-BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False}
+BENCH = {"type": "benchmark", "latency": TINY_LATENCY, "offline": None, "isolate": False, "fidelity": None}
 RECIPE = tiny_recipe(
     stages=[FINETUNE, EXPORT, COMPILE, BENCH, {"type": "package", "version": 2}],
     variants={
