@@ -454,9 +454,10 @@ def test_fixed_batch_engine_is_benchmarked(base_build: Build, tmp_path: Path) ->
     assert row["offline"] == {"scenario": "offline", "skipped": "the model has a fixed batch size of 1"}
 
 
-def test_each_variant_is_measured_with_its_own_data_settings(tmp_path: Path) -> None:
+def test_each_variant_is_measured_with_its_own_data_settings(base_build: Build, tmp_path: Path) -> None:
     """A variant that overrides data.* (here its normalisation) is benchmarked on images preprocessed its way, not
-    the base recipe's: its row's accuracy is what its model gives on its own preprocessing."""
+    the base recipe's: its row's accuracy is what its model gives on its own preprocessing. (Variant a is the base
+    build's model: its finetune and export come from a copy of that cache.)"""
     from conftest import as_recipe
 
     from edgeres.data import load_data
@@ -466,6 +467,7 @@ def test_each_variant_is_measured_with_its_own_data_settings(tmp_path: Path) -> 
         stages=[FINETUNE, EXPORT, BENCH],
         variants={"a": {}, "b": {"set": {"data.mean": [0.2, 0.2, 0.2], "data.std": [0.5, 0.5, 0.5]}}},
     )
+    shutil.copytree(base_build.cache, tmp_path / "cache")
     result, _ = run_pipeline(raw, tmp_path / "cache", tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     recipe = as_recipe(raw)

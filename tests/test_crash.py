@@ -3,7 +3,8 @@ output for a finished one.
 
 Faults come from edgeres.faults (EDGERES_FAULT, a test-only hook): `kill` is a real SIGKILL of a build subprocess,
 `crash` an in-process stand-in (cheaper: no interpreter start), `enospc` a write that fails as on a full disk. The
-long sweep over every point of a whole recipe is marked slow (`make test-slow`).
+default suite kills a build once, at the commit's most deceptive point; a kill at every commit step of one stage and
+the long sweep over every point of a whole recipe are marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,28 @@ def test_fault_spec_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     faults.point("stage:ran", "finetune")  # no spec: nothing happens
 
 
+def test_killed_with_a_whole_sidecar_in_the_partial_folder_a_rerun_completes_and_matches(tmp_path: Path) -> None:
+    """The default suite's SIGKILL: killed after the sidecar was written but before the rename that commits, the
+    folder looks finished; the re-run must not take it, and ends with the uninterrupted build's files. (Every other
+    commit step: the slow test below.)"""
+    recipe = tiny_recipe(name="crash", stages=[FINETUNE])
+    path = write_recipe(tmp_path / "crash.yaml", recipe)
+    ref_cache = tmp_path / "ref"
+    run_pipeline(recipe, ref_cache)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    r = build(path, cache, out, fault="commit:sidecar-written/finetune")
+    assert killed(r) and committed(cache, "finetune") == []
+    (partial,) = cache.glob("finetune-*.partial")
+    assert (partial / "artifact.json").is_file()
+    r = build(path, cache, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "finetune: running" in r.stderr
+    assert files_of(cache) == files_of(ref_cache)
+    out_is_whole(out)
+    assert not list(cache.glob("*.partial"))
+
+
+@pytest.mark.slow  # nine builds, each a fresh interpreter that imports torch: ~20 s
 def test_killed_at_every_commit_step_a_rerun_completes_and_matches(tmp_path: Path) -> None:
     """SIGKILL inside the stage, after its files, after the sidecar, after the rename, between the two renames of a
     --force swap and while delivering: each re-run goes on, nothing half-written is reused, and the end state is the

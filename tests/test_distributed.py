@@ -45,6 +45,7 @@ def metrics(cache: Path) -> dict[str, Any]:
     return json.loads((entry / "artifact.json").read_text(encoding="utf-8"))["metrics"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow  # torchrun and two workers that each import torch: 15-20 s on 2 cores
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(name="ddp", data=DATA, stages=[FINETUNE]))
     one = build(path, tmp_path / "one" / "cache")

@@ -73,8 +73,9 @@ def test_a_folder_over_the_memory_budget_streams_and_trains_the_same_model(tmp_p
     root = make_folder(tmp_path / "data")
     decoded_gb = 3 * SIDE * SIDE * 39 / 2**30
     budget = decoded_gb / 100  # far below the decoded size: auto streams
-    run_pipeline(recipe(root, stream="never"), tmp_path / "mem-cache")
-    run_pipeline(recipe(root, max_memory_gb=budget, workers=2), tmp_path / "stream-cache")
+    one_epoch = {"stages": [{"type": "finetune", "epochs": 1, "batch_size": 8}]}  # an epoch shows it: half the time
+    run_pipeline({**recipe(root, stream="never"), **one_epoch}, tmp_path / "mem-cache")
+    run_pipeline({**recipe(root, max_memory_gb=budget, workers=2), **one_epoch}, tmp_path / "stream-cache")
     (mem_entry,) = committed(tmp_path / "mem-cache", "finetune")
     (st_entry,) = committed(tmp_path / "stream-cache", "finetune")
     assert mem_entry.name == st_entry.name  # the same cache key: streaming shapes nothing
