@@ -289,6 +289,11 @@ def test_accuracy_control_holds_the_budget_plain_ptq_misses(washed: Washed, targ
     assert m["rules"]["exempt"] == sorted(kept)
     assert m["rules"]["errors"] == []
     assert m["seconds"]["accuracy_control"] > 0
+    # NNCF accepted the very graph that ships (byte for byte, after the target's rewrites and cast), on the same count
+    # of val images; before, it judged its candidates with unfolded float weights and shipped them folded to int8
+    accepted = m["accepted_by_accuracy_control"]
+    assert accepted["same_graph"] is True
+    assert accepted["val_top1"] == m["val"]["int8_top1"]
     if target == "nvidia-gpu":
         assert m["quick_latency"]["int8_p50_ms"] is None  # no TensorRT here: no latency from a stand-in
     else:

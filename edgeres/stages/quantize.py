@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ class Candidate:
     seconds: float
     kept_fp32: list[str] = field(default_factory=list)
     qat: dict[str, Any] | None = None
+    # accuracy control: NNCF's own judgement of the model it returned, and whether that was this very graph
+    accepted: dict[str, Any] | None = None
 
 
 METHOD_LABEL = {"ptq": "PTQ", "qat": "QAT", "ptq+accuracy-control": "PTQ with layers in FP32"}
@@ -220,21 +223,32 @@ class Quantization:
 
     def accuracy_control(self) -> Candidate:
         """NNCF's accuracy control: the most sensitive layers stay FP32 until the val drop holds. NNCF hands each
-        model it evaluates; it is judged as it would ship, on the target's runtime with the shipped settings, like
-        every candidate."""
+        model it evaluates; it is judged exactly as it would ship, on the target's runtime with the shipped settings,
+        like every candidate. NNCF evaluates its candidates with float weights behind QuantizeLinear and folds them
+        into int8 initializers only in the model it returns: each candidate is folded the same way here first (for
+        a TensorRT target the fp16 cast would otherwise round the float weights before quantizing them, and a CPU
+        runtime may run such weights another way), so the graph NNCF accepted is byte for byte the one that ships,
+        and the stage records whether it was and what NNCF measured on it."""
         nncf = require("nncf")
         onnx = require("onnx")
+        passes = require("nncf.onnx.graph.passes", purpose="fold weights as NNCF's accuracy control does")
         ctx, cfg = self.ctx, self.cfg
         assert cfg.max_accuracy_drop is not None
         val_items = list(ctx.data.numpy_batches(ctx.data.val, EVAL_BATCH))
         probe = self.scratch / "accuracy-control-probe.onnx"
+        judged: dict[str, float] = {}  # sha256 of each candidate as shipped -> its val top-1 (whole val split)
 
         def validate(model: Any, dataset: Any) -> float:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # NNCF goes on with its own
-            write_bytes_atomic(probe, self.shipped(copy)[0].SerializeToString())
+            passes.compress_quantize_weights_transformation(copy)  # as NNCF does to the model it returns
+            data = self.shipped(copy)[0].SerializeToString()
+            write_bytes_atomic(probe, data)
             with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.inputs.threads, settings=self.settings) as r:
-                return float(measure_accuracy(r, dataset)[0]["top1"])
+                acc = measure_accuracy(r, dataset)[0]
+            if acc["images"] == len(ctx.data.val):  # not a ranking subset
+                judged[hashlib.sha256(data).hexdigest()] = float(acc["top1"])
+            return float(acc["top1"])
 
         t0 = time.monotonic()
         model = nncf.quantize_with_accuracy_control(
@@ -250,7 +264,19 @@ class Quantization:
         )
         _, kept = float_layers(model)
         cand = self.judge(model, "ptq+accuracy-control", round(time.monotonic() - t0, 1), kept_fp32=kept)
+        nncf_top1 = judged.get(hashlib.sha256(cand.model.SerializeToString()).hexdigest())
+        cand.accepted = {"val_top1": nncf_top1, "same_graph": nncf_top1 is not None}
         ctx.reporter.log(f"accuracy control: val drop {100 * cand.drop:.2f} pts with {len(kept)} layers in FP32")
+        if nncf_top1 is None:
+            ctx.reporter.log(
+                "warning: the model accuracy control returned is not one it judged on the whole val split; edgeres' "
+                "own figure above is what ships"
+            )
+        elif nncf_top1 != cand.val["top1"]:
+            ctx.reporter.log(
+                f"warning: accuracy control judged this graph at val top-1 {nncf_top1:.4f}, edgeres at "
+                f"{cand.val['top1']:.4f} (the runtime is not deterministic); edgeres' figure is what ships"
+            )
         return cand
 
 
@@ -387,6 +413,8 @@ def _run(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact, a
             "max_accuracy_drop": cfg.max_accuracy_drop,
             "tried": {c.method: c.drop for c in tried},
             "kept_fp32_layers": chosen.kept_fp32,
+            # what NNCF's accuracy control measured on the graph it accepted, and whether it is the graph that ships
+            "accepted_by_accuracy_control": next((c.accepted for c in tried if c.accepted is not None), None),
             "unsigned_rewritten_to_int8": chosen.rewrite.unsigned_to_int8,
             "conv_branch_qdq_dropped": chosen.rewrite.conv_branch_qdq_dropped,
             # precision of the model's non-quantized parts as written (TensorRT runs them so; CPU runtimes decide)
