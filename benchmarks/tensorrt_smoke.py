@@ -21,7 +21,15 @@ recorded and skipped with the reason when what it needs is absent or the time bu
 6. With TensorRT: a device kit of the small model, `bash build.sh` both ways (edgeres, then EDGERES_KIT_TRTEXEC=1 for
    trtexec), and trtexec's GPU compute time against edgeres' CUDA-event time for the same engine settings.
 
-Without CUDA it writes a JSON saying what it skipped and why, and exits 0. With CUDA it exits 1 when a step failed.
+Without CUDA it runs everything up to the first TensorRT call: the models, the INT8 graph as quantize ships it for
+a TensorRT target (signed int8, the residual-Add layout, float parts cast to fp16, opset 19) run on ONNX Runtime's
+CPU provider against FP32, and device kits written for the GPU and for DLA core 0 (their build.sh, trtexec lines and,
+for DLA, the calibration cache), without building; it says what it skipped and why, and exits 1 only when a step
+failed. With CUDA it exits 1 when a step failed.
+
+One CUDA context at a time: engines are built in child processes, and this process touches CUDA (the torch timing
+path) only after the last of them. On Jetson, where the GPU shares system memory and NVML reads nothing, each engine
+step also records MemAvailable from /proc/meminfo before, at its lowest during, and after.
 """
 
 from __future__ import annotations
@@ -128,8 +136,14 @@ def tensorrt_present() -> bool:
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def make_models(work: Path, quickstart_onnx: Path | None, *, int8: bool) -> dict[str, dict[str, Any]]:
-    """Torch folders and ONNX files, fp32 and (with `int8` and NNCF) TensorRT-rules INT8, of the two models."""
+MODELS = {"quickstart": (QUICKSTART_SIZE, QUICKSTART_CLASSES), "resnet50": (RESNET_SIZE, RESNET_CLASSES)}
+
+
+def make_models(
+    work: Path, quickstart_onnx: Path | None, *, int8: bool, names: tuple[str, ...] = tuple(MODELS)
+) -> dict[str, dict[str, Any]]:
+    """Torch folders and ONNX files, fp32 (exported as the recipe's export stage does by default) and (with `int8`
+    and NNCF) INT8 as the quantize stage ships it for a TensorRT target, of the models named."""
     import onnx
     import torch
 
@@ -137,10 +151,8 @@ def make_models(work: Path, quickstart_onnx: Path | None, *, int8: bool) -> dict
     from edgeres.torch_to_onnx import onnx_from_torch
 
     out: dict[str, dict[str, Any]] = {}
-    for name, size, classes in (
-        ("quickstart", QUICKSTART_SIZE, QUICKSTART_CLASSES),
-        ("resnet50", RESNET_SIZE, RESNET_CLASSES),
-    ):
+    for name in names:
+        size, classes = MODELS[name]
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
@@ -152,7 +164,7 @@ def make_models(work: Path, quickstart_onnx: Path | None, *, int8: bool) -> dict
             dims = onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
             size = int(dims[2].dim_value)
         else:
-            cfg = ExportStage(type="export", exporter="torchscript", opset=17, dynamic_batch=True)
+            cfg = ExportStage(type="export")  # the export stage's defaults: dynamo exporter, opset 18, dynamic batch
             onnx_from_torch(model, torch.zeros(1, 3, size, size), cfg, fp32)
         entry: dict[str, Any] = {"folder": folder, "fp32": fp32, "size": size, "int8": None}
         if int8 and available("nncf"):  # only TensorRT builds use it (PTQ of the big model takes a minute)
@@ -161,19 +173,83 @@ def make_models(work: Path, quickstart_onnx: Path | None, *, int8: bool) -> dict
     return out
 
 
-def int8_onnx(fp32: Path, dst: Path, size: int) -> Path:
-    """edgeres' PTQ as the quantize stage runs it for a TensorRT target (symmetric, signed int8) on 16 random images:
-    the graph and its kernels are what matter here, not the scales."""
+def int8_onnx(fp32: Path, dst: Path, size: int, *, images: int = 16) -> Path:
+    """The INT8 graph the quantize stage ships for a TensorRT target with its default fp16 islands: NNCF PTQ with
+    TensorRT's rules (symmetric, signed int8, the residual-Add layout; edgeres.ptq), then the float parts cast to
+    fp16 (edgeres.fp16: opset 19, float16 scales), calibrated on random images: the graph and its kernels are what
+    matter here, not the scales."""
     import onnx
 
+    from edgeres.fp16 import fp16_from_fp32
     from edgeres.ptq import for_target, quantize_ptq
 
     rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(16)]
+    calib = [rng.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(images)]
     q = quantize_ptq(onnx.load(str(fp32)), calib, symmetric=True, fast_bias_correction=True)
     for_target(q, "tensorrt")
-    onnx.save(q, str(dst))
+    onnx.save(fp16_from_fp32(q, source=str(fp32)), str(dst))
     return dst
+
+
+def int8_graph_step(entry: dict[str, Any]) -> dict[str, Any]:
+    """The shipped INT8 graph on ONNX Runtime's CPU provider against FP32, and what its Q/DQ nodes hold."""
+    import onnx
+
+    from edgeres.runtimes.onnxruntime import disabled_optimizers
+
+    model = onnx.load(str(entry["int8"]), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    scale_types = sorted(
+        {onnx.TensorProto.DataType.Name(inits[n.input[1]].data_type) for n in qdq if n.input[1] in inits}
+    )
+    zp_types = sorted(
+        {
+            onnx.TensorProto.DataType.Name(inits[n.input[2]].data_type)
+            for n in qdq
+            if len(n.input) > 2 and n.input[2] in inits
+        }
+    )
+    import onnxruntime as ort
+
+    x = batch(entry["size"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    path = str(entry["int8"])
+    sess = ort.InferenceSession(
+        path, opts, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers(entry["int8"]))
+    )
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return {
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "qdq_nodes": len(qdq),
+        "scale_types": scale_types,
+        "zero_point_types": zp_types,
+        "vs_fp32_onnxruntime_cpu": compare(got, onnxruntime_cpu(entry["fp32"], x)),
+    }
+
+
+def kit_written_step(smoke: Smoke, entry: dict[str, Any], dla_core: int | None) -> dict[str, Any]:
+    """A device kit of the shipped INT8 graph written as the compile stage writes it, without building: the files,
+    and the trtexec line build.sh holds for each TensorRT major."""
+    from edgeres.tensorrt.kit import write_device_kit
+    from edgeres.tensorrt.manifest import EngineSettings
+
+    folder = smoke.work / ("kit-int8" + ("" if dla_core is None else f"-dla{dla_core}"))
+    x = batch(entry["size"], n=16)
+    write_device_kit(
+        folder,
+        onnx_path=entry["int8"],
+        target={"name": "tensorrt-smoke"},
+        settings=EngineSettings(precision="int8", dla_core=dla_core),
+        val_subset=(x, np.arange(16) % 10),
+        latency=LATENCY,
+    )
+    script = (folder / "build.sh").read_text(encoding="utf-8")
+    return {
+        "files": sorted(p.name for p in folder.iterdir()),
+        "trtexec_lines": [line.strip() for line in script.splitlines() if re.match(r"\s*\d+\) FLAGS=", line)],
+    }
 
 
 def batch(size: int, n: int = 8, seed: int = 1) -> Any:
@@ -338,10 +414,66 @@ def kit_step(smoke: Smoke, entry: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------- main
 
 
+def facts_in_child() -> dict[str, Any]:
+    """The device facts, probed in a child process: the probes that read the SM count and DLA cores create a CUDA
+    context (and a TensorRT runtime), which this process must not hold while children build engines."""
+    code = (
+        "import json; from edgeres.tensorrt.facts import probe_device_facts; "
+        "print(json.dumps(probe_device_facts().to_dict()))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def device_facts() -> dict[str, Any]:
+    """The device facts: those that need no CUDA context read here; where a GPU shows, all of them read again in a
+    child process (facts_in_child)."""
+    facts = probe_device_facts(cuda_context=False).to_dict()
+    return facts_in_child() if facts.get("gpu_name") or cuda_torch() else facts
+
+
+def mem_available_mb() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB (on Jetson the GPU's memory too), or None where there is none."""
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+    return None if m is None else round(int(m.group(1)) / 1024, 1)
+
+
+def with_system_memory(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `fn`, sampling MemAvailable every 0.2 s: before, lowest during, after (Jetson memory beside NVML's)."""
+    import threading
+
+    before = mem_available_mb()
+    low = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            low.append(mem_available_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        sampler.join()
+    seen = [v for v in low if v is not None]
+    out["system_memory_mb"] = {"available_before": before, "available_min": min(seen) if seen else None,
+                               "available_after": mem_available_mb()}  # fmt: skip
+    return out
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     smoke = Smoke(work, args.budget_s)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    facts = smoke.step("device facts", lambda: probe_device_facts().to_dict(), needs_s=0) or {}
+    facts = smoke.step("device facts", device_facts, needs_s=0) or {}
     has_cuda = cuda_torch() or bool(facts.get("gpu_name"))
     has_trt = tensorrt_present()
     smoke.step("nvml gpu memory", gpu_memory, needs_s=0)
@@ -352,11 +484,35 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cuda": has_cuda,
         "tensorrt": str(facts.get("trt_version")) if has_trt else None,
     }
+    names = tuple(MODELS) if args.models == "all" else () if args.models == "none" else (args.models,)
+    can_export = available("torch") and available("torchvision")
+
+    def models_step(int8: bool) -> Any:
+        if not names:
+            smoke.skip("models", "--models none")
+            return None
+        if not can_export:
+            smoke.skip("models", "torch and torchvision are needed to export the models (pip install 'edgeres[train]')")
+            return None
+        return smoke.step("models", lambda: make_models(work, args.quickstart_onnx, int8=int8, names=names), needs_s=60)
+
     if not has_cuda:
         reason = (
             "no CUDA GPU is visible (torch sees none and no GPU could be read from cuda-python, NVML or nvidia-smi)"
         )
-        for name in ("models", "torch cuda timing path", "onnxruntime cuda", "tensorrt engines", "device kit"):
+        result["mode"] = "up to the first TensorRT call: " + reason
+        models = models_step(int8=available("nncf"))
+        for name, entry in (models or {}).items():
+            if entry["int8"] is None:
+                smoke.skip(f"shipped int8 graph: {name}", "NNCF is not installed (pip install 'edgeres[train]')")
+                continue
+            smoke.step(f"shipped int8 graph: {name}", partial(int8_graph_step, entry), needs_s=10)
+        small = (models or {}).get("quickstart")
+        if small is not None and small["int8"] is not None:
+            for core in (None, 0):
+                label = "device kit written (int8" + ("" if core is None else f", DLA core {core}") + ")"
+                smoke.step(label, partial(kit_written_step, smoke, small, core), needs_s=20)
+        for name in ("torch cuda timing path", "onnxruntime cuda", "tensorrt engines", "device kit built"):
             smoke.skip(name, reason)
         return {**result, "steps": smoke.steps, "skipped": smoke.skipped}
     if not has_trt:
@@ -364,11 +520,32 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "TensorRT's Python bindings are not importable here: engines and the device kit were not built; the GPU "
             "timing path ran through the torch runtime on CUDA instead"
         )
-    models = None
-    if available("torch") and available("torchvision"):
-        models = smoke.step("models", lambda: make_models(work, args.quickstart_onnx, int8=has_trt), needs_s=60)
-    else:
-        smoke.skip("models", "torch and torchvision are needed to export the models (pip install 'edgeres[train]')")
+    models = models_step(int8=has_trt)
+    # Engines first, each built in a child process while this one holds no CUDA context; then this process's own
+    # CUDA steps (torch, ONNX Runtime's CUDA provider).
+    if not has_trt:
+        smoke.skip("tensorrt engines", result["tensorrt_absent"])
+        smoke.skip("device kit", result["tensorrt_absent"])
+    elif models:
+        dla = int(facts.get("dla_cores") or 0)
+        plans: list[tuple[str, str, int | None]] = [
+            (name, precision, None) for name in models for precision in ("fp32", "fp16", "int8")
+        ]
+        plans += (
+            [("quickstart", precision, 0) for precision in ("fp16", "int8")] if dla and "quickstart" in models else []
+        )
+        if not dla:
+            smoke.skip("tensorrt engines on DLA", "this device has no DLA cores")
+        for name, precision, core in plans:
+            entry = models[name]
+            label = f"tensorrt {name} {precision}" + ("" if core is None else f" DLA core {core}")
+            if precision == "int8" and entry["int8"] is None:
+                smoke.skip(label, "no INT8 Q/DQ model: NNCF is not installed (pip install 'edgeres[train]')")
+                continue
+            step = partial(with_system_memory, partial(engine_step, smoke, entry, precision, core))
+            smoke.step(label, step, needs_s=BUILD_RESERVE_S)
+        if "quickstart" in models:
+            smoke.step("device kit: edgeres and trtexec", partial(kit_step, smoke, models["quickstart"]), needs_s=60)
     for name, entry in (models or {}).items():
         if cuda_torch():
             smoke.step(f"torch cuda timing path: {name}", partial(torch_cuda_step, entry), needs_s=20)
@@ -382,25 +559,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             smoke.step(f"onnxruntime cuda: {name}", partial(ort_cuda_step, entry), needs_s=20)
         else:
             smoke.skip(f"onnxruntime cuda: {name}", ort_reason)
-    if not has_trt:
-        smoke.skip("tensorrt engines", result["tensorrt_absent"])
-        smoke.skip("device kit", result["tensorrt_absent"])
-    elif models:
-        dla = int(facts.get("dla_cores") or 0)
-        plans: list[tuple[str, str, int | None]] = [
-            (name, precision, None) for name in models for precision in ("fp32", "fp16", "int8")
-        ]
-        plans += [("quickstart", precision, 0) for precision in ("fp16", "int8")] if dla else []
-        if not dla:
-            smoke.skip("tensorrt engines on DLA", "this device has no DLA cores")
-        for name, precision, core in plans:
-            entry = models[name]
-            label = f"tensorrt {name} {precision}" + ("" if core is None else f" DLA core {core}")
-            if precision == "int8" and entry["int8"] is None:
-                smoke.skip(label, "no INT8 Q/DQ model: NNCF is not installed (pip install 'edgeres[train]')")
-                continue
-            smoke.step(label, partial(engine_step, smoke, entry, precision, core), needs_s=BUILD_RESERVE_S)
-        smoke.step("device kit: edgeres and trtexec", partial(kit_step, smoke, models["quickstart"]), needs_s=60)
     return {**result, "steps": smoke.steps, "skipped": smoke.skipped}
 
 
@@ -409,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/bench/tensorrt-smoke.json"), help="the JSON written")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting steps after this many seconds")
     ap.add_argument("--quickstart-onnx", type=Path, default=None, help="the quickstart's ONNX (else its architecture)")
+    ap.add_argument(
+        "--models", choices=["all", *MODELS, "none"], default="all", help="the models built and checked (default all)"
+    )
     ap.add_argument("--work", type=Path, default=None, help="keep models, engines and kits here (else a temp folder)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()

@@ -4,6 +4,9 @@ Reads package metadata without importing heavy packages, except to ask the runti
 devices they see (ONNX Runtime providers, OpenVINO devices and CPU capabilities, CUDA through torch, TensorRT's
 version). Also reports the CPU's instruction sets that decide the runtimes' kernels (from /proc/cpuinfo) and what
 edgeres and the runtimes do with them, and the firmware toolchain for `edgeres embed`'s output (gcc, as, cmake).
+Where an NVIDIA driver is found, it prints the CUDA version the driver supports and the exact pip line for the device
+extras that match it (cuda-python's major must match the driver's CUDA major), and on Jetson how to make the venv see
+JetPack's own TensorRT.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeres.deps import available, install_hint, version_of
+
+if TYPE_CHECKING:
+    from edgeres.tensorrt.facts import DeviceFacts
 
 PACKAGES: list[tuple[str, str]] = [
     ("click", "the command line"),
@@ -88,6 +94,7 @@ def report() -> str:
         lines.append("  tensorrt: " + _probe(_tensorrt))
     else:
         lines.append("  tensorrt: not installed; TensorRT targets cannot build engines on this machine")
+    lines += ["", *device_env_report(_device_facts(), cuda_python=version_of("cuda"))]
     lines += ["", *isa_report(read_cpu_flags())]
     lines += ["", *toolchain_report()]
     if missing:
@@ -95,6 +102,98 @@ def report() -> str:
         for mod, _ in missing:
             lines.append(f"  {mod}: {install_hint(mod)}")
     return "\n".join(lines)
+
+
+def _device_facts() -> DeviceFacts | None:
+    """This machine's NVIDIA facts without creating a CUDA context; None where probing failed (a bug: probes fail
+    soft, so the doctor says it could not tell rather than stop)."""
+    try:
+        from edgeres.tensorrt.facts import probe_device_facts
+
+        return probe_device_facts(cuda_context=False)
+    except Exception:
+        return None
+
+
+# cuda-python's majors and the Linux drivers they need (NVIDIA/cuda-python, cuda_bindings install.md of 12.9.x and
+# 13.x), with edgeres' extra for each. A newer driver runs older bindings, so any CUDA 13+ driver takes cuda13.
+DEVICE_EXTRAS: list[tuple[int, str, str]] = [
+    (12, "tensorrt", "525.60.13"),
+    (13, "tensorrt-cuda13", "580.65.06"),
+]
+DRIVER_SOURCES = ("cuda-python cuDriverGetVersion", "nvidia-smi")  # where driver_cuda_version is the driver's own
+
+
+def device_extra(driver_cuda_version: str) -> str | None:
+    """The device extra for a driver that supports CUDA `driver_cuda_version` ("12.2"), or None when it is older
+    than every cuda-python edgeres takes."""
+    major = int(driver_cuda_version.split(".")[0])
+    fitting = [extra for needs, extra, _ in DEVICE_EXTRAS if needs <= major]
+    return fitting[-1] if fitting else None
+
+
+def device_env_report(facts: DeviceFacts | None, *, cuda_python: str | None) -> list[str]:
+    """The device section of the doctor: the NVIDIA driver and the CUDA version it supports, the pip line for the
+    device extras that fit it, on Jetson how to see JetPack's TensorRT, and a cuda-python too new for the driver.
+    `cuda_python` is the installed cuda-python's version (None: not installed)."""
+    lines = ["device environment (TensorRT on this machine):"]
+    if facts is None:
+        return [*lines, "  could not read this machine's NVIDIA facts (see edgeres.tensorrt.facts)"]
+    source = facts.sources.get("driver_cuda_version", "")
+    driver_cuda = facts.driver_cuda_version if source in DRIVER_SOURCES else None
+    if facts.driver_version is None and driver_cuda is None and not facts.is_jetson:
+        lines.append(
+            "  no NVIDIA driver found here (nvidia-smi, /proc/driver/nvidia/version, /etc/nv_tegra_release): the "
+            "device extras (tensorrt, tensorrt-cuda13) are for the machine that builds and runs the engines"
+        )
+        if facts.driver_cuda_version is not None:
+            lines.append(f"  (a CUDA toolkit {facts.driver_cuda_version} is installed: {source})")
+        return lines
+    where = ""
+    if facts.is_jetson:
+        where = f"Jetson, L4T {facts.l4t}" + (f", JetPack {facts.jetpack}" if facts.jetpack else "")
+    driver = f"NVIDIA driver {facts.driver_version or 'of unknown version'}" + (f" ({where})" if where else "")
+    pip: str | None = None
+    if driver_cuda is None:
+        toolkit = (
+            f"; the CUDA toolkit here is {facts.driver_cuda_version} ({source}), which the driver runs, so it supports "
+            "at least that"
+            if facts.driver_cuda_version
+            else ""
+        )
+        lines.append(f"  {driver}; the CUDA version it supports could not be read{toolkit}")
+        lines.append(
+            '  read it in `nvidia-smi`\'s header ("CUDA Version"), then: pip install "edgeres[tensorrt]" for 12.x, '
+            'pip install "edgeres[tensorrt-cuda13]" for 13.x and newer'
+        )
+    else:
+        lines.append(f"  {driver} supports CUDA {driver_cuda} (from {source})")
+        extra = device_extra(driver_cuda)
+        if extra is None:
+            lines.append(
+                f"  CUDA {driver_cuda} is too old for edgeres' device extras: cuda-python 12 needs driver "
+                f"{DEVICE_EXTRAS[0][2]} or newer (CUDA 12). Upgrade the NVIDIA driver (on Jetson: JetPack 6 or later)."
+            )
+            return lines
+        needs = next(d for _, e, d in DEVICE_EXTRAS if e == extra)
+        major = next(m for m, e, _ in DEVICE_EXTRAS if e == extra)
+        pip = f'pip install "edgeres[{extra}]"'
+        if facts.is_jetson:
+            lines.append(
+                "  on Jetson, create the venv with --system-site-packages so that JetPack's tensorrt (and its numpy "
+                f"1.x) are seen, then install: python3 -m venv --system-site-packages venv && venv/bin/{pip}"
+            )
+        else:
+            lines.append(f"  install the device extras with: {pip}  (cuda-python {major}.x, needs driver {needs}+)")
+    if cuda_python is not None and driver_cuda is not None:
+        bindings, supported = int(cuda_python.split(".")[0]), int(driver_cuda.split(".")[0])
+        if bindings > supported:
+            lines.append(
+                f"  WARNING: cuda-python {cuda_python} is installed, which needs a CUDA {bindings} driver; this "
+                f'driver supports CUDA {driver_cuda}. CUDA buffers will fail: pip install "cuda-python>={supported},'
+                f'<{supported + 1}"' + (f" (or {pip})" if pip else "")
+            )
+    return lines
 
 
 def _tensorrt() -> str:

@@ -23,6 +23,16 @@ from typing import Any
 DATA = Path(__file__).with_name("data")
 API_10 = json.loads((DATA / "tensorrt-10.13-api.json").read_text(encoding="utf-8"))
 REMOVED_11 = json.loads((DATA / "tensorrt-11-removed.json").read_text(encoding="utf-8"))["removed"]
+# Names TensorRT gained after the 10.13 stubs, each with the version that has it, its value and its source.
+ADDED = {
+    "OnnxParserFlag.ADJUST_FOR_DLA": {
+        "since": (11, 4),
+        "value": 4,
+        "source": "https://docs.nvidia.com/deeplearning/tensorrt/11.4.0/inference-library/dla-onnx-parser.html "
+        "(kADJUST_FOR_DLA; the 11.5.0 page: Python members drop the leading k, set with IParser.set_flag); value 4 "
+        "in the 10.16.0 C++ reference, nvonnxparser::OnnxParserFlag",
+    },
+}
 
 
 @dataclass
@@ -46,10 +56,11 @@ class Recorder:
 class Api:
     """The names one TensorRT major version has."""
 
-    def __init__(self, major: int) -> None:
+    def __init__(self, major: int, version: str | None = None) -> None:
         removed = set(REMOVED_11) if major >= 11 else set()
         self.major = major
-        self.version = "10.13.0.35" if major == 10 else "11.0.0.1"
+        self.version = version or ("10.13.0.35" if major == 10 else "11.0.0.1")
+        minor = int(self.version.split(".")[1])
         self.module = {n for n in API_10["module"] if n not in removed} | {"__version__"}
         self.members: dict[str, set[str]] = {}
         self.enums: dict[str, dict[str, int]] = {}
@@ -59,6 +70,11 @@ class Api:
             self.members[cls] = {m for m in entry["members"] if f"{cls}.{m}" not in removed}
             if entry["enum"]:
                 self.enums[cls] = {m: v for m, v in entry["enum"].items() if f"{cls}.{m}" not in removed}
+        for qual, added in ADDED.items():
+            if (major, minor) >= added["since"]:
+                cls, member = qual.split(".")
+                self.members[cls].add(member)
+                self.enums[cls][member] = added["value"]
 
     def check(self, cls: str, name: str) -> None:
         if name not in self.members.get(cls, set()):
@@ -169,12 +185,29 @@ class TimingCache(Strict):
 class Tensor(Strict):
     api_name = "ITensor"
 
+    def set_dynamic_range(self, min: float, max: float) -> bool:
+        self._state["dynamic_range"] = [min, max]
+        return True
+
+
+class Layer(Strict):
+    """ILayer, one per node of the parsed ONNX, named after the node (as the real parser names them, unverified here),
+    with one output tensor per node output."""
+
+    api_name = "ILayer"
+
+    def get_output(self, index: int) -> Tensor:
+        return self._state["_outputs"][index]
+
 
 class Network(Strict):
     api_name = "INetworkDefinition"
 
     def get_input(self, index: int) -> Tensor:
         return self._state["inputs"][index]
+
+    def get_layer(self, index: int) -> Layer:
+        return self._state["_layers"][index]
 
 
 class Profile(Strict):
@@ -215,6 +248,9 @@ class Config(Strict):
 class Parser(Strict):
     api_name = "OnnxParser"
 
+    def set_flag(self, flag: EnumMember) -> None:
+        self._state.setdefault("_flags", set()).add(flag)
+
     def parse_from_file(self, model: str) -> bool:
         import onnx
 
@@ -226,6 +262,12 @@ class Parser(Strict):
         network = self._state["network"]
         network._state["inputs"] = [Tensor(self._fake, name=proto.graph.input[0].name, shape=shape)]
         network._state["num_inputs"] = 1
+        layers = []
+        for node in proto.graph.node:
+            outputs = [Tensor(self._fake, name=o) for o in node.output]
+            layers.append(Layer(self._fake, name=node.name, num_outputs=len(outputs), _outputs=outputs))
+        network._state["_layers"] = layers
+        network._state["num_layers"] = len(layers)
         return True
 
 
@@ -315,6 +357,7 @@ class FakeTensorRT:
 
     major: int = 10
     num_dla_cores: int = 0
+    version: str | None = None  # TensorRT version string; default 10.13.0.35 or 11.0.0.1 by major
     layer_info: str = '{"Layers": [], "Bindings": ["input", "logits"]}'
     build_log: list[tuple[str, str]] = field(default_factory=list)  # (severity name, message) logged while building
     build_fails: bool = False
@@ -324,7 +367,7 @@ class FakeTensorRT:
     executed: list[int] = field(default_factory=list)  # stream handles execute_async_v3 ran on
 
     def __post_init__(self) -> None:
-        self.api = Api(self.major)
+        self.api = Api(self.major, self.version)
         self.module = self._module()
 
     def _class(self, name: str, impl: type[Strict]) -> Any:
@@ -333,7 +376,7 @@ class FakeTensorRT:
         def construct(*args: Any) -> Strict:
             fake.rec.calls.append((name, args, {}))
             obj = impl(fake)
-            if name == "Builder":
+            if name in ("Builder", "Runtime"):
                 obj._state.update(logger=args[0], num_DLA_cores=fake.num_dla_cores)
             elif name == "OnnxParser":
                 obj._state.update(network=args[0])

@@ -1,13 +1,17 @@
 """`edgeres doctor`: the CPU's inference instruction sets read from /proc/cpuinfo text (a pure parser, tested on
-sample text with and without each flag), what the runtimes and edgeres do with them, and the firmware toolchain."""
+sample text with and without each flag), what the runtimes and edgeres do with them, the firmware toolchain, and the
+device environment (the driver's CUDA version and the pip line for the device extras)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
 
 from edgeres import doctor
-from edgeres.doctor import INFERENCE_ISA, isa_report, parse_cpu_flags, toolchain_report
+from edgeres.doctor import INFERENCE_ISA, device_env_report, device_extra, isa_report, parse_cpu_flags, toolchain_report
+from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 
 # Two logical CPUs, as Linux writes them on x86 (abridged); every inference flag but AMX's.
 CPUINFO = """\
@@ -110,3 +114,85 @@ def test_doctor_prints_the_sections() -> None:
         assert any(x.startswith(f"  {name} ") for x in lines), name
     for tool in ("gcc", "as", "cmake"):  # "gcc or cc not found", "cc ..." where only cc is there
         assert any(x.startswith((f"  {tool} ", "  cc ")) for x in lines), tool
+
+
+# ------------------------------------------------------------------------ the device environment (issue 27, finding 2)
+# Facts come from probe_device_facts over recorded command outputs (tests/test_device_env.py has the parsers'
+# tests): no NVIDIA driver here. What a real driver prints is assumed to be in the recorded shape, not checked.
+
+
+def device_facts(tmp_path: Path, outputs: dict[str, str], *, jetson: bool = False) -> DeviceFacts:
+    from test_device_env import jetson_root, recorded
+
+    root = jetson_root(tmp_path) if jetson else tmp_path
+    return probe_device_facts(root=root, cuda_context=False, run=recorded(outputs))
+
+
+def test_doctor_names_the_extra_for_a_cuda_12_driver(tmp_path: Path) -> None:
+    from test_device_env import QUERY_535, SMI_535, SMI_QUERY
+
+    lines = device_env_report(device_facts(tmp_path, {"nvidia-smi": SMI_535, SMI_QUERY: QUERY_535}), cuda_python=None)
+    assert lines == [
+        "device environment (TensorRT on this machine):",
+        "  NVIDIA driver 535.183.01 supports CUDA 12.2 (from nvidia-smi)",
+        '  install the device extras with: pip install "edgeres[tensorrt]"  (cuda-python 12.x, needs driver '
+        "525.60.13+)",
+    ]
+
+
+def test_doctor_names_the_extra_for_a_cuda_13_driver_and_warns_of_bindings_too_new(tmp_path: Path) -> None:
+    from test_device_env import SMI_535, SMI_580
+
+    facts = device_facts(tmp_path, {"nvidia-smi": SMI_580})
+    assert facts.driver_version is None  # nvidia-smi's query not recorded: the version is unknown, its CUDA known
+    lines = device_env_report(facts, cuda_python="13.0.1")
+    assert lines[1:] == [
+        "  NVIDIA driver of unknown version supports CUDA 13.0 (from nvidia-smi)",
+        '  install the device extras with: pip install "edgeres[tensorrt-cuda13]"  (cuda-python 13.x, needs driver '
+        "580.65.06+)",
+    ]
+    lines = device_env_report(device_facts(tmp_path, {"nvidia-smi": SMI_535}), cuda_python="13.0.1")
+    assert lines[-1] == (
+        "  WARNING: cuda-python 13.0.1 is installed, which needs a CUDA 13 driver; this driver supports CUDA 12.2. "
+        'CUDA buffers will fail: pip install "cuda-python>=12,<13" (or pip install "edgeres[tensorrt]")'
+    )
+    assert device_extra("14.1") == "tensorrt-cuda13" and device_extra("11.4") is None
+
+
+def test_doctor_on_jetson_says_system_site_packages(tmp_path: Path) -> None:
+    from test_device_env import NVPMODEL, SMI_JETSON
+
+    facts = device_facts(tmp_path, {"nvidia-smi": SMI_JETSON, "nvpmodel -q": NVPMODEL}, jetson=True)
+    lines = device_env_report(facts, cuda_python=None)
+    assert lines[1:] == [
+        "  NVIDIA driver of unknown version (Jetson, L4T 36.4.0) supports CUDA 12.6 (from nvidia-smi)",
+        "  on Jetson, create the venv with --system-site-packages so that JetPack's tensorrt (and its numpy 1.x) are "
+        'seen, then install: python3 -m venv --system-site-packages venv && venv/bin/pip install "edgeres[tensorrt]"',
+    ]
+
+
+def test_doctor_without_the_drivers_cuda_version(tmp_path: Path) -> None:
+    from test_device_env import QUERY_535, SMI_QUERY
+
+    (tmp_path / "usr/local/cuda").mkdir(parents=True)
+    (tmp_path / "usr/local/cuda/version.json").write_text('{"cuda": {"version": "12.4.1"}}')
+    lines = device_env_report(device_facts(tmp_path, {SMI_QUERY: QUERY_535}), cuda_python=None)
+    assert lines[1] == (
+        "  NVIDIA driver 535.183.01; the CUDA version it supports could not be read; the CUDA toolkit here is 12.4 "
+        "(/usr/local/cuda/version.json (the CUDA toolkit's, not the driver's)), which the driver runs, so it supports "
+        "at least that"
+    )
+    assert 'pip install "edgeres[tensorrt]" for 12.x' in lines[2] and "edgeres[tensorrt-cuda13]" in lines[2]
+    lines = device_env_report(device_facts(tmp_path / "none", {}), cuda_python=None)
+    assert lines[1].startswith("  no NVIDIA driver found here") and len(lines) == 2
+    old = device_env_report(device_facts(tmp_path, {"nvidia-smi": "CUDA Version: 11.4", SMI_QUERY: QUERY_535}),
+                            cuda_python=None)  # fmt: skip
+    assert old[-1].startswith(
+        "  CUDA 11.4 is too old for edgeres' device extras: cuda-python 12 needs driver 525.60.13"
+    )
+
+
+def test_doctor_prints_the_device_section() -> None:
+    res = run_cli("doctor")
+    assert res.code == 0, res.stderr
+    assert "device environment (TensorRT on this machine):" in res.stdout.splitlines()

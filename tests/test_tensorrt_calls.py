@@ -422,3 +422,16 @@ def test_runner_runs_on_its_own_stream_and_times_the_gpu(install: Any, tmp_path:
     assert fake.executed == [RecordingIO.stream]  # execute_async_v3 on the runner's stream, not the default (0)
     assert io.log[2:] == ["to_device (3, 3, 8, 8)", "start", "stop", "to_host", "synchronize", "close"]
     assert ("IExecutionContext.execute_async_v3", (RecordingIO.stream,), {}) in fake.rec.calls
+
+
+def test_the_dla_count_is_read_from_a_runtime_not_a_builder(install: Any) -> None:
+    """Counting DLA cores must not create a Builder (a smoke check keeps it alive beside engine builds on an 8 GB
+    Orin): TensorRT's Runtime has num_DLA_cores too. The stand-in proves the calls made, not their memory."""
+    import importlib.machinery
+
+    from edgeres.tensorrt.facts import _probe_tensorrt
+
+    fake = install(FakeTensorRT(major=10, num_dla_cores=2))
+    fake.module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # found as an installed module
+    assert _probe_tensorrt(cuda_context=True)["dla_cores"] == 2
+    assert "Runtime" in fake.rec.names() and "Builder" not in fake.rec.names()

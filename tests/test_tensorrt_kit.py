@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -694,3 +695,286 @@ def test_build_child_killed_by_the_kernel(tmp_path: Path, monkeypatch: pytest.Mo
         )
     assert "free shared CPU/GPU memory before the build: 4768 MiB" in str(err.value)
     assert progress == ["building"]
+
+
+# ------------------------------------------------------------- kit overrides (issue 27, finding 4): kit.json untouched
+
+
+def with_compile_manifest(kit: Path) -> Path:
+    """The compile stage's manifest.json beside the kit, hashing every kit file as edgeres.stages.compile writes it:
+    what TensorRTRunner's check_manifest verifies before it loads an engine from the kit folder."""
+    from edgeres.artifact import sha256_file
+
+    names = sorted(p.name for p in kit.iterdir() if p.is_file())
+    manifest = {"schema": "edgeres.manifest/1", "sha256": {n: sha256_file(kit / n) for n in names}}
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    return kit
+
+
+class OnesIO:
+    """A CudaIO without a GPU: every output the engine "computes" reads 1.0 (the stand-in computes nothing)."""
+
+    stream = 7
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    def malloc(self, nbytes: int) -> int:
+        return 4096
+
+    def to_device(self, ptr: int, host: Any) -> None:
+        pass
+
+    def to_host(self, host: Any, ptr: int) -> None:
+        self.pending.append(host)
+
+    def start_timing(self) -> None:
+        pass
+
+    def stop_timing(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        for host in self.pending:
+            host[...] = 1.0
+        self.pending.clear()
+
+    def gpu_ms(self) -> float:
+        return 0.1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def on_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """run_kit on the TensorRT stand-in (tests/fake_tensorrt.py): the real builder code (engine_from_onnx) runs in
+    this process instead of a child (the child could not import the stand-in), the real TensorRTRunner with its
+    manifest checks loads the result, CUDA buffers are OnesIO. Returns (fake, facts)."""
+    from fake_tensorrt import FakeTensorRT
+
+    from edgeres.tensorrt.build import engine_from_onnx
+
+    fake = FakeTensorRT(10, profile=(1, 1, 16))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    facts = DeviceFacts(
+        trt_version=str(fake.module.__version__), gpu_name="Orin", compute_capability="8.7", l4t="36.4.0"
+    )
+
+    def build_here(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+        return engine_from_onnx(
+            onnx_path, engine_path, settings=kw["settings"], timing_cache=kw["timing_cache"], facts=facts
+        )
+
+    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: facts)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", build_here)
+    monkeypatch.setattr(kit_module, "default_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(runner_module, "cuda_io", lambda backend="auto": OnesIO())
+    return fake, facts
+
+
+MIB = 1 << 20
+
+
+def test_kit_run_overrides_are_built_recorded_and_accepted_by_the_runner(kit: Path, on_stand_in: Any) -> None:
+    """`kit run --workspace-mb 256 --max-batch 8` builds with those values (the builder's calls on the stand-in),
+    leaves kit.json as it is, records the overrides in the engine manifest, and the runner's checks (the compile
+    manifest's hashes, the engine manifest) accept the engine. Fails before the fix: `kit run` had no such options.
+    The stand-in proves the builder was asked for these values; not what TensorRT does with them on a device."""
+    from edgeres.runtimes.base import check_manifest
+    from edgeres.tensorrt.manifest import read_manifest
+    from edgeres.tensorrt.runner import TensorRTRunner
+
+    fake, facts = on_stand_in
+    with_compile_manifest(kit)
+    kit_json = (kit / "kit.json").read_bytes()
+    assert kit_module.main(["run", str(kit), "--workspace-mb", "256", "--max-batch", "8"]) == 0
+    trt = fake.module
+    assert fake.rec.args_of("IBuilderConfig.set_memory_pool_limit") == [(trt.MemoryPoolType.WORKSPACE, 256 * MIB)]
+    assert fake.rec.args_of("IOptimizationProfile.set_shape") == [("input", [1, 3, 8, 8], [1, 3, 8, 8], [8, 3, 8, 8])]
+    assert (kit / "kit.json").read_bytes() == kit_json  # nothing hashed was edited
+    engine = kit / "engine.plan"
+    manifest = read_manifest(engine)
+    assert manifest.overrides == {"workspace_mb": {"kit": 512, "used": 256}, "max_batch": {"kit": 16, "used": 8}}
+    assert (manifest.settings.workspace_mb, manifest.settings.max_batch) == (256, 8)
+    assert check_manifest(engine) is not None  # the compile manifest still matches the kit
+    with TensorRTRunner(engine, threads=1, facts=facts, io=OnesIO()) as runner:
+        assert runner.effective()["overrides"] == manifest.overrides
+    report = json.loads((kit / "device-report.json").read_text())
+    assert report["settings"]["overrides"] == manifest.overrides
+    assert report["settings"]["engine"]["workspace_mb"] == 256
+    assert report["results"][0]["effective"]["overrides"] == manifest.overrides
+
+
+def test_kit_run_without_overrides_records_none(kit: Path, on_stand_in: Any) -> None:
+    from edgeres.tensorrt.manifest import read_manifest
+
+    fake, _ = on_stand_in
+    assert kit_module.main(["run", str(kit)]) == 0
+    assert fake.rec.args_of("IBuilderConfig.set_memory_pool_limit") == [
+        (fake.module.MemoryPoolType.WORKSPACE, 512 * MIB)
+    ]
+    assert read_manifest(kit / "engine.plan").overrides is None
+
+
+def test_editing_kit_json_makes_the_runner_refuse_the_engine(kit: Path, on_stand_in: Any) -> None:
+    """What the old out-of-memory advice led to (lower workspace_mb in kit.json): the compile manifest hashes
+    kit.json, so the runner refuses the rebuilt engine. Why the overrides exist; the refusal is edgeres' own check."""
+    with_compile_manifest(kit)
+    rewrite_kit(kit, settings__workspace_mb=256)
+    with pytest.raises(StageError, match=r"kit\.json does not match its manifest .* it changed after it was built"):
+        run_kit(kit, progress=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    ("kw", "settings", "shape", "message"),
+    [
+        ({"workspace_mb": 0}, SETTINGS, DYNAMIC, "--workspace-mb must be a whole number >= 1, got 0"),
+        ({"workspace_mb": True}, SETTINGS, DYNAMIC, "--workspace-mb must be a whole number >= 1, got True"),
+        ({"max_batch": -2}, SETTINGS, DYNAMIC, "--max-batch must be a whole number >= 1, got -2"),
+        ({"max_batch": 4.0}, SETTINGS, DYNAMIC, "--max-batch must be a whole number >= 1, got 4.0"),
+        (
+            {"max_batch": 4},
+            replace(SETTINGS, dla_core=0),
+            DYNAMIC,
+            "--max-batch 4: this kit builds for DLA core 0, and DLA engines are static (built for opt_batch 1 only), "
+            "so a max batch does not apply. Leave --max-batch out (--workspace-mb still applies).",
+        ),
+        (
+            {"max_batch": 4},
+            SETTINGS,
+            [1, 3, 8, 8],
+            "--max-batch 4: the kit's ONNX has a fixed batch of 1, so the engine takes exactly that batch and a max "
+            "batch does not apply. Leave --max-batch out.",
+        ),
+        (
+            {"max_batch": 2},
+            replace(SETTINGS, opt_batch=4),
+            DYNAMIC,
+            "--max-batch 2 is below the kit's opt_batch 4 (a profile needs min <= opt <= max): use 4 or more.",
+        ),
+    ],
+)
+def test_override_values_are_checked(kw: dict[str, Any], settings: EngineSettings, shape: Any, message: str) -> None:
+    from edgeres.errors import UsageError
+    from edgeres.tensorrt.kit import settings_with_overrides
+
+    with pytest.raises(UsageError) as err:
+        settings_with_overrides(settings, input_shape=shape, **kw)
+    assert str(err.value) == message
+
+
+def test_override_of_the_workspace_alone_keeps_a_dla_kit_static() -> None:
+    from edgeres.tensorrt.kit import settings_with_overrides
+
+    dla = replace(SETTINGS, dla_core=0)
+    settings, overrides = settings_with_overrides(dla, input_shape=DYNAMIC, workspace_mb=128)
+    assert settings == replace(dla, workspace_mb=128)
+    assert overrides == {"workspace_mb": {"kit": 512, "used": 128}}
+    assert settings_with_overrides(dla, input_shape=DYNAMIC) == (dla, None)
+
+
+def test_kit_run_command_line_refuses_a_bad_value(kit: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        kit_module.main(["run", str(kit), "--workspace-mb", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --workspace-mb: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_kit_run_out_of_memory_says_to_override_not_to_edit_kit_json(
+    kit: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build child's out-of-memory error says to lower workspace_mb; in a kit, run_kit adds how without editing
+    kit.json. The child's error is raised by a stand-in build here (its mapping is tested above)."""
+    from edgeres.tensorrt.child import out_of_memory_error
+
+    def oom(onnx_path: Path, engine_path: Path, **kw: Any) -> BuildResult:
+        raise out_of_memory_error("killed", onnx_path=onnx_path, settings=kw["settings"], facts=ORIN_NANO)
+
+    monkeypatch.setattr(kit_module, "probe_device_facts", lambda **kw: ORIN_NANO)
+    monkeypatch.setattr(kit_module, "build_in_subprocess", oom)
+    with pytest.raises(EngineBuildError) as err:
+        run_kit(kit, progress=lambda m: None, cache_dir=kit.parent / "cache", workspace_mb=300)
+    assert "Workspace limit: 300 MiB" in str(err.value)
+    assert str(err.value).endswith(
+        "In this device kit, leave kit.json as it is (the kit's manifest hashes it: an engine built from an edited "
+        "kit.json is refused) and run again with the new limits: bash build.sh --workspace-mb N --max-batch N"
+    )
+
+
+def _run_build_sh_with(kit: Path, tmp_path: Path, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
+    (bin_dir / "trtexec").chmod(0o755)
+    full = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "args"), **env}
+    return subprocess.run(["bash", str(kit / "build.sh"), *args], env=full, capture_output=True, text=True, check=False)
+
+
+def test_build_sh_passes_overrides_to_kit_run(kit: Path, tmp_path: Path) -> None:
+    """build.sh hands its options to `python -m edgeres.tensorrt.kit run .` (a stand-in python records them)."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\n[ "$1" = -c ] && exit 0\nprintf "%s\\n" "$@" > {tmp_path / "py-args"}\n')
+    python.chmod(0o755)
+    proc = _run_build_sh_with(kit, tmp_path, ["--workspace-mb", "256", "--max-batch=8"], PYTHON=str(python))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "py-args").read_text().split() == [
+        "-m", "edgeres.tensorrt.kit", "run", ".", "--workspace-mb", "256", "--max-batch=8"
+    ]  # fmt: skip
+
+
+def test_build_sh_writes_overrides_into_trtexec_flags(kit: Path, tmp_path: Path) -> None:
+    """On the trtexec path the overrides replace --memPoolSize and --maxShapes; every other flag is kit.json's."""
+    proc = _run_build_sh_with(
+        kit, tmp_path, ["--workspace-mb=256", "--max-batch", "4"], EDGERES_KIT_TRTEXEC="1", FAKE_TRT_CODE="100300"
+    )
+    assert proc.returncode == 0, proc.stderr
+    want = [
+        "--memPoolSize=workspace:256M" if f.startswith("--memPoolSize=") else
+        "--maxShapes=input:4x3x8x8" if f.startswith("--maxShapes=") else f
+        for f in read_kit(kit)["trtexec_flags"]["10"]
+    ]  # fmt: skip
+    assert (tmp_path / "args").read_text().split() == want
+    assert want != read_kit(kit)["trtexec_flags"]["10"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workspace-mb", "0"], "error: --workspace-mb must be a whole number >= 1, got '0'"),
+        (["--max-batch", "x"], "error: --max-batch must be a whole number >= 1, got 'x'"),
+        (["--max-batch"], "error: --max-batch needs a value, e.g. --max-batch 256"),
+        (["--fp16"], "error: unknown option '--fp16'; build.sh takes --workspace-mb N and --max-batch N"),
+    ],
+)
+def test_build_sh_refuses_bad_overrides(kit: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    proc = _run_build_sh_with(kit, tmp_path, args, EDGERES_KIT_TRTEXEC="1", FAKE_TRT_CODE="100300")
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "args").exists()  # trtexec never ran
+
+
+def test_build_sh_refuses_max_batch_below_opt_and_on_dla(tmp_path: Path) -> None:
+    onnx_path = tiny_classifier(tmp_path / "model.onnx")
+    common: dict[str, Any] = {"onnx_path": onnx_path, "target": {}, "val_subset": (images(4), np.arange(4) % 3)}
+    write_device_kit(tmp_path / "opt", settings=replace(SETTINGS, opt_batch=4), **common)
+    proc = _run_build_sh_with(tmp_path / "opt", tmp_path, ["--max-batch", "2"], EDGERES_KIT_TRTEXEC="1",
+                              FAKE_TRT_CODE="100300")  # fmt: skip
+    assert proc.returncode == 2 and "error: --max-batch 2 is below the kit's opt batch 4" in proc.stderr
+    write_device_kit(tmp_path / "dla", settings=replace(SETTINGS, dla_core=0), **common)
+    proc = _run_build_sh_with(tmp_path / "dla", tmp_path, ["--max-batch", "8"], EDGERES_KIT_TRTEXEC="1",
+                              FAKE_TRT_CODE="100300")  # fmt: skip
+    assert proc.returncode == 2 and "this kit builds for DLA, and DLA engines are static" in proc.stderr
+    proc = _run_build_sh_with(tmp_path / "dla", tmp_path, ["--workspace-mb", "64"], EDGERES_KIT_TRTEXEC="1",
+                              FAKE_TRT_CODE="100300")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--memPoolSize=workspace:64M" in (tmp_path / "args").read_text().split()
+
+
+def test_build_sh_out_of_memory_names_the_override_flags(kit: Path, tmp_path: Path) -> None:
+    proc = _run_build_sh_with(
+        kit, tmp_path, ["--workspace-mb", "256"], EDGERES_KIT_TRTEXEC="1", FAKE_TRT_CODE="100300", FAKE_EXIT="137"
+    )
+    assert proc.returncode == 137
+    assert "error: the build ran out of memory (workspace limit 256 MiB)" in proc.stderr
+    assert "with lower limits: bash build.sh --workspace-mb N --max-batch N (do not edit kit.json" in proc.stderr
+    assert "--memPoolSize / --maxShapes in this script" not in proc.stderr

@@ -121,7 +121,8 @@ def test_manifest_records_what_the_engine_depends_on(built: tuple[Path, EngineMa
         "dla_core": 1,
         "gpu_fallback": True,
     }
-    assert data["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False, "tf32": True}
+    assert data["plan"] == {"strongly_typed": False, "fp16_flag": True, "cast_onnx_to_fp16": False, "tf32": True,
+                            "implicit_int8": False, "adjust_for_dla": False}  # fmt: skip
     assert (data["board"], data["sm_count"]) == ("NVIDIA Jetson AGX Orin Developer Kit", 16)
     assert data["timing_cache_sha256"] is None
     assert EngineManifest.from_dict(data) == manifest
@@ -454,3 +455,43 @@ def test_copy_stubs(tmp_path: Path) -> None:
     (site / "tensorrt_bindings/tensorrt.pyi").write_text("def f(a: int = 1, b: int) -> None: ...\n")
     with pytest.raises(SystemExit, match="still has a syntax error"):
         copy_stubs(site, tmp_path / "typings")
+
+
+# ----------------------------------------------------- kit overrides in the engine manifest (issue 27, finding 4)
+
+
+def test_manifest_overrides_round_trip_and_old_manifests_read_none(built: tuple[Path, EngineManifest]) -> None:
+    """`overrides` (kit run --workspace-mb/--max-batch) is optional: a manifest without it (every one written before)
+    reads as None; one with it round-trips and still passes the device check."""
+    engine, manifest = built
+    data = json.loads(manifest_path(engine).read_text())
+    assert data["overrides"] is None
+    del data["overrides"]
+    assert EngineManifest.from_dict(data).overrides is None
+    settings = replace(manifest.settings, workspace_mb=256)
+    overridden = replace(manifest, settings=settings, overrides={"workspace_mb": {"kit": 1024, "used": 256}})
+    write_manifest(engine, overridden)
+    assert read_manifest(engine) == overridden
+    check_compatible(read_manifest(engine), ORIN_AGX, engine)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"workspace_mb": {"kit": 1024, "used": 256}}, "workspace_mb: overridden to 256, but the settings say 1024"),
+        ({"precision": {"kit": 1, "used": 1}}, "'precision' cannot be overridden (only workspace_mb, max_batch)"),
+        ({"max_batch": {"kit": 8, "used": 0}}, "max_batch: {'kit': 8, 'used': 0} is not {'kit': N, 'used': N}"),
+        ({}, "overrides must be null or a non-empty mapping, not {}"),
+    ],
+)
+def test_manifest_with_inconsistent_overrides_is_refused(
+    built: tuple[Path, EngineManifest], overrides: dict[str, object], problem: str
+) -> None:
+    """An engine manifest whose overrides do not match its settings was not written by edgeres as it is."""
+    engine, _ = built
+    data = json.loads(manifest_path(engine).read_text())
+    data["overrides"] = overrides
+    manifest_path(engine).write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError) as err:
+        read_manifest(engine)
+    assert f"has inconsistent overrides: {problem}" in str(err.value)

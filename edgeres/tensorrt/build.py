@@ -8,8 +8,11 @@ float32 convolutions to TF32). Parse errors are reported node by node; the optim
 batch, static (opt_batch) for DLA; the workspace pool is limited; the timing cache is loaded from and merged back into
 a file shared by the device's builds (edgeres.tensorrt.timing_cache), under a lock; progress is reported through an
 IProgressMonitor; DLA with GPU fallback on Jetson, and how many layers landed on DLA read from the engine inspector
-(`dla_placement`). It writes the engine, its layer information (`<stem>.layers.json`, from the engine inspector) and,
-last, its manifest (`<stem>.manifest.json`).
+(`dla_placement`). INT8 on DLA follows the plan per TensorRT version: on 10.x implicit quantization (the ONNX
+without Q/DQ, weakly typed, INT8|FP16, a dynamic range per tensor from edgeres.tensorrt.dla, the Q/DQ model's float
+layers pinned to FP16 with prefer constraints), on 11.4+ the strongly typed Q/DQ ONNX parsed with ADJUST_FOR_DLA, on
+11.0-11.3 a refusal (no DLA there). It writes the engine, its layer information (`<stem>.layers.json`, from the
+engine inspector) and, last, its manifest (`<stem>.manifest.json`).
 
 TensorRT is imported where a function needs it, not with this module. This module does not start processes or map
 a failed build's output to an error: `build_in_subprocess` (edgeres.tensorrt.child) runs `engine_from_onnx` in
@@ -28,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edgeres.artifact import write_bytes_atomic, write_text_atomic
+from edgeres.artifact import sha256_file, write_bytes_atomic, write_text_atomic
 from edgeres.errors import RecipeError, StageError
 from edgeres.tensorrt import require_tensorrt, tensorrt_major
+from edgeres.tensorrt.dla import DlaFiles, read_dla_files, translate, write_dla_files
 from edgeres.tensorrt.facts import DeviceFacts, probe_device_facts
 from edgeres.tensorrt.manifest import (
     EngineManifest,
@@ -179,7 +183,9 @@ def engine_from_onnx(
     report: Progress = progress or (lambda _msg: None)
     started = time.perf_counter()
     version = str(trt.__version__)
-    plan = plan_build(settings, qdq_nodes=count_qdq(onnx_path), trt_major=tensorrt_major(version))
+    plan = plan_build(
+        settings, qdq_nodes=count_qdq(onnx_path), trt_major=tensorrt_major(version), trt_minor=tensorrt_minor(version)
+    )
     _, input_shape = onnx_input(onnx_path)
     report(
         f"TensorRT {version}: {settings.precision} ("
@@ -194,11 +200,17 @@ def engine_from_onnx(
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
+    if plan.adjust_for_dla:  # TensorRT 11.4+: NVIDIA's "ONNX Parser Flags for DLA" (not in the 10.13 stubs)
+        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
+    dla_files: DlaFiles | None = None
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
         parse_path = onnx_path
         if plan.cast_onnx_to_fp16:
             report("casting the ONNX to float16 (TensorRT 11 has no FP16 builder flag)")
             parse_path = fp16_onnx_from_fp32(onnx_path, Path(tmp) / "model.fp16.onnx")
+        if plan.implicit_int8:
+            dla_files = _dla_files(onnx_path, Path(tmp), report)
+            parse_path = dla_files.onnx
         if not parser.parse_from_file(str(parse_path)):
             lines = format_parser_errors(parser.get_error(i) for i in range(parser.num_errors))
             raise EngineBuildError(
@@ -244,6 +256,8 @@ def engine_from_onnx(
     config.progress_monitor = monitor
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if dla_files is not None:
+        _apply_dla_int8(trt, network, config, dla_files, report)
     if not plan.tf32:  # an fp32 engine computes in FP32, not TF32 (as trtexec --noTF32)
         config.clear_flag(trt.BuilderFlag.TF32)
     if settings.dla_core is not None:
@@ -309,6 +323,62 @@ def engine_from_onnx(
     seconds = round(time.perf_counter() - started, 1)
     report(f"engine {engine_path.name}: {len(data) / 1e6:.1f} MB in {seconds:.0f} s")
     return BuildResult(engine_path, written, layer_info, cache_path, seconds, manifest)
+
+
+def tensorrt_minor(version: str) -> int | None:
+    """Minor version of a TensorRT version string ('11.4.1.2' -> 4), None if it has none."""
+    m = re.match(r"\s*\d+\.(\d+)", version)
+    return int(m.group(1)) if m else None
+
+
+def _dla_files(onnx_path: Path, tmp: Path, report: Progress) -> DlaFiles:
+    """The DLA INT8 inputs of the Q/DQ ONNX at `onnx_path`: those the device kit wrote beside it (scales for every
+    tensor, measured on its calibration images), else translated here from the Q/DQ scales alone (tensors without a
+    scale then have their readers kept in FP16, as NVIDIA's QDQ Translator does without calibration data)."""
+    source = sha256_file(onnx_path)
+    files = read_dla_files(onnx_path.parent, source_sha256=source)
+    if files is not None:
+        report(
+            f"DLA INT8: {len(files.scales)} tensor scales and {len(files.fp16_layers)} FP16 layers from {files.info}"
+        )
+        return files
+    translation = translate(onnx_path)
+    report(
+        f"DLA INT8: no dla.json for this ONNX beside it; translated its Q/DQ scales "
+        f"({len(translation.qdq_scales)} tensors); {len(translation.unscaled)} tensors without a scale keep their "
+        f"readers in FP16 (write a device kit to measure them on calibration images)"
+    )
+    return write_dla_files(translation, tmp / "dla", source_sha256=source)
+
+
+def _apply_dla_int8(
+    trt: Any, network: trt.INetworkDefinition, config: trt.IBuilderConfig, files: DlaFiles, report: Progress
+) -> None:
+    """Implicit INT8 for DLA on TensorRT 10: INT8 flag, a symmetric dynamic range (scale x 127, what a calibration
+    cache's scale means) on every tensor that has a scale, and the Q/DQ model's float layers in FP16, preferred."""
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    tensors += [layer.get_output(j) for layer in layers for j in range(layer.num_outputs)]
+    ranged = set()
+    for tensor in tensors:
+        scale = files.scales.get(tensor.name)
+        if scale is not None and tensor.name not in ranged:
+            amax = scale * 127.0
+            tensor.set_dynamic_range(-amax, amax)
+            ranged.add(tensor.name)
+    pinned = set()
+    for layer in layers:
+        if layer.name in files.fp16_layers:
+            layer.precision = trt.DataType.HALF
+            pinned.add(layer.name)
+    lost = sorted(set(files.scales) - ranged)
+    report(
+        f"DLA INT8: dynamic ranges on {len(ranged)} of {len(files.scales)} scaled tensors, "
+        f"{len(pinned)} layer(s) in FP16"
+        + (f"; not in TensorRT's network: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}" if lost else "")
+    )
 
 
 def _load_timing_cache(config: trt.IBuilderConfig, path: Path | None, report: Progress) -> bytes | None:

@@ -8,16 +8,27 @@ torch (late: importing it takes seconds), and on Jetson the device tree (Orin 8.
 capability when nothing else could read it. On Jetson, CPU and GPU share memory, so total and free memory come from
 /proc/meminfo (NVML reads N/A there before JetPack 7).
 
+Two CUDA versions are recorded, and they differ: `cuda_version` is the CUDA runtime cuda-python carries (the
+bindings' own: cuda-python 13 says 13.x on any driver), `driver_cuda_version` the newest CUDA the installed driver
+supports, which decides which cuda-python major works here (edgeres' `tensorrt` extra for 12, `tensorrt-cuda13` for
+13). It comes from cuDriverGetVersion through cuda-python, else the "CUDA Version" nvidia-smi prints, else the CUDA
+toolkit's /usr/local/cuda/version.json or `nvcc --version` (the toolkit, not the driver: its source says so).
+
+On Jetson the power mode (`nvpmodel -q`: mode id and name) and whether `jetson_clocks` pinned the clocks
+(`jetson_clocks --show`: GPU and online CPUs at min = max; it needs root, so it often stays unknown) are recorded:
+latencies measured in another power mode or with clocks left to scale are not comparable.
+
 Every Orin reports the GPU name "Orin" and compute capability 8.7, so an engine built on an AGX Orin would pass those
 checks on an Orin Nano. The board (the device tree's `model`, e.g. "NVIDIA Jetson AGX Orin Developer Kit") and the
-GPU's SM count (16 on AGX Orin, 8 or 4 on NX and Nano; from cuda-python or torch, which need a CUDA context) tell
-them apart.
+GPU's SM count (16 on the AGX Orin 64 GB, 14 on the 32 GB module, 8, 6 or 4 on Orin NX and Nano; from cuda-python
+or torch, which need a CUDA context) tell them apart.
 
 `DeviceFacts` round-trips through JSON, so tests and the compile stage can use facts recorded on a device.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -45,6 +56,11 @@ class DeviceFacts:
     sm_count: int | None = None  # the GPU's streaming multiprocessors (needs a CUDA context to read)
     total_memory_bytes: int | None = None  # GPU memory; on Jetson the shared system memory
     free_memory_bytes: int | None = None
+    # Added later (JSON without them reads as None). The newest CUDA the driver supports ("12.2"), not the bindings'.
+    driver_cuda_version: str | None = None
+    power_mode: str | None = None  # Jetson: nvpmodel's mode name ("MAXN", "15W")
+    power_mode_id: int | None = None  # Jetson: nvpmodel's mode id (0 is MAXN on Orin)
+    clocks_pinned: bool | None = None  # Jetson: jetson_clocks pinned GPU and CPU clocks (min = max); None: unknown
     sources: dict[str, str] = field(default_factory=dict)  # fact -> where it was read
 
     @property
@@ -99,6 +115,58 @@ def parse_nvidia_smi(text: str) -> dict[str, Any]:
         if mib.isdigit():
             out[key] = int(mib) * 2**20
     return out
+
+
+def parse_nvidia_smi_cuda_version(text: str) -> str | None:
+    """The driver's CUDA version from plain `nvidia-smi`'s header ("... Driver Version: 535.183.01  CUDA Version:
+    12.2 |"). Not the toolkit's: nvidia-smi ships with the driver."""
+    m = re.search(r"CUDA Version:\s*(\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def parse_cuda_toolkit_version(text: str) -> str | None:
+    """'12.6' from the CUDA toolkit's version.json ({"cuda": {"version": "12.6.68"}}), its older version.txt ("CUDA
+    Version 10.2.300") or `nvcc --version` ("Cuda compilation tools, release 12.6, V12.6.68")."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        cuda = data.get("cuda")
+        version = cuda.get("version") if isinstance(cuda, dict) else None
+        m = re.match(r"(\d+)\.(\d+)", version) if isinstance(version, str) else None
+        return f"{m.group(1)}.{m.group(2)}" if m else None
+    m = re.search(r"release (\d+\.\d+)", text) or re.search(r"CUDA Version (\d+)\.(\d+)", text)
+    if m is None:
+        return None
+    return m.group(1) if m.lastindex == 1 else f"{m.group(1)}.{m.group(2)}"
+
+
+def parse_nvpmodel(text: str) -> tuple[int | None, str | None]:
+    """(mode id, mode name) from `nvpmodel -q` ("NV Power Mode: MAXN" then the id, "0", on a line of its own; with
+    --verbose the name line has a "NVPM VERB: Current mode: " prefix)."""
+    mode_id: int | None = None
+    name: str | None = None
+    for line in text.splitlines():
+        m = re.search(r"NV Power Mode:\s*(\S.*?)\s*$", line)
+        if m and name is None:
+            name = m.group(1)
+        elif name is not None and mode_id is None and re.fullmatch(r"\s*\d+\s*", line):
+            mode_id = int(line)
+    return mode_id, name
+
+
+def parse_jetson_clocks(text: str) -> bool | None:
+    """Whether `jetson_clocks --show` shows pinned clocks: the GPU's and every online CPU's MinFreq equal to their
+    MaxFreq (what jetson_clocks sets). None where there is no GPU line to judge by."""
+    gpu = re.search(r"^GPU MinFreq=(\d+) MaxFreq=(\d+)", text, re.MULTILINE)
+    if gpu is None:
+        return None
+    pinned = gpu.group(1) == gpu.group(2)
+    for cpu in re.finditer(r"^cpu\d+:\s*(?:Online=(\d)\s+)?.*?MinFreq=(\d+) MaxFreq=(\d+)", text, re.MULTILINE):
+        if cpu.group(1) != "0" and cpu.group(2) != cpu.group(3):
+            pinned = False
+    return pinned
 
 
 def parse_driver_version(text: str) -> str | None:
@@ -175,7 +243,8 @@ def _probe_tensorrt(*, cuda_context: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"trt_version": str(trt.__version__)}
     if cuda_context:
         try:
-            out["dla_cores"] = int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
+            # a Runtime, not a Builder (which takes far more memory): it has num_DLA_cores too
+            out["dla_cores"] = int(trt.Runtime(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
         except Exception:
             pass
     return out
@@ -206,6 +275,27 @@ def _probe_cuda_python(*, cuda_context: bool) -> dict[str, Any]:
     except Exception:
         pass
     return out
+
+
+def import_cuda_driver() -> Any:
+    """cuda-python's driver API module (new layout `cuda.bindings.driver`, else the older `cuda.cuda`)."""
+    try:
+        return require("cuda.bindings.driver", purpose="read the CUDA driver's version")
+    except EdgeresError:
+        return require("cuda.cuda", purpose="read the CUDA driver's version")
+
+
+def _probe_cuda_driver() -> dict[str, Any]:
+    """cuDriverGetVersion: the newest CUDA the installed driver supports. Creates no CUDA context (it needs no
+    cuInit). Fails soft: cuda-python missing, or bindings that cannot load this driver."""
+    try:
+        driver = import_cuda_driver()
+        err, code = driver.cuDriverGetVersion()
+        if int(err) == 0 and int(code) > 0:
+            return {"driver_cuda_version": cuda_version_string(int(code))}
+    except Exception:
+        pass
+    return {}
 
 
 def _probe_pynvml() -> dict[str, Any]:
@@ -280,6 +370,7 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
         put({"total_memory_bytes": total, "free_memory_bytes": free}, "/proc/meminfo (Jetson unified memory)")
     put(_probe_tensorrt(cuda_context=cuda_context), "tensorrt")
     put(_probe_cuda_python(cuda_context=cuda_context), "cuda-python")
+    put(_probe_cuda_driver(), "cuda-python cuDriverGetVersion")
     gpu_keys = ("driver_version", "gpu_name", "compute_capability", "total_memory_bytes", "free_memory_bytes")
     if missing(*gpu_keys):
         put(_probe_pynvml(), "pynvml")
@@ -289,6 +380,15 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
     if missing("driver_version"):
         for path in ("proc/driver/nvidia/version", "sys/module/nvidia/version"):
             put({"driver_version": parse_driver_version(_read(root / path) or "")}, f"/{path}")
+    if missing("driver_cuda_version"):
+        put({"driver_cuda_version": parse_nvidia_smi_cuda_version(run(["nvidia-smi"]) or "")}, "nvidia-smi")
+    if missing("driver_cuda_version"):  # the toolkit's version: the driver supports at least this one to run it
+        for path in ("usr/local/cuda/version.json", "usr/local/cuda/version.txt"):
+            toolkit = parse_cuda_toolkit_version(_read(root / path) or "")
+            put({"driver_cuda_version": toolkit}, f"/{path} (the CUDA toolkit's, not the driver's)")
+    if missing("driver_cuda_version"):
+        nvcc = run(["nvcc", "--version"]) or run([str(root / "usr/local/cuda/bin/nvcc"), "--version"]) or ""
+        put({"driver_cuda_version": parse_cuda_toolkit_version(nvcc)}, "nvcc --version (the CUDA toolkit's)")
     if cuda_context and missing("gpu_name", "compute_capability", "sm_count"):
         put(_probe_torch(), "torch")
     if "l4t" in facts and missing("compute_capability"):
@@ -303,4 +403,7 @@ def probe_device_facts(*, root: Path = Path("/"), cuda_context: bool = True, run
         except OSError:
             model = b""
         put({"board": board_from_device_tree(model)}, "/proc/device-tree/model")
+        mode_id, mode = parse_nvpmodel(run(["nvpmodel", "-q"]) or "")
+        put({"power_mode": mode, "power_mode_id": mode_id}, "nvpmodel -q")
+        put({"clocks_pinned": parse_jetson_clocks(run(["jetson_clocks", "--show"]) or "")}, "jetson_clocks --show")
     return DeviceFacts(**facts, sources=sources)

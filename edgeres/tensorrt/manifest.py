@@ -111,13 +111,31 @@ class BuildPlan:
     # their inputs to 10-bit mantissas). Cleared for an fp32 engine, so that "fp32" means FP32 (trtexec --noTF32).
     # Manifests written before this field existed had TensorRT's default: True.
     tf32: bool = True
+    # INT8 on DLA with TensorRT 10 (edgeres.tensorrt.dla): implicit quantization, because DLA on 10.x takes no explicit
+    # Q/DQ. The ONNX without Q/DQ is built weakly typed with BuilderFlag INT8 and FP16, GPU fallback, per-tensor scales
+    # (calibration cache / dynamic ranges) and the Q/DQ model's float layers pinned to FP16 (prefer constraints).
+    implicit_int8: bool = False
+    # INT8 on DLA with TensorRT 11.4+: strongly typed Q/DQ, parsed with OnnxParserFlag.ADJUST_FOR_DLA.
+    adjust_for_dla: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plan as a dict; the DLA INT8 fields only where set, so that every other plan reads as before they
+        existed (reports and manifests of GPU engines keep their shape)."""
+        d = asdict(self)
+        for name in ("implicit_int8", "adjust_for_dla"):
+            if not d[name]:
+                del d[name]
+        return d
 
 
-def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int) -> BuildPlan:
-    """The precision plan for `settings` on TensorRT `trt_major`, for an ONNX with `qdq_nodes` Q/DQ nodes."""
+# TensorRT 11.0-11.3 has no DLA; 11.4.1 brings it back on Jetson AGX Orin with JetPack 7.2.2 (NVIDIA's "ONNX Parser
+# Flags for DLA" pages of 11.3.0 and 11.5.0).
+DLA_RETURNS_IN = (11, 4)
+
+
+def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int, trt_minor: int | None = None) -> BuildPlan:
+    """The precision plan for `settings` on TensorRT `trt_major`.`trt_minor`, for an ONNX with `qdq_nodes` Q/DQ nodes.
+    trt_minor None: the newest minor of that major (the device kit's trtexec line for a major)."""
     if trt_major < 10:
         raise StageError(
             f"TensorRT {trt_major}.x is not supported: edgeres builds engines with TensorRT 10 or 11 "
@@ -135,6 +153,17 @@ def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int) -> B
             f"is {settings.precision}. Set precision: int8, or build {settings.precision} from the unquantized ONNX."
         )
     tf32 = settings.precision != "fp32"
+    if settings.precision == "int8" and settings.dla_core is not None:
+        if trt_major == 10:  # DLA on 10.x takes INT8 only by implicit quantization (TensorRT issue #2222)
+            return BuildPlan(strongly_typed=False, fp16_flag=True, cast_onnx_to_fp16=False, tf32=tf32,
+                             implicit_int8=True)  # fmt: skip
+        if trt_minor is not None and (trt_major, trt_minor) < DLA_RETURNS_IN:
+            raise StageError(
+                f"INT8 on DLA (dla_core {settings.dla_core}) cannot be built with TensorRT {trt_major}.{trt_minor}: "
+                f"TensorRT 11.0 to 11.3 has no DLA support. Build with TensorRT 10.x (JetPack 6) or 11.4 or newer "
+                f"(JetPack 7.2.2 on AGX Orin), or set dla_core: null to build for the GPU."
+            )
+        return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=tf32, adjust_for_dla=True)
     if settings.precision == "int8":  # explicit quantization: strongly typed on 10 and 11
         return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=tf32)
     if trt_major == 10:
@@ -172,6 +201,10 @@ class EngineManifest:
     timing_cache: dict[str, Any] | None = None
     # DLA engines: where the layers landed, from the engine inspector (edgeres.tensorrt.build.dla_placement)
     dla_placement: dict[str, Any] | None = None
+    # Settings a device kit's run overrode without editing its hashed kit.json (`kit run --workspace-mb N --max-batch
+    # N`): {setting: {"kit": kit.json's value, "used": the value built with}}; `settings` holds the used values.
+    # None: built with the settings as given.
+    overrides: dict[str, dict[str, int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,7 +227,38 @@ class EngineManifest:
             )
         body["settings"] = EngineSettings.from_dict(body["settings"])
         body["plan"] = BuildPlan(**body["plan"])
+        check_overrides(body.get("overrides"), body["settings"], source=source)
         return cls(**body)
+
+
+# The settings a device kit's run may override (edgeres.tensorrt.kit: --workspace-mb, --max-batch): what a build that
+# runs out of memory needs, and nothing that changes what the engine computes.
+OVERRIDABLE = ("workspace_mb", "max_batch")
+
+
+def check_overrides(overrides: Any, settings: EngineSettings, *, source: Path | str = "manifest") -> None:
+    """An engine manifest's `overrides` must name only OVERRIDABLE settings, each as {"kit": int, "used": int} with
+    `used` the value in its settings; anything else means the manifest was not written by edgeres as it is."""
+    if overrides is None:
+        return
+    problems = []
+    if not isinstance(overrides, dict) or not overrides:
+        problems.append(f"overrides must be null or a non-empty mapping, not {overrides!r:.200}")
+    else:
+        for name, entry in overrides.items():
+            if name not in OVERRIDABLE:
+                problems.append(f"{name!r} cannot be overridden (only {', '.join(OVERRIDABLE)})")
+            elif not (
+                isinstance(entry, dict)
+                and set(entry) == {"kit", "used"}
+                and all(type(v) is int and v >= 1 for v in entry.values())
+            ):
+                problems.append(f"{name}: {entry!r:.200} is not {{'kit': N, 'used': N}} with whole numbers >= 1")
+            elif entry["used"] != getattr(settings, name):
+                used, built = entry["used"], getattr(settings, name)
+                problems.append(f"{name}: overridden to {used}, but the settings say {built}")
+    if problems:
+        raise EngineMismatchError(f"{source} has inconsistent overrides: {'; '.join(problems)}. {REBUILD_HINT}")
 
 
 def manifest_path(engine_path: Path) -> Path:

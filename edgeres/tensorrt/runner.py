@@ -1,13 +1,15 @@
 """TensorRT runner: the Runner interface over a serialized engine (TensorRT 10+ tensor API).
 
 Loading reads the engine file once, checks those bytes and this device against the engine's manifest
-(`check_compatible`: hash, TensorRT version, GPU, SM count, Jetson board, DLA core) and only then deserializes them:
-an engine is native code, and one built elsewhere fails in obscure ways or not at all. Inference sets the input
-shape, points the execution context at device buffers sized for the profile's largest batch (`set_tensor_address`),
-copies the batch in through a pinned host buffer, runs `execute_async_v3` on a CUDA stream of the runner's own (not
-the legacy default stream) between two CUDA events, copies the logits out and synchronises: `last_gpu_ms` is the
-engine's GPU time from those events, while callers measure host end-to-end latency around `infer`
-(edgeres.measure). Buffers, stream and events come from edgeres.runtimes.cuda (torch, else cuda-python).
+(`check_compatible`: hash, TensorRT version, GPU, SM count, Jetson board, DLA core; `read_manifest` also checks that
+the settings a device kit's run overrode, `kit run --workspace-mb N --max-batch N`, are the ones it was built with)
+and only then deserializes them: an engine is native code, and one built elsewhere fails in obscure ways or not at
+all. Inference sets the input shape, points the execution context at device buffers sized for the profile's largest
+batch (`set_tensor_address`), copies the batch in through a pinned host buffer, runs `execute_async_v3` on a CUDA
+stream of the runner's own (not the legacy default stream) between two CUDA events, copies the logits out and
+synchronises: `last_gpu_ms` is the engine's GPU time from those events, while callers measure host end-to-end latency
+around `infer` (edgeres.measure). Buffers, stream and events come from edgeres.runtimes.cuda (torch, else
+cuda-python).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class TensorRTRunner(Runner):
             "dla_core": m.dla_core,
             "dla_placement": m.dla_placement,
             "timing_cache": m.timing_cache,
+            "overrides": m.overrides,  # settings a device kit's run overrode (kit run --workspace-mb/--max-batch)
         }
 
     def close(self) -> None:
