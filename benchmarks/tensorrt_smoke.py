@@ -321,10 +321,10 @@ def ort_cuda_step(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def engine_step(smoke: Smoke, entry: dict[str, Any], precision: str, dla_core: int | None) -> dict[str, Any]:
+def engine_build_step(smoke: Smoke, entry: dict[str, Any], precision: str, dla_core: int | None) -> dict[str, Any]:
+    """Build one engine in edgeres' build child (this process touches no CUDA): its manifest's facts."""
     from edgeres.tensorrt.child import build_in_subprocess
     from edgeres.tensorrt.manifest import EngineSettings
-    from edgeres.tensorrt.runner import TensorRTRunner
     from edgeres.tensorrt.timing_cache import shared_timing_cache
 
     onnx_path = entry["int8"] if precision == "int8" else entry["fp32"]
@@ -343,18 +343,32 @@ def engine_step(smoke: Smoke, entry: dict[str, Any], precision: str, dla_core: i
         facts=facts,
     )
     m = built.manifest
-    x = batch(entry["size"], n=min(8, m.profile[2] if m.profile else 8))
-    with TensorRTRunner(engine, threads=1) as runner:
-        got = runner.infer(x)
-        lat = measure_latency(runner, [x[i : i + 1] for i in range(len(x))], LATENCY)
     return {
         "engine": name,
+        "path": str(engine),
+        "onnx": str(onnx_path),
+        "size": entry["size"],
         "build_s": built.seconds,
         "plan": m.plan.to_dict(),
         "profile": m.profile,
         "timing_cache_reused": (m.timing_cache or {}).get("reused"),
         "dla_placement": m.dla_placement,
-        "vs_onnxruntime_cpu": compare(got, onnxruntime_cpu(onnx_path, x)),
+    }
+
+
+def engine_measure_step(built: dict[str, Any]) -> dict[str, Any]:
+    """Load a built engine here (after every build: this process's CUDA context is never held beside a build),
+    compare it with ONNX Runtime on the CPU and time it."""
+    from edgeres.tensorrt.runner import TensorRTRunner
+
+    profile = built["profile"]
+    x = batch(built["size"], n=min(8, profile[2] if profile else 8))
+    with TensorRTRunner(Path(built["path"]), threads=1) as runner:
+        got = runner.infer(x)
+        lat = measure_latency(runner, [x[i : i + 1] for i in range(len(x))], LATENCY)
+    return {
+        "engine": built["engine"],
+        "vs_onnxruntime_cpu": compare(got, onnxruntime_cpu(Path(built["onnx"]), x)),
         "latency": latency_summary(lat),
     }
 
@@ -521,8 +535,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "timing path ran through the torch runtime on CUDA instead"
         )
     models = models_step(int8=has_trt)
-    # Engines first, each built in a child process while this one holds no CUDA context; then this process's own
-    # CUDA steps (torch, ONNX Runtime's CUDA provider).
+    # Engines first, each built in a child process while this one holds no CUDA context; then they are measured
+    # here, and this process's own CUDA steps run (torch, ONNX Runtime's CUDA provider).
+    engines: list[dict[str, Any]] = []
     if not has_trt:
         smoke.skip("tensorrt engines", result["tensorrt_absent"])
         smoke.skip("device kit", result["tensorrt_absent"])
@@ -542,10 +557,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if precision == "int8" and entry["int8"] is None:
                 smoke.skip(label, "no INT8 Q/DQ model: NNCF is not installed (pip install 'edgeres[train]')")
                 continue
-            step = partial(with_system_memory, partial(engine_step, smoke, entry, precision, core))
-            smoke.step(label, step, needs_s=BUILD_RESERVE_S)
+            step = partial(with_system_memory, partial(engine_build_step, smoke, entry, precision, core))
+            if (built := smoke.step(f"{label}: build", step, needs_s=BUILD_RESERVE_S)) is not None:
+                engines.append(built)
         if "quickstart" in models:
             smoke.step("device kit: edgeres and trtexec", partial(kit_step, smoke, models["quickstart"]), needs_s=60)
+        for built in engines:  # every build done: now this process may hold a CUDA context
+            smoke.step(f"tensorrt {built['engine']}: measure", partial(engine_measure_step, built), needs_s=15)
     for name, entry in (models or {}).items():
         if cuda_torch():
             smoke.step(f"torch cuda timing path: {name}", partial(torch_cuda_step, entry), needs_s=20)

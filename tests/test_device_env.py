@@ -287,6 +287,7 @@ def numpy_1_26_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     return pip, sources, env, online
 
 
+@pytest.mark.slow  # a throwaway venv and two pip resolutions: 8-10 s, and it skips where pip's sources lack a package
 @pytest.mark.parametrize("extra", DEVICE_EXTRAS)
 def test_device_extras_keep_an_installed_numpy_1_26(
     extra: str, tmp_path: Path, numpy_1_26_venv: tuple[Path, list[str], dict[str, str], bool]

@@ -121,6 +121,17 @@ def test_doctor_prints_the_sections() -> None:
 # tests): no NVIDIA driver here. What a real driver prints is assumed to be in the recorded shape, not checked.
 
 
+@pytest.fixture(autouse=True)
+def _no_real_device_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facts below come from recorded outputs only: the probes that ask this machine's TensorRT, cuda-python or
+    driver (on a machine with a GPU they would answer first) are turned off."""
+    from edgeres.tensorrt import facts
+
+    for probe in ("_probe_tensorrt", "_probe_cuda_python"):
+        monkeypatch.setattr(facts, probe, lambda **kw: {})
+    monkeypatch.setattr(facts, "_probe_cuda_driver", lambda: {})
+
+
 def device_facts(tmp_path: Path, outputs: dict[str, str], *, jetson: bool = False) -> DeviceFacts:
     from test_device_env import jetson_root, recorded
 

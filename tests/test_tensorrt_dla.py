@@ -213,6 +213,16 @@ def test_without_calibration_images_unscaled_tensors_pin_their_readers_to_fp16()
     assert translation.fp16_layers == ["relu1", "add", "relu2", "pool", "flatten", "fc"]  # conv2 reads r1 (scaled)
 
 
+def test_a_fixed_batch_model_with_too_few_calibration_images_is_refused() -> None:
+    """A fixed-batch ONNX runs whole batches only: with fewer images than its batch none would run and every extra
+    scale would be the floor (activations zeroed on DLA); that is an error, not a silent cache."""
+    qdq, _ = residual_models()
+    qdq.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    with pytest.raises(StageError, match="takes batches of exactly 8 and 2 images were given"):
+        translate(qdq, calibration=calibration_images(2))
+    assert translate(qdq, calibration=calibration_images(8)).calibration_images == 8
+
+
 @pytest.mark.parametrize("islands", [False, True])
 def test_stripped_onnx_computes_what_the_qdq_onnx_computes_in_float(islands: bool) -> None:
     """The ONNX without Q/DQ equals the float model built directly from the dequantized weights (ONNX Runtime):
@@ -280,7 +290,8 @@ def test_trt10_dla_int8_builds_by_implicit_quantization(install: Any, tmp_path: 
     ranges = rec.args_of("ITensor.set_dynamic_range")
     assert len(ranges) == (8 if kit_files else 2)  # every activation but the logits; or input and r1 only
     assert ranges[0] == pytest.approx((-0.02 * 127, 0.02 * 127))  # the input first: its Q/DQ scale x 127
-    assert ranges[1] == pytest.approx((-0.035 * 127, 0.035 * 127)) if not kit_files else True
+    if not kit_files:
+        assert ranges[1] == pytest.approx((-0.035 * 127, 0.035 * 127))  # r1's Q/DQ scale
     assert rec.args_of("ILayer.precision=") == [(trt.DataType.HALF,)] * (1 if kit_files else 6)
     assert rec.args_of("IBuilderConfig.DLA_core=") == [(0,)]
     assert result.manifest.plan.implicit_int8 and not result.manifest.plan.strongly_typed
@@ -402,6 +413,35 @@ def test_build_sh_runs_the_stand_in_trtexec(tmp_path: Path, table: str, code: st
         return
     assert (folder / "engine.plan").read_bytes() == b"stand-in engine"
     if table == "10.3":
-        header = (folder / "calibration.cache").read_text(encoding="utf-8").splitlines()[0]
+        # trtexec reads a copy whose header names its version; the kit's own cache (hashed by the kit's manifest)
+        # is left as written
+        header = (folder / f"calibration.{code}.cache").read_text(encoding="utf-8").splitlines()[0]
         assert header == f"TRT-{code}-EntropyCalibration2"
-        assert "--calib=calibration.cache" in done.stdout
+        assert f"--calib=calibration.{code}.cache" in done.stdout
+        kit_header = (folder / "calibration.cache").read_text(encoding="utf-8").splitlines()[0]
+        assert kit_header == "TRT-100300-EntropyCalibration2"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.pop("onnx"),
+        lambda d: d.update(onnx={"file": "../elsewhere.onnx", "sha256": d["onnx"]["sha256"]}),
+        lambda d: d.update(calibration_cache="/etc/passwd"),
+        lambda d: d.update(scales={"input": {"scale": "not a number"}}),
+    ],
+)
+def test_a_damaged_dla_json_is_not_used(tmp_path: Path, damage: Any) -> None:
+    """read_dla_files returns None (the builder translates the Q/DQ ONNX itself) for a dla.json that lacks a key,
+    names a file outside its folder or holds a scale that is not a number: never an exception, never another path."""
+    import json
+
+    from edgeres.tensorrt.dla import DLA_JSON, read_dla_files, write_dla_files
+
+    qdq, _ = residual_models()
+    write_dla_files(translate(qdq, calibration=calibration_images(4)), tmp_path, source_sha256="a" * 64)
+    assert read_dla_files(tmp_path, source_sha256="a" * 64) is not None
+    data = json.loads((tmp_path / DLA_JSON).read_text())
+    damage(data)
+    (tmp_path / DLA_JSON).write_text(json.dumps(data))
+    assert read_dla_files(tmp_path, source_sha256="a" * 64) is None

@@ -206,3 +206,32 @@ def test_without_cuda_the_script_writes_the_shipped_int8_graph_and_kits(tmp_path
     for label in ("device kit written (int8)", "device kit written (int8, DLA core 0)"):
         assert steps[label]["status"] == "ok", steps[label]
         assert "build.sh" in steps[label]["result"]["files"]
+
+
+def test_with_tensorrt_every_engine_is_built_before_this_process_touches_cuda(
+    smoke: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of steps on a TensorRT device (steps stood in, recording their order): all engine builds (children)
+    and the kit's build.sh first; only then does this process load engines and run its torch and ONNX Runtime CUDA
+    steps. Proves the order only: not that a step makes no CUDA context."""
+    order: list[str] = []
+    models = {"quickstart": {"int8": Path("q.onnx"), "size": 32}, "resnet50": {"int8": Path("r.onnx"), "size": 224}}
+    monkeypatch.setattr(smoke, "cuda_torch", lambda: True)
+    monkeypatch.setattr(smoke, "tensorrt_present", lambda: True)
+    monkeypatch.setattr(smoke, "device_facts", lambda: smoke_facts(gpu_name="Orin", dla_cores=2).to_dict())
+    monkeypatch.setattr(smoke, "make_models", lambda *a, **kw: models)
+
+    def build(s: Any, entry: Any, precision: str, core: Any) -> dict[str, Any]:
+        order.append(f"build {entry['size']} {precision} {core}")
+        return {"engine": f"{entry['size']}-{precision}-{core}"}
+
+    monkeypatch.setattr(smoke, "engine_build_step", build)
+    monkeypatch.setattr(smoke, "kit_step", lambda s, entry: order.append("kit") or {})
+    monkeypatch.setattr(smoke, "engine_measure_step", lambda built: order.append(f"measure {built['engine']}") or {})
+    monkeypatch.setattr(smoke, "torch_cuda_step", lambda entry: order.append("torch") or {})
+    assert smoke.main(["--out", str(tmp_path / "smoke.json"), "--budget-s", "600"]) == 0
+    builds = [o for o in order if o.startswith("build")]
+    assert len(builds) == 8  # 3 precisions x 2 models + DLA fp16 and int8 of the small one
+    first_cuda_here = min(i for i, o in enumerate(order) if o.startswith(("measure", "torch")))
+    assert all(i < first_cuda_here for i, o in enumerate(order) if o.startswith("build") or o == "kit")
+    assert order.count("torch") == 2 and len([o for o in order if o.startswith("measure")]) == 8

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeres.artifact import write_json_atomic, write_text_atomic
+from edgeres.artifact import write_bytes_atomic, write_json_atomic, write_text_atomic
 from edgeres.deps import require
 from edgeres.errors import StageError
 
@@ -398,8 +398,10 @@ def activation_tensors(model: Any) -> list[str]:
     return out
 
 
-def activation_amax(model: Any, images: Any, tensors: Iterable[str]) -> dict[str, float]:
-    """max |value| of each of `tensors` over `images`, running the float `model` with ONNX Runtime (CPU)."""
+def activation_amax(model: Any, images: Any, tensors: Iterable[str]) -> tuple[dict[str, float], int]:
+    """(max |value| of each of `tensors` over `images`, the number of images run), running the float `model` with
+    ONNX Runtime (CPU). A fixed-batch model runs whole batches only; with fewer images than its batch it runs none,
+    and that is an error (every scale would be the floor)."""
     ort = require("onnxruntime", purpose="measure activation ranges for DLA scales")
     onnx = _onnx()
     np = _np()
@@ -417,14 +419,21 @@ def activation_amax(model: Any, images: Any, tensors: Iterable[str]) -> dict[str
     x = np.asarray(images, dtype=np.float32)
     batch = feed.shape[0] if isinstance(feed.shape[0], int) and feed.shape[0] > 0 else CALIBRATION_CHUNK
     amax = dict.fromkeys(names, 0.0)
+    ran = 0
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch]
         if len(chunk) != batch and isinstance(feed.shape[0], int) and feed.shape[0] > 0:
             continue  # a fixed-batch model: the last, short chunk cannot be fed
         results = sess.run(names, {feed.name: chunk})
+        ran += len(chunk)
         for name, arr in zip(names, results, strict=True):
             amax[name] = max(amax[name], float(np.max(np.abs(arr))) if arr.size else 0.0)
-    return amax
+    if not ran:
+        raise StageError(
+            f"no DLA calibration image could be run: the model takes batches of exactly {batch} and {len(x)} images "
+            f"were given. Give at least {batch} calibration images, or export the model with a dynamic batch"
+        )
+    return amax, ran
 
 
 def translate(model: Any, *, calibration: Any | None = None) -> DlaTranslation:
@@ -441,8 +450,7 @@ def translate(model: Any, *, calibration: Any | None = None) -> DlaTranslation:
         x = np.asarray(calibration, dtype=np.float32)
         if x.ndim != 4 or not len(x):
             raise StageError(f"DLA calibration images must be a non-empty NCHW float array; got shape {x.shape}")
-        images = len(x)
-        amax = activation_amax(stripped, x, missing)
+        amax, images = activation_amax(stripped, x, missing)
         extra = {t: float(np.float32(max(amax[t], MIN_AMAX) / 127.0)) for t in missing}
     unscaled = [t for t in tensors if t not in qdq_scales and t not in extra]
     fp16 = list(in_float)
@@ -505,10 +513,9 @@ def write_dla_files(
 ) -> DlaFiles:
     """Write the stripped ONNX, the calibration cache and dla.json into `folder`. source_sha256: of the Q/DQ ONNX the
     translation came from (the builder uses the files only beside that ONNX)."""
-    onnx = _onnx()
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path, cache, info = folder / DLA_ONNX, folder / CALIB_CACHE, folder / DLA_JSON
-    onnx.save_model(translation.model, str(onnx_path))
+    write_bytes_atomic(onnx_path, translation.model.SerializeToString())
     scales = translation.scales
     order = activation_tensors(translation.model)
     ordered = {t: scales[t] for t in order if t in scales}
@@ -542,8 +549,14 @@ def read_dla_files(folder: Path, *, source_sha256: str) -> DlaFiles | None:
         return None
     if not isinstance(data, dict) or data.get("schema") != DLA_SCHEMA or data.get("source_sha256") != source_sha256:
         return None
-    onnx_path = folder / str(data["onnx"]["file"])
-    if not onnx_path.is_file() or sha256_bytes(onnx_path.read_bytes()) != data["onnx"]["sha256"]:
+    try:  # a damaged or foreign dla.json is not used (the builder then translates the Q/DQ ONNX itself)
+        names = (str(data["onnx"]["file"]), str(data["calibration_cache"]))
+        if any(n != Path(n).name or n in ("", ".", "..") for n in names):  # plain names in this folder only
+            return None
+        onnx_path = folder / names[0]
+        if not onnx_path.is_file() or sha256_bytes(onnx_path.read_bytes()) != data["onnx"]["sha256"]:
+            return None
+        scales = {str(t): float(v["scale"]) for t, v in data["scales"].items()}
+        return DlaFiles(onnx_path, folder / names[1], info, scales, [str(n) for n in data["fp16_layers"]])
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    scales = {t: float(v["scale"]) for t, v in data["scales"].items()}
-    return DlaFiles(onnx_path, folder / str(data["calibration_cache"]), info, scales, list(data["fp16_layers"]))

@@ -132,17 +132,16 @@ def trtexec_flags(
 # Inserted into build.sh before it picks the flags for the TensorRT major found (anchor: DLA_GUARD_ANCHOR): what the
 # trtexec path needs for INT8 on DLA that one line per major cannot say.
 DLA_GUARD_ANCHOR = 'case "$MAJOR" in\n'
-DLA_GUARD = """# INT8 on DLA (edgeres.tensorrt.kit.with_dla_guard): TensorRT 11.0-11.3 has no DLA; on 10.x the
-# calibration cache's header must name this TensorRT's version, or TensorRT ignores the cache (and calibrates
-# without data).
+DLA_GUARD = """# INT8 on DLA (edgeres.tensorrt.kit.with_dla_guard): TensorRT 11.0-11.3 has no DLA. (On 10.x, the FLAGS
+# loop below gives trtexec a copy of the calibration cache whose header names this TensorRT's version.)
 CODE="$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\).*/\\1/p' | head -n 1 || true)"
 if [ "$MAJOR" = 11 ] && [ -n "$CODE" ] && [ "$CODE" -lt 110400 ]; then
     echo "error: this kit builds INT8 on DLA, and TensorRT $CODE (11.0-11.3) has no DLA support. Build with" >&2
     echo "TensorRT 10.x (JetPack 6) or 11.4 or newer (JetPack 7.2.2), or rebuild the kit with dla_core: null." >&2
     exit 3
 fi
-if [ "$MAJOR" = 10 ] && [ -n "$CODE" ] && [ -f {cache} ]; then
-    sed -i "1s/^TRT-[0-9]*-/TRT-$CODE-/" {cache}
+if [ "$MAJOR" = 11 ] && [ -z "$CODE" ]; then
+    echo "warning: cannot read this TensorRT's version code; INT8 on DLA needs TensorRT 11.4 or newer on 11.x" >&2
 fi
 """
 
@@ -154,7 +153,7 @@ def with_dla_guard(script: str) -> str:
             f"build.sh no longer has exactly one {DLA_GUARD_ANCHOR.strip()!r} line, where the INT8-on-DLA version "
             f"check goes: edgeres.tensorrt.kit.build_script and with_dla_guard disagree (a bug; please report it)"
         )
-    return script.replace(DLA_GUARD_ANCHOR, DLA_GUARD.format(cache=CALIB_CACHE) + DLA_GUARD_ANCHOR)
+    return script.replace(DLA_GUARD_ANCHOR, DLA_GUARD + DLA_GUARD_ANCHOR)
 
 
 def build_script(flags_by_major: Mapping[int, list[str]], *, workspace_mb: int) -> str:
@@ -266,6 +265,19 @@ for i in "${{!FLAGS[@]}}"; do  # the overrides, in place of kit.json's values
         spec="${{flag#--maxShapes=}}"
         dims="${{spec##*:}}"
         FLAGS[i]="--maxShapes=${{spec%:*}}:${{MAX_BATCH}}x${{dims#*x}}"
+    elif [ "${{flag%%=*}}" = --calib ]; then
+        # INT8 on DLA, TensorRT 10: TensorRT ignores a calibration cache whose header names another version (and
+        # calibrates without data). A copy with this TensorRT's version code is used; the kit's own cache, which the
+        # kit's manifest hashes, stays as it is.
+        src="${{flag#--calib=}}"
+        CODE="$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\).*/\\1/p' | head -n 1 || true)"
+        if [ -n "$CODE" ]; then
+            sed "1s/^TRT-[0-9]*-/TRT-$CODE-/" "$src" > "calibration.$CODE.cache"
+            FLAGS[i]="--calib=calibration.$CODE.cache"
+        else
+            echo "warning: cannot read this TensorRT's version code from '$TRTEXEC --version': the calibration" >&2
+            echo "cache is used as written ($(head -n 1 "$src")); TensorRT ignores it if that names another one." >&2
+        fi
     fi
 done
 WORKSPACE="${{WORKSPACE_MB:-$KIT_WORKSPACE_MB}}"
