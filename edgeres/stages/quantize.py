@@ -413,7 +413,8 @@ def _run(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact, a
             "max_accuracy_drop": cfg.max_accuracy_drop,
             "tried": {c.method: c.drop for c in tried},
             "kept_fp32_layers": chosen.kept_fp32,
-            # what NNCF's accuracy control measured on the graph it accepted, and whether it is the graph that ships
+            # NNCF accuracy control: its val top-1 of the graph it accepted; same_graph: whether it judged, on the whole
+            # val split, byte for byte the graph that ships (False also when it judged that graph on a subset only)
             "accepted_by_accuracy_control": next((c.accepted for c in tried if c.accepted is not None), None),
             "unsigned_rewritten_to_int8": chosen.rewrite.unsigned_to_int8,
             "conv_branch_qdq_dropped": chosen.rewrite.conv_branch_qdq_dropped,
