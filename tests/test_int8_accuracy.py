@@ -302,6 +302,44 @@ def test_accuracy_control_holds_the_budget_plain_ptq_misses(washed: Washed, targ
     assert m["val"]["int8_top1"] == pytest.approx(float(np.mean(predictions(runtime, art.primary_path, x) == y)))
 
 
+def test_accuracy_controls_reference_is_the_fp32_model_edgeres_measures(
+    washed: Washed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NNCF measures each candidate's drop against its own reading of the FP32 model: that reading must be the FP32
+    ONNX edgeres measures every drop against, not the FP32 model passed through the target's shipping cast (for a
+    TensorRT target that cast all of it to fp16: on CIFAR-10, NNCF's reference then read 0.02 points higher than
+    edgeres'). NNCF's loop is stood in (it calls the validation function on the FP32 model, then returns plain PTQ,
+    which misses the budget)."""
+    import nncf
+
+    from edgeres.stages import quantize as stage
+
+    opened: list[Path] = []
+    real_open = stage.open_runner
+
+    def spy(runtime: str, path: Any, **kw: Any) -> Any:
+        opened.append(Path(path))
+        return real_open(runtime, path, **kw)
+
+    seen: dict[str, Any] = {}
+
+    def stand_in(model: Any, calib: Any, val: Any, validate: Any, **kw: Any) -> Any:
+        opened.clear()
+        seen["reference"] = validate(model, val.get_data())  # as NNCF calls it
+        seen["opened"] = list(opened)
+        return nncf.quantize(model, calib, subset_size=kw["subset_size"], preset=kw["preset"],
+                             fast_bias_correction=kw["fast_bias_correction"])  # fmt: skip
+
+    monkeypatch.setattr(stage, "open_runner", spy)
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", stand_in)
+    with pytest.raises(StageError):
+        washed.build("nvidia-gpu", max_accuracy_drop=BUDGET / 3)
+    (export,) = [p for p in committed(washed.cache, "export")]
+    assert seen["opened"] == [export / "model.onnx"]
+    x, y = washed.arrays("val")
+    assert seen["reference"] == pytest.approx(float(np.mean(ort_predictions(export / "model.onnx", x) == y)))
+
+
 def test_accuracy_budget_that_cannot_be_held_fails(washed: Washed, monkeypatch: pytest.MonkeyPatch) -> None:
     """When accuracy control cannot restore the budget (here: NNCF returns plain PTQ), the stage fails saying so, and
     commits nothing."""

@@ -239,6 +239,11 @@ class Quantization:
         judged: dict[str, float] = {}  # sha256 of each candidate as shipped -> its val top-1 (whole val split)
 
         def validate(model: Any, dataset: Any) -> float:
+            if model is self.fp32:  # NNCF's reference: the FP32 model as edgeres measures every drop against it
+                with open_runner(
+                    self.runtime, self.inp.primary_path, fmt="onnx", threads=ctx.inputs.threads, settings=self.settings
+                ) as r:  # (through `shipped`, a TensorRT target's reference would be the FP32 model cast to fp16)
+                    return float(measure_accuracy(r, dataset)[0]["top1"])
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # NNCF goes on with its own
             passes.compress_quantize_weights_transformation(copy)  # as NNCF does to the model it returns
