@@ -200,8 +200,8 @@ def engine_from_onnx(
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if plan.adjust_for_dla:  # TensorRT 11.4+: NVIDIA's "ONNX Parser Flags for DLA" (not in the 10.13 stubs)
-        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
+    if plan.adjust_for_dla:  # TensorRT 11.4+: NVIDIA's "ONNX Parser Flags for DLA"; the 10.13 stubs lack the name
+        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)  # type: ignore[attr-defined]
     dla_files: DlaFiles | None = None
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
         parse_path = onnx_path
