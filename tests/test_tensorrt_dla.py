@@ -147,15 +147,21 @@ def run(model: Any, x: Any) -> Any:
 
 
 def test_plan_per_tensorrt_version() -> None:
-    """INT8 + DLA: implicit quantization on 10.x, a refusal naming the versions on 11.0-11.3, strongly typed with
+    """INT8 + DLA: implicit quantization on 10.x, a refusal naming the versions on 11.0-11.4.0, strongly typed with
     ADJUST_FOR_DLA on 11.4+ (and for the kit's '11' line, minor unknown); INT8 without DLA stays strongly typed Q/DQ.
     Pure logic: proves the plan, not that TensorRT builds it."""
     implicit = plan_build(DLA_INT8, qdq_nodes=6, trt_major=10, trt_minor=3)
     assert implicit == BuildPlan(strongly_typed=False, fp16_flag=True, cast_onnx_to_fp16=False, implicit_int8=True)
-    with pytest.raises(StageError, match=r"TensorRT 11\.2: TensorRT 11\.0 to 11\.3 has no DLA support"):
+    with pytest.raises(StageError, match=r"TensorRT 11\.2\.0: TensorRT 11\.0 to 11\.4\.0 has no DLA support"):
         plan_build(DLA_INT8, qdq_nodes=6, trt_major=11, trt_minor=2)
+    with pytest.raises(StageError, match=r"TensorRT 11\.4\.0: TensorRT 11\.0 to 11\.4\.0 has no DLA support"):
+        plan_build(DLA_INT8, qdq_nodes=6, trt_major=11, trt_minor=4, trt_patch=0)
     adjusted = BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, adjust_for_dla=True)
-    assert plan_build(DLA_INT8, qdq_nodes=6, trt_major=11, trt_minor=4) == adjusted
+    assert plan_build(DLA_INT8, qdq_nodes=6, trt_major=11, trt_minor=4, trt_patch=1) == adjusted
+    from edgeres.tensorrt.build import tensorrt_minor_patch  # what the builder passes from trt.__version__
+
+    assert tensorrt_minor_patch("11.4.1.2") == (4, 1) and tensorrt_minor_patch("11.4") == (4, None)
+    assert plan_build(DLA_INT8, qdq_nodes=6, trt_major=11, trt_minor=5) == adjusted
     assert plan_build(DLA_INT8, qdq_nodes=6, trt_major=11) == adjusted
     gpu = EngineSettings(precision="int8")
     for major in (10, 11):
@@ -303,7 +309,7 @@ def test_trt11_2_refuses_int8_on_dla(install: Any, tmp_path: Path) -> None:
     fake = install(FakeTensorRT(11, version="11.2.0.5", num_dla_cores=2))
     src = tmp_path / "model.onnx"
     onnx.save(residual_models()[0], str(src))
-    with pytest.raises(StageError, match=r"11\.0 to 11\.3 has no DLA support"):
+    with pytest.raises(StageError, match=r"TensorRT 11\.2\.0: TensorRT 11\.0 to 11\.4\.0 has no DLA support"):
         _build(fake, src, tmp_path)
     assert "Builder" not in fake.rec.names()
 
@@ -398,7 +404,9 @@ def _standin_executable(tmp_path: Path, table: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="build.sh needs bash")
-@pytest.mark.parametrize(("table", "code", "status"), [("10.3", "100301", 0), ("11", "110401", 0), ("11", "110300", 3)])
+@pytest.mark.parametrize(
+    ("table", "code", "status"), [("10.3", "100301", 0), ("11", "110401", 0), ("11", "110400", 3), ("11", "110300", 3)]
+)
 def test_build_sh_runs_the_stand_in_trtexec(tmp_path: Path, table: str, code: str, status: int) -> None:
     """bash build.sh on its trtexec path, with the stand-in as trtexec: on 10.x it rewrites the calibration cache's
     header to the version trtexec reports and builds with the 10 line; on 11.4 with the 11 line; on 11.3 it stops
@@ -409,7 +417,7 @@ def test_build_sh_runs_the_stand_in_trtexec(tmp_path: Path, table: str, code: st
     done = subprocess.run(["bash", str(folder / "build.sh")], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == status, done.stdout + done.stderr
     if status == 3:
-        assert "TensorRT 110300 (11.0-11.3) has no DLA support" in done.stderr
+        assert f"TensorRT {code} (11.0-11.4.0) has no DLA support" in done.stderr
         return
     assert (folder / "engine.plan").read_bytes() == b"stand-in engine"
     if table == "10.3":

@@ -66,9 +66,10 @@ def check(argv: list[str], table: dict, *, version_code: int, cwd: Path) -> tupl
                 return fail(f"Unknown memory pool: {spec.rpartition(':')[0]}")
     if "--useDLACore" in args:
         major, minor = divmod(version_code // 100, 100)
-        (lo, hi) = [tuple(v) for v in table["dla_versions"]]
-        if not lo <= (major, minor) <= hi:
-            return fail(f"DLA is not supported by TensorRT {major}.{minor} (Cannot create DLA engine)")
+        patch = version_code % 100
+        (lo, hi) = [tuple(v) for v in table["dla_versions"]]  # (major, minor, patch)
+        if not lo <= (major, minor, patch) <= hi:
+            return fail(f"DLA is not supported by TensorRT {major}.{minor}.{patch} (Cannot create DLA engine)")
     if "--calib" in args and "--int8" not in args:
         out.append("[W] --calib has no effect without --int8")
     for name in ("--onnx", "--calib", "--loadEngine"):

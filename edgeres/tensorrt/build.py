@@ -10,8 +10,8 @@ a file shared by the device's builds (edgeres.tensorrt.timing_cache), under a lo
 IProgressMonitor; DLA with GPU fallback on Jetson, and how many layers landed on DLA read from the engine inspector
 (`dla_placement`). INT8 on DLA follows the plan per TensorRT version: on 10.x implicit quantization (the ONNX
 without Q/DQ, weakly typed, INT8|FP16, a dynamic range per tensor from edgeres.tensorrt.dla, the Q/DQ model's float
-layers pinned to FP16 with prefer constraints), on 11.4+ the strongly typed Q/DQ ONNX parsed with ADJUST_FOR_DLA, on
-11.0-11.3 a refusal (no DLA there). It writes the engine, its layer information (`<stem>.layers.json`, from the
+layers pinned to FP16 with prefer constraints), on 11.4.1+ the strongly typed Q/DQ ONNX parsed with ADJUST_FOR_DLA, on
+11.0-11.4.0 a refusal (no DLA there). It writes the engine, its layer information (`<stem>.layers.json`, from the
 engine inspector) and, last, its manifest (`<stem>.manifest.json`).
 
 TensorRT is imported where a function needs it, not with this module. This module does not start processes or map
@@ -183,8 +183,9 @@ def engine_from_onnx(
     report: Progress = progress or (lambda _msg: None)
     started = time.perf_counter()
     version = str(trt.__version__)
+    minor, patch = tensorrt_minor_patch(version)
     plan = plan_build(
-        settings, qdq_nodes=count_qdq(onnx_path), trt_major=tensorrt_major(version), trt_minor=tensorrt_minor(version)
+        settings, qdq_nodes=count_qdq(onnx_path), trt_major=tensorrt_major(version), trt_minor=minor, trt_patch=patch
     )
     _, input_shape = onnx_input(onnx_path)
     report(
@@ -200,7 +201,7 @@ def engine_from_onnx(
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if plan.adjust_for_dla:  # TensorRT 11.4+: NVIDIA's "ONNX Parser Flags for DLA"; the 10.13 stubs lack the name
+    if plan.adjust_for_dla:  # TensorRT 11.4.1+: NVIDIA's "ONNX Parser Flags for DLA"; the 10.13 stubs lack the name
         parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)  # type: ignore[attr-defined]
     dla_files: DlaFiles | None = None
     with tempfile.TemporaryDirectory(prefix="edgeres-trt-") as tmp:
@@ -325,10 +326,12 @@ def engine_from_onnx(
     return BuildResult(engine_path, written, layer_info, cache_path, seconds, manifest)
 
 
-def tensorrt_minor(version: str) -> int | None:
-    """Minor version of a TensorRT version string ('11.4.1.2' -> 4), None if it has none."""
-    m = re.match(r"\s*\d+\.(\d+)", version)
-    return int(m.group(1)) if m else None
+def tensorrt_minor_patch(version: str) -> tuple[int | None, int | None]:
+    """Minor and patch version of a TensorRT version string ('11.4.1.2' -> (4, 1)), None where it has none."""
+    m = re.match(r"\s*\d+\.(\d+)(?:\.(\d+))?", version)
+    if m is None:
+        return None, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
 
 
 def _dla_files(onnx_path: Path, tmp: Path, report: Progress) -> DlaFiles:

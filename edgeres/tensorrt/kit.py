@@ -87,7 +87,7 @@ def trtexec_flags(
     --calib`, and the Q/DQ model's float layers (`dla_fp16_layers`) in `--layerPrecisions` with
     `--precisionConstraints=prefer`, never `--stronglyTyped` (trtexec 10.x sets kFP16 on DLA unless --int8 is given,
     and --stronglyTyped clears --int8: sampleOptions.cpp / sampleEngines.cpp); as NVIDIA's QDQ Translator README runs
-    it. On TensorRT 11 the line for 11.4+ (strongly typed; build.sh refuses 11.0-11.3, which have no DLA)."""
+    it. On TensorRT 11 the line for 11.4.1+ (strongly typed; build.sh refuses 11.0-11.4.0, which have no DLA)."""
     plan = plan_build(settings, qdq_nodes=qdq_nodes, trt_major=trt_major)
     onnx_file = DLA_ONNX if plan.implicit_int8 else ONNX_FP16 if plan.cast_onnx_to_fp16 else ONNX
     flags = [f"--onnx={onnx_file}", f"--saveEngine={ENGINE}"]
@@ -132,16 +132,16 @@ def trtexec_flags(
 # Inserted into build.sh before it picks the flags for the TensorRT major found (anchor: DLA_GUARD_ANCHOR): what the
 # trtexec path needs for INT8 on DLA that one line per major cannot say.
 DLA_GUARD_ANCHOR = 'case "$MAJOR" in\n'
-DLA_GUARD = """# INT8 on DLA (edgeres.tensorrt.kit.with_dla_guard): TensorRT 11.0-11.3 has no DLA. (On 10.x, the FLAGS
+DLA_GUARD = """# INT8 on DLA (edgeres.tensorrt.kit.with_dla_guard): TensorRT 11.0-11.4.0 has no DLA. (On 10.x, the FLAGS
 # loop below gives trtexec a copy of the calibration cache whose header names this TensorRT's version.)
 CODE="$("$TRTEXEC" --version 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\).*/\\1/p' | head -n 1 || true)"
-if [ "$MAJOR" = 11 ] && [ -n "$CODE" ] && [ "$CODE" -lt 110400 ]; then
-    echo "error: this kit builds INT8 on DLA, and TensorRT $CODE (11.0-11.3) has no DLA support. Build with" >&2
-    echo "TensorRT 10.x (JetPack 6) or 11.4 or newer (JetPack 7.2.2), or rebuild the kit with dla_core: null." >&2
+if [ "$MAJOR" = 11 ] && [ -n "$CODE" ] && [ "$CODE" -lt 110401 ]; then
+    echo "error: this kit builds INT8 on DLA, and TensorRT $CODE (11.0-11.4.0) has no DLA support. Build with" >&2
+    echo "TensorRT 10.x (JetPack 6) or 11.4.1 or newer (JetPack 7.2.2), or rebuild the kit with dla_core: null." >&2
     exit 3
 fi
 if [ "$MAJOR" = 11 ] && [ -z "$CODE" ]; then
-    echo "warning: cannot read this TensorRT's version code; INT8 on DLA needs TensorRT 11.4 or newer on 11.x" >&2
+    echo "warning: cannot read this TensorRT's version code; INT8 on DLA needs TensorRT 11.4.1 or newer on 11.x" >&2
 fi
 """
 

@@ -115,7 +115,7 @@ class BuildPlan:
     # Q/DQ. The ONNX without Q/DQ is built weakly typed with BuilderFlag INT8 and FP16, GPU fallback, per-tensor scales
     # (calibration cache / dynamic ranges) and the Q/DQ model's float layers pinned to FP16 (prefer constraints).
     implicit_int8: bool = False
-    # INT8 on DLA with TensorRT 11.4+: strongly typed Q/DQ, parsed with OnnxParserFlag.ADJUST_FOR_DLA.
+    # INT8 on DLA with TensorRT 11.4.1+: strongly typed Q/DQ, parsed with OnnxParserFlag.ADJUST_FOR_DLA.
     adjust_for_dla: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,14 +128,22 @@ class BuildPlan:
         return d
 
 
-# TensorRT 11.0-11.3 has no DLA; 11.4.1 brings it back on Jetson AGX Orin with JetPack 7.2.2 (NVIDIA's "ONNX Parser
-# Flags for DLA" pages of 11.3.0 and 11.5.0).
-DLA_RETURNS_IN = (11, 4)
+# TensorRT 11.0-11.4.0 has no DLA; 11.4.1 brings it back on Jetson AGX Orin with JetPack 7.2.2 (NVIDIA's "ONNX
+# Parser Flags for DLA" pages of 11.3.0 and 11.5.0; 11.4.0's release notes: no DLA on JetPack).
+DLA_RETURNS_IN = (11, 4, 1)
 
 
-def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int, trt_minor: int | None = None) -> BuildPlan:
-    """The precision plan for `settings` on TensorRT `trt_major`.`trt_minor`, for an ONNX with `qdq_nodes` Q/DQ nodes.
-    trt_minor None: the newest minor of that major (the device kit's trtexec line for a major)."""
+def plan_build(
+    settings: EngineSettings,
+    *,
+    qdq_nodes: int,
+    trt_major: int,
+    trt_minor: int | None = None,
+    trt_patch: int | None = None,
+) -> BuildPlan:
+    """The precision plan for `settings` on TensorRT `trt_major`.`trt_minor`.`trt_patch`, for an ONNX with `qdq_nodes`
+    Q/DQ nodes. trt_minor None: the newest minor of that major (the device kit's trtexec line for a major); trt_patch
+    None: 0."""
     if trt_major < 10:
         raise StageError(
             f"TensorRT {trt_major}.x is not supported: edgeres builds engines with TensorRT 10 or 11 "
@@ -157,11 +165,12 @@ def plan_build(settings: EngineSettings, *, qdq_nodes: int, trt_major: int, trt_
         if trt_major == 10:  # DLA on 10.x takes INT8 only by implicit quantization (TensorRT issue #2222)
             return BuildPlan(strongly_typed=False, fp16_flag=True, cast_onnx_to_fp16=False, tf32=tf32,
                              implicit_int8=True)  # fmt: skip
-        if trt_minor is not None and (trt_major, trt_minor) < DLA_RETURNS_IN:
+        if trt_minor is not None and (trt_major, trt_minor, trt_patch or 0) < DLA_RETURNS_IN:
             raise StageError(
-                f"INT8 on DLA (dla_core {settings.dla_core}) cannot be built with TensorRT {trt_major}.{trt_minor}: "
-                f"TensorRT 11.0 to 11.3 has no DLA support. Build with TensorRT 10.x (JetPack 6) or 11.4 or newer "
-                f"(JetPack 7.2.2 on AGX Orin), or set dla_core: null to build for the GPU."
+                f"INT8 on DLA (dla_core {settings.dla_core}) cannot be built with TensorRT "
+                f"{trt_major}.{trt_minor}.{trt_patch or 0}: TensorRT 11.0 to 11.4.0 has no DLA support. Build with "
+                f"TensorRT 10.x (JetPack 6) or 11.4.1 or newer (JetPack 7.2.2 on AGX Orin), or set dla_core: null to "
+                f"build for the GPU."
             )
         return BuildPlan(strongly_typed=True, fp16_flag=False, cast_onnx_to_fp16=False, tf32=tf32, adjust_for_dla=True)
     if settings.precision == "int8":  # explicit quantization: strongly typed on 10 and 11
