@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The TensorRT stand-in's `install` fixture (tests/fake_tensorrt.py), for every test file that builds on it.
+pytest_plugins = ["fake_tensorrt"]
 
 TINY_DATA: dict[str, Any] = {
     "type": "synthetic",

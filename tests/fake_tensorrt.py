@@ -15,10 +15,13 @@ reads the ONNX input's shape with onnx, and the engine inspector returns the JSO
 from __future__ import annotations
 
 import json
+import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 DATA = Path(__file__).with_name("data")
 API_10 = json.loads((DATA / "tensorrt-10.13-api.json").read_text(encoding="utf-8"))
@@ -426,3 +429,14 @@ class FakeTensorRT:
 
         m.__getattr__ = missing  # type: ignore[method-assign]
         return m
+
+
+@pytest.fixture
+def install(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """install(FakeTensorRT(...)) puts the stand-in in sys.modules as `tensorrt` for one test and returns it."""
+
+    def put(fake: FakeTensorRT) -> FakeTensorRT:
+        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+        return fake
+
+    return put

@@ -76,3 +76,13 @@ def tiny_qdq(path: Path) -> Path:
 
 def images(n: int, seed: int = 2) -> Any:
     return np.random.default_rng(seed).normal(size=(n, 3, 8, 8)).astype(np.float32)
+
+
+def ort_run(model: Any, x: Any) -> Any:
+    """The logits of an in-memory ModelProto on ONNX Runtime's CPU provider (its default optimisation level)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]

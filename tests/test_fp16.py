@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import ort_run
 
 from edgeres import fp16
 from edgeres.errors import MissingDependencyError, StageError
@@ -64,13 +65,6 @@ def qdq_classifier(opset: int = 18) -> Any:
     return model
 
 
-def run(model: Any, x: Any) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
-
 def test_qdq_model_gets_fp16_islands_that_onnxruntime_runs() -> None:
     model = qdq_classifier()
     half = fp16.fp16_from_fp32(model)
@@ -95,7 +89,7 @@ def test_qdq_model_gets_fp16_islands_that_onnxruntime_runs() -> None:
     assert props["edgeres.float_islands"] == "fp16"
     assert props["edgeres.mean"] == "[0.5]"  # preprocessing kept
     x = np.random.default_rng(1).normal(size=(32, 3, 8, 8)).astype(np.float32)
-    ref, got = run(model, x), run(half, x)
+    ref, got = ort_run(model, x), ort_run(half, x)
     assert got.dtype == np.float32 and got.shape == ref.shape == (32, 4)
     # float16 islands move logits by a few float16 steps (about 1e-3 relative here), rarely by a quantization step
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
@@ -202,7 +196,7 @@ def test_tensorrt11_fp16_cast_is_the_same_converter(tmp_path: Path, monkeypatch:
         "float16 weights and compute; float32 inputs and outputs"
     )
     x = np.random.default_rng(2).normal(size=(8, 3, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(run(half, x), run(model, x), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(ort_run(half, x), ort_run(model, x), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.slow

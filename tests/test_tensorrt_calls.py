@@ -18,7 +18,6 @@ from NVIDIA's sources, not from edgeres' constants:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +49,6 @@ def facts_for(fake: FakeTensorRT, **kw: Any) -> DeviceFacts:
         "dla_cores": fake.num_dla_cores,
     }
     return DeviceFacts(**{**base, **kw})
-
-
-@pytest.fixture
-def install(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def put(fake: FakeTensorRT) -> FakeTensorRT:
-        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-        return fake
-
-    return put
 
 
 def build(fake: FakeTensorRT, onnx_path: Path, tmp_path: Path, settings: EngineSettings, **kw: Any) -> Any:

@@ -23,6 +23,7 @@ import onnx
 import pytest
 from fake_tensorrt import FakeTensorRT
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import ort_run
 from trtexec_standin import check, load_table
 
 from edgeres import fp16
@@ -136,13 +137,6 @@ def calibration_images(n: int = 24, seed: int = 3) -> Any:
     return np.random.default_rng(seed).normal(size=(n, 4, 6, 6)).astype(np.float32)
 
 
-def run(model: Any, x: Any) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
-
 # ------------------------------------------------------------------------------------------------------ the plan
 
 
@@ -243,7 +237,7 @@ def test_stripped_onnx_computes_what_the_qdq_onnx_computes_in_float(islands: boo
     assert not ops & {"QuantizeLinear", "DequantizeLinear", "Cast"}
     assert {i.data_type for i in stripped.graph.initializer} == {TensorProto.FLOAT}
     x = calibration_images(8, seed=5)
-    want, got = run(ref, x), run(stripped, x)
+    want, got = ort_run(ref, x), ort_run(stripped, x)
     if islands:
         assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
     else:
@@ -251,15 +245,6 @@ def test_stripped_onnx_computes_what_the_qdq_onnx_computes_in_float(islands: boo
 
 
 # ------------------------------------------------------------------------------------- the Python builder
-
-
-@pytest.fixture
-def install(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def put(fake: FakeTensorRT) -> FakeTensorRT:
-        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-        return fake
-
-    return put
 
 
 def _build(fake: FakeTensorRT, src: Path, tmp_path: Path) -> Any:

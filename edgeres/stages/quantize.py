@@ -169,8 +169,12 @@ class Quantization:
 
     def evaluate(self, path: Any, split: str) -> tuple[dict[str, Any], Any]:
         data = self.ctx.data
+        return self.accuracy(path, data.numpy_batches(data.split(split), EVAL_BATCH))
+
+    def accuracy(self, path: Any, batches: Any) -> tuple[dict[str, Any], Any]:
+        """Top-1/top-5 of the ONNX at `path` over (images, labels) batches, on the runtime and settings judged with."""
         with open_runner(self.runtime, path, fmt="onnx", threads=self.ctx.inputs.threads, settings=self.settings) as r:
-            return measure_accuracy(r, data.numpy_batches(data.split(split), EVAL_BATCH))
+            return measure_accuracy(r, batches)
 
     def shipped(self, model: Any) -> tuple[Any, TargetRewrite]:
         """The graph that ships from a quantizer's output (changed in place): rewritten for the target's Q/DQ rules,
@@ -240,17 +244,14 @@ class Quantization:
 
         def validate(model: Any, dataset: Any) -> float:
             if model is self.fp32:  # NNCF's reference: the FP32 model as edgeres measures every drop against it
-                with open_runner(
-                    self.runtime, self.inp.primary_path, fmt="onnx", threads=ctx.inputs.threads, settings=self.settings
-                ) as r:  # (through `shipped`, a TensorRT target's reference would be the FP32 model cast to fp16)
-                    return float(measure_accuracy(r, dataset)[0]["top1"])
+                # (through `shipped`, a TensorRT target's reference would be the FP32 model cast to fp16)
+                return float(self.accuracy(self.inp.primary_path, dataset)[0]["top1"])
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # NNCF goes on with its own
             passes.compress_quantize_weights_transformation(copy)  # as NNCF does to the model it returns
             data = self.shipped(copy)[0].SerializeToString()
             write_bytes_atomic(probe, data)
-            with open_runner(self.runtime, probe, fmt="onnx", threads=ctx.inputs.threads, settings=self.settings) as r:
-                acc = measure_accuracy(r, dataset)[0]
+            acc = self.accuracy(probe, dataset)[0]
             if acc["images"] == len(ctx.data.val):  # not a ranking subset
                 judged[hashlib.sha256(data).hexdigest()] = float(acc["top1"])
             return float(acc["top1"])

@@ -118,16 +118,23 @@ def _name_nodes(graph: Any) -> None:
             seen.add(name)
 
 
-def _dequantize(values: Any, scale: Any, zero: Any, axis: int) -> Any:
-    """DequantizeLinear in float32 numpy: (values - zero) * scale, scale and zero broadcast along `axis`."""
+def _per_axis(values: Any, scale: Any, zero: Any, axis: int) -> tuple[Any, Any]:
+    """Scale and zero point as float32, shaped to broadcast along `axis` of `values` when they are per channel."""
     np = _np()
-    values = np.asarray(values)
     scale = np.asarray(scale, dtype=np.float32)
     zero = np.zeros((), dtype=np.float32) if zero is None else np.asarray(zero).astype(np.float32)
     if scale.ndim == 1 and values.ndim > 1:
         shape = [1] * values.ndim
         shape[axis % values.ndim] = -1
         scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.ndim == 1 else zero)
+    return scale, zero
+
+
+def _dequantize(values: Any, scale: Any, zero: Any, axis: int) -> Any:
+    """DequantizeLinear in float32 numpy: (values - zero) * scale, scale and zero broadcast along `axis`."""
+    np = _np()
+    values = np.asarray(values)
+    scale, zero = _per_axis(values, scale, zero, axis)
     return ((values.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
@@ -135,12 +142,7 @@ def _quantize(values: Any, scale: Any, zero: Any, axis: int, dtype: Any) -> Any:
     """QuantizeLinear in numpy (round half to even, saturate), for a float weight behind a Q/DQ pair (QAT exports)."""
     np = _np()
     values = np.asarray(values, dtype=np.float32)
-    scale = np.asarray(scale, dtype=np.float32)
-    zero = np.zeros((), dtype=np.float32) if zero is None else np.asarray(zero).astype(np.float32)
-    if scale.ndim == 1 and values.ndim > 1:
-        shape = [1] * values.ndim
-        shape[axis % values.ndim] = -1
-        scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.ndim == 1 else zero)
+    scale, zero = _per_axis(values, scale, zero, axis)
     info = np.iinfo(dtype)
     return np.clip(np.rint(values / scale) + zero, info.min, info.max).astype(dtype)
 
