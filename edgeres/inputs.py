@@ -152,6 +152,9 @@ class KitInputs(Inputs):
     recipe: str
     variant: str
     data: DataInputs
+    # INT8 on a DLA core: the variant's quantize calibration size. The kit's DLA calibration cache measures the
+    # tensors that have no Q/DQ scale on quantize's own calibration images (the seeded val subset, the stage's seed).
+    calibration_size: int | None = None
 
 
 class CompileInputs(StageInputs):

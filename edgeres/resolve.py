@@ -207,7 +207,16 @@ class Resolver:
                 extra["timing_cache"] = shared_timing_cache(self.cache_dir, facts)
             else:  # a kit: only whether TensorRT is here (the log says which of the two is missing)
                 extra["device"] = {"can_build": False, "trt_version": device["trt_version"]}
-                extra["kit"] = KitInputs(recipe=r.name, variant=variant, data=self.data(r))
+                dla = (
+                    stage.tensorrt.dla_core
+                    if stage.tensorrt.dla_core is not None
+                    else (spec.tensorrt.dla_core if spec.tensorrt else None)
+                )
+                quantize = r.stage_of("quantize", variant) if dla is not None else None
+                calibration = (quantize.calibration_size or r.data.calibration_size) if quantize else None
+                extra["kit"] = KitInputs(
+                    recipe=r.name, variant=variant, data=self.data(r), calibration_size=calibration
+                )
         return CompileInputs(
             **{**common, "config": stage.model_copy(update=blocks)},
             **target,

@@ -379,6 +379,32 @@ def test_tensorrt_compile_records_the_float_islands(trt_compiled: QBuild, trt_bu
     assert sha256_file(folder / "model.onnx") == sha256_file(trt_build.out / "models" / "main" / "model.onnx")
 
 
+def test_a_dla_kit_measures_its_extra_scales_on_quantize_s_calibration_set(
+    trt_build: QBuild, module_tmp: Any, data: Any
+) -> None:
+    """INT8 on a DLA core (compile.tensorrt.dla_core: 0): quantize is reused, and the kit's calibration cache holds,
+    for the tensors without a Q/DQ pair, amax/127 over quantize's own calibration images (the seeded val subset),
+    not over the kit's val images. Checked against scales computed here from those images."""
+    import json
+
+    from edgeres.tensorrt.dla import read_calibration_cache, translate
+
+    recipe = trt_recipe(tensorrt={"dla_core": 0, "kit_val_images": 8})
+    built = _build(module_tmp("q-trt-dla"), recipe, cache=trt_build.cache)
+    assert statuses(built.result)[-2:] == [("main", "quantize", "cached"), ("main", "compile", "ran")]
+    folder = built.out / "models" / "main"
+    idx, _ = data.calibration_indices(as_recipe(recipe).data.calibration_size, as_recipe(recipe).seed)
+    kit = json.loads((folder / "kit.json").read_text(encoding="utf-8"))
+    assert kit["dla_int8"]["calibration_images"] == f"quantize's calibration set ({len(idx)} images)"
+    images = np.concatenate([x.numpy() for x, _ in data.batches(data.val, 1, indices=idx)])
+    expected = translate(folder / "model.onnx", calibration=images)
+    assert expected.extra_scales  # the tiny model has tensors without Q/DQ (residual outputs, pooling)
+    _, scales = read_calibration_cache((folder / "calibration.cache").read_text(encoding="ascii"))
+    assert {t: scales[t] for t in expected.extra_scales} == expected.extra_scales
+    on_val = translate(folder / "model.onnx", calibration=np.load(folder / "val.npz")["x"])
+    assert on_val.extra_scales != expected.extra_scales  # the val images would give other scales
+
+
 def test_nncf_default_output_breaks_the_tensorrt_rules(trt_build: QBuild, data: Any) -> None:
     """NNCF's default PTQ writes uint8 zero points for post-ReLU activations: TensorRT refuses them."""
     import nncf

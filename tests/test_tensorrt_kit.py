@@ -547,7 +547,7 @@ def test_compile_writes_a_kit_without_tensorrt(tmp_path: Path) -> None:
         target_name="jetson-orin",
         settings=RuntimeSettings("tensorrt", "fp16"),
         device={"can_build": False, "trt_version": None},
-        kit=SimpleNamespace(recipe="tiny", variant="main", data="val images"),
+        kit=SimpleNamespace(recipe="tiny", variant="main", data="val images", calibration_size=None),
         timing_cache=None,
     )
     ctx = SimpleNamespace(

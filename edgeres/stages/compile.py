@@ -134,6 +134,11 @@ def tensorrt_from_onnx(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> tuple[str,
         expect["tensorrt_major"] = list(target.tensorrt.major)
     if dla is not None:
         expect["dla_core"] = dla
+    calibration = None
+    if kit.calibration_size and settings.precision == "int8" and dla is not None:
+        # quantize's own calibration images, so the scales the DLA needs beyond the Q/DQ ones come from the same set
+        idx, _ = data.calibration_indices(kit.calibration_size, inputs.seed)
+        calibration = np.concatenate([x.numpy() for x, _ in data.batches(data.val, 1, indices=idx)])
     write_device_kit(
         ctx.workdir,
         onnx_path=inp.primary_path,
@@ -142,6 +147,8 @@ def tensorrt_from_onnx(ctx: Ctx, cfg: CompileStage, inp: Artifact) -> tuple[str,
         val_subset=(np.concatenate(xs), np.concatenate(ys)),
         name=kit.recipe,
         variant=kit.variant,
+        calibration=calibration,
+        calibration_source="quantize's calibration set",
     )
     why = "TensorRT is not installed here" if device.get("trt_version") is None else "no NVIDIA GPU is visible here"
     ctx.reporter.log(

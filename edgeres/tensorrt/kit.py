@@ -350,13 +350,14 @@ def write_device_kit(
     name: str = "kit",
     variant: str = "main",
     calibration: Any | None = None,
+    calibration_source: str = "given",
 ) -> Path:
     """Write the kit into `folder`; returns the path of build.sh.
 
     INT8 on DLA (precision int8, dla_core set): the kit also holds the ONNX without Q/DQ, its calibration cache and
     dla.json (edgeres.tensorrt.dla), for trtexec on TensorRT 10 and for the Python builder. Tensors without a Q/DQ
     pair get scales measured on `calibration` (float32 NCHW images; the quantize stage's calibration set is the right
-    one), or on the val subset's images when it is None (kit.json records which).
+    one; `calibration_source` names it in kit.json), or on the val subset's images when it is None.
 
     target: the facts the kit expects of its device, e.g. {"name": "jetson-orin", "device": "jetson",
     "tensorrt_major": [10], "compute_capability": "8.7"}; a device that differs gets a warning in its report.
@@ -388,14 +389,14 @@ def write_device_kit(
     dla_info = None
     fp16_layers = None
     if plan_build(settings, qdq_nodes=qdq, trt_major=10).implicit_int8:
-        images, source = (x, f"val subset ({len(x)} images)") if calibration is None else (calibration, "given")
+        images, source = (x, "val subset") if calibration is None else (calibration, calibration_source)
         translation = translate(folder / ONNX, calibration=images)
         files = write_dla_files(translation, folder, source_sha256=sha256_file(folder / ONNX))
         fp16_layers = files.fp16_layers
         dla_info = {
             "onnx": DLA_ONNX,
             "calibration_cache": CALIB_CACHE,
-            "calibration_images": source if calibration is None else f"given ({translation.calibration_images} images)",
+            "calibration_images": f"{source} ({translation.calibration_images} images)",
             "qdq_scales": len(translation.qdq_scales),
             "measured_scales": len(translation.extra_scales),
             "fp16_layers": fp16_layers,
