@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from edgeres import __version__
+from edgeres.cli_cache import COMMANDS as CACHE_COMMANDS
+from edgeres.cli_cache import REMOTE_HELP, TRUSTED_HELP, remote_clean, remote_ls
 from edgeres.errors import EXIT_CODES, EdgeresError, UsageError
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
@@ -62,6 +64,16 @@ def cli() -> None:
     "[default: the recipe's lock_timeout_s, else 3600].",
 )
 @click.option(
+    "--remote",
+    metavar="URL",
+    help="Shared remote cache (s3://, gs://, az://, file://) [default: $EDGERES_REMOTE_CACHE, else cache.remote].",
+)
+@click.option(
+    "--cache-key",
+    type=click.Path(dir_okay=False),
+    help="Private key that signs what this build pushes to the remote cache [default: $EDGERES_CACHE_KEY].",
+)
+@click.option(
     "--nproc",
     type=click.IntRange(min=1, max=1024),
     default=None,
@@ -87,6 +99,8 @@ def build(
     explain: str | None,
     quiet: bool,
     lock_timeout: float | None,
+    remote: str | None,
+    cache_key: str | None,
     nproc: int | None,
     max_restarts: int,
 ) -> None:
@@ -108,6 +122,8 @@ def build(
     dist.init(r.distributed.timeout_minutes)
     out_dir = Path(out) if out else Path("out") / r.name
     t0 = time.monotonic()
+    reporter = Reporter(quiet=quiet)
+    tier = None if dry_run else remote_tier(r, remote, cache_key, reporter)
     pipe = Pipeline(
         r,
         cache_dir=Path(cache) if cache else None,
@@ -115,9 +131,10 @@ def build(
         from_stage=from_stage,
         until_stage=until_stage,
         force=force,
-        reporter=Reporter(quiet=quiet),
+        reporter=reporter,
         dry_run=dry_run,
         lock_timeout=next(t for t in (lock_timeout, r.lock_timeout_s, LOCK_TIMEOUT_S) if t is not None),
+        remote=tier,
     )
     try:
         result = pipe.run()
@@ -138,9 +155,29 @@ def build(
             "once its input exists the key hashes the input's content instead"
         )
         return
+    if tier is not None and tier.pulled_bytes:
+        click.echo(f"remote cache: downloaded {tier.pulled_bytes / 1e6:.1f} MB in {tier.pulled_s:.1f}s")
     click.echo(f"build {r.name}: done in {time.monotonic() - t0:.1f}s; outputs in {out_dir}")
     if result.report is not None:
         click.echo(f"report: {out_dir / 'report.md'}")
+
+
+def remote_tier(r: Any, url: str | None, key: str | None, reporter: Any) -> Any:
+    """The build's remote cache tier (edgeres.remote), or None: --remote over $EDGERES_REMOTE_CACHE over the
+    recipe's cache.remote. Only rank 0 of a torchrun job talks to it."""
+    from edgeres import dist
+    from edgeres.remote import RemoteCache, remote_settings
+
+    settings = remote_settings(
+        flag_url=url,
+        recipe_url=r.cache.remote.url if r.cache.remote else None,
+        recipe_push=r.cache.remote.push if r.cache.remote else True,
+        recipe_trusted=tuple(r.cache.trusted_keys),
+        flag_key=key,
+    )
+    if settings is None or not dist.is_main():
+        return None
+    return RemoteCache(settings, log=reporter.log)
 
 
 @cli.command(help="Validate a recipe and print it resolved; runs nothing.")
@@ -356,10 +393,16 @@ def _size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-@cache.command("ls", help="List cache entries: stage, key, state, size, when made.")
+@cache.command("ls", help="List cache entries: stage, key, state, size, when made (--remote: size, age, signer).")
 @click.option("--cache", "cache_path", type=click.Path(file_okay=False), help="Cache folder.")
-def cache_ls(cache_path: str | None) -> None:
+@click.option("--remote", is_flag=False, flag_value="", default=None, metavar="[URL]", help=REMOTE_HELP)
+@click.option("--trusted-key", "trusted", multiple=True, type=click.Path(dir_okay=False), help=TRUSTED_HELP)
+def cache_ls(cache_path: str | None, remote: str | None, trusted: tuple[str, ...]) -> None:
     from edgeres.artifact import read_artifact
+
+    if remote is not None:
+        remote_ls(remote, trusted)
+        return
 
     root = _cache_dir(cache_path)
     entries = sorted(p for p in root.iterdir() if ENTRY.match(p.name)) if root.is_dir() else []
@@ -391,7 +434,22 @@ def cache_ls(cache_path: str | None) -> None:
 @click.option(
     "--yes", is_flag=True, help="Remove without asking; needed to remove all entries when stdin is not a terminal."
 )
-def cache_clean(cache_path: str | None, partial: bool, dry_run: bool, yes: bool) -> None:
+@click.option("--remote", is_flag=False, flag_value="", default=None, metavar="[URL]", help=REMOTE_HELP)
+@click.option("--trusted-key", "trusted", multiple=True, type=click.Path(dir_okay=False), help=TRUSTED_HELP)
+@click.option("--max-size", metavar="SIZE", help="--remote: remove least recently used entries above SIZE (20GB).")
+@click.option("--older-than", metavar="AGE", help="--remote: remove entries unused for AGE (30d, 12h).")
+@click.option("--entry", "entries", multiple=True, metavar="NAME", help="--remote: remove this entry (repeatable).")
+def cache_clean(
+    cache_path: str | None,
+    partial: bool,
+    dry_run: bool,
+    yes: bool,
+    remote: str | None,
+    trusted: tuple[str, ...],
+    max_size: str | None,
+    older_than: str | None,
+    entries: tuple[str, ...],
+) -> None:
     """Entries are removed under their lock: an entry a running build holds (writing it, its .partial folder, its
     lock file) is skipped and named, never pulled from under the build.
 
@@ -400,6 +458,11 @@ def cache_clean(cache_path: str | None, partial: bool, dry_run: bool, yes: bool)
     machine. --partial removes only what killed builds left, without asking."""
     from edgeres.locks import lock_holder, try_lock
 
+    if remote is not None:
+        remote_clean(remote, trusted, max_size=max_size, older_than=older_than, entries=entries, dry_run=dry_run)
+        return
+    if max_size or older_than or entries:
+        raise UsageError("--max-size, --older-than and --entry clean the remote tier: add --remote")
     root = _cache_dir(cache_path)
     removed, freed, skipped = 0, 0, 0
     groups: dict[str, list[Path]] = {}  # entry name -> its folder, .partial, .old-PID and .lock paths to remove
@@ -519,6 +582,8 @@ from edgeres.cli_bundle import COMMANDS  # noqa: E402  (the bundle commands, reg
 
 for _command in COMMANDS:
     cli.add_command(_command)
+for _command in CACHE_COMMANDS:  # the remote tier's push and pull
+    cache.add_command(_command)
 
 _ARGV: list[str] = []  # the command line main() was given (what --nproc relaunches)
 

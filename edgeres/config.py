@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -588,4 +588,35 @@ class Distributed(Strict):
         gt=0,
         le=24 * 60,
         description="Longest wait at a barrier for the other processes (the process group's timeout).",
+    )
+
+
+class RemoteCacheConfig(Strict):
+    """`cache.remote`: a URL, or `{url, push}`."""
+
+    url: Annotated[str, Unkeyed("where entries are shared; an entry is the same wherever it is stored")] = Field(
+        min_length=1,
+        description="fsspec URL of the team's shared cache: s3://bucket/prefix, gs://..., az://..., file:///mount. "
+        "--remote and $EDGERES_REMOTE_CACHE override it.",
+    )
+    push: Annotated[bool, Unkeyed("whether this build uploads what it built; shapes no output")] = Field(
+        True, description="Upload entries this build makes (signed); false for read-only consumers such as fork CI."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+
+class CacheConfig(Strict):
+    remote: RemoteCacheConfig | None = Field(
+        None, description="A shared remote tier: entries are pulled before a stage runs and pushed after it."
+    )
+    trusted_keys: Annotated[list[str], Unkeyed("which signers a pull trusts; a trusted entry is the same entry")] = (
+        Field(
+            default_factory=list,
+            description="Public keys (PEM files, relative to the recipe) whose signatures a pull accepts; "
+            "$EDGERES_CACHE_TRUSTED_KEYS overrides them.",
+        )
     )

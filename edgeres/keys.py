@@ -44,12 +44,17 @@ def cpu_flags() -> list[str]:
     return []
 
 
+# Test hook (README: the remote cache): set, it joins the host facts, so the entries keyed by them (measurements,
+# CPU-specific engines) are those of another machine, while those keyed by the kernels' facts (quantize) are shared.
+TEST_HOST = "EDGERES_TEST_HOST"
+
+
 @cache
 def host_facts() -> dict[str, Any]:
     """What makes a measurement or a CPU-specific engine belong to this machine."""
     from edgeres.measure import cpu_name
 
-    return {
+    facts = {
         "cpu": cpu_name(),
         "isa": cpu_flags(),
         "cores": os.cpu_count(),
@@ -58,6 +63,9 @@ def host_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "runtimes": versions("onnxruntime", "openvino", "torch", "tensorrt", "numpy"),
     }
+    if os.environ.get(TEST_HOST):  # a test hook: this process stands in for another machine with the same CPU
+        facts["test_host"] = os.environ[TEST_HOST]
+    return facts
 
 
 @cache

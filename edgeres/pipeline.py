@@ -45,6 +45,7 @@ from edgeres.keys import host_facts, stage_key
 from edgeres.locks import held
 from edgeres.progress import Reporter
 from edgeres.recipe import Recipe, dump_recipe, variant_recipe
+from edgeres.remote import RemoteCache
 from edgeres.resolve import Resolver
 from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
@@ -150,8 +151,10 @@ class Pipeline:
         reporter: Reporter | None = None,
         dry_run: bool = False,
         lock_timeout: float = LOCK_TIMEOUT_S,
+        remote: RemoteCache | None = None,
     ) -> None:
         self.recipe = recipe
+        self.remote = remote  # the team's shared tier (edgeres.remote): pulled before a stage runs, pushed after
         self.lock_timeout = lock_timeout
         self.cache_dir = cache_dir or default_cache_dir()
         self.out_dir = out_dir
@@ -330,6 +333,12 @@ class Pipeline:
                 existing.verify()
                 self._announce("cached")
                 return existing
+            t0 = time.monotonic()
+            pulled = self.remote.fetch(final) if self.remote is not None and not forced else None
+            if pulled is not None:  # every file re-hashed against the signed sidecar on the way in
+                rec.status, rec.seconds = "pulled", round(time.monotonic() - t0, 2)
+                self._announce("cached")
+                return pulled
             self._announce("run")
             assert inp is None or isinstance(inp, Artifact)
             assert torch_source is None or isinstance(torch_source, Artifact)
@@ -345,6 +354,8 @@ class Pipeline:
                     drop_if_empty(final.with_name(final.name + ".partial"))
                     raise
                 self._commit(work, final, out, st, resolved, key, inputs, rec)
+            if self.remote is not None:  # another machine's entry for this key may replace this one
+                self.remote.publish(final, forced=forced)
             if forced:
                 self._forced_done.add(key)
         if self._collective():

@@ -24,6 +24,7 @@ from edgeres.config import (
     STAGE_IO,
     WEIGHT_WORDS,
     BenchmarkStage,
+    CacheConfig,
     DataConfig,
     Distributed,
     ModelConfig,
@@ -58,6 +59,10 @@ class Recipe(Strict):
     distributed: Distributed = Field(
         default_factory=lambda: Distributed(),
         description="Training under torchrun (several processes or machines); ignored in one process.",
+    )
+    cache: CacheConfig = Field(
+        default_factory=lambda: CacheConfig(),
+        description="The shared remote cache tier and the keys its entries must be signed with (in no cache key).",
     )
     lock_timeout_s: float | None = Field(
         None,
@@ -325,6 +330,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
     if isinstance(raw.get("data"), dict):
         resolve(raw["data"], "root")
+    keys = raw["cache"].get("trusted_keys") if isinstance(raw.get("cache"), dict) else None
+    if isinstance(keys, list):
+        raw["cache"]["trusted_keys"] = [str((base / k).resolve()) if isinstance(k, str) else k for k in keys]
     for st in raw.get("stages") or []:
         if isinstance(st, dict) and st.get("type") == "finetune":
             resolve(st, "weights")
