@@ -16,7 +16,7 @@ import click
 
 from edgeres import __version__
 from edgeres.cli_cache import COMMANDS as CACHE_COMMANDS
-from edgeres.cli_cache import REMOTE_HELP, TRUSTED_HELP, remote_clean, remote_ls
+from edgeres.cli_cache import REMOTE_HELP, TRUSTED_HELP, local_by_use, remote_clean, remote_ls
 from edgeres.errors import EXIT_CODES, EdgeresError, UsageError
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
@@ -436,8 +436,8 @@ def cache_ls(cache_path: str | None, remote: str | None, trusted: tuple[str, ...
 )
 @click.option("--remote", is_flag=False, flag_value="", default=None, metavar="[URL]", help=REMOTE_HELP)
 @click.option("--trusted-key", "trusted", multiple=True, type=click.Path(dir_okay=False), help=TRUSTED_HELP)
-@click.option("--max-size", metavar="SIZE", help="--remote: remove least recently used entries above SIZE (20GB).")
-@click.option("--older-than", metavar="AGE", help="--remote: remove entries unused for AGE (30d, 12h).")
+@click.option("--max-size", metavar="SIZE", help="Remove least recently used entries until the rest fit SIZE (20GB).")
+@click.option("--older-than", metavar="AGE", help="Remove entries not used for AGE (30d, 12h).")
 @click.option("--entry", "entries", multiple=True, metavar="NAME", help="--remote: remove this entry (repeatable).")
 def cache_clean(
     cache_path: str | None,
@@ -461,8 +461,8 @@ def cache_clean(
     if remote is not None:
         remote_clean(remote, trusted, max_size=max_size, older_than=older_than, entries=entries, dry_run=dry_run)
         return
-    if max_size or older_than or entries:
-        raise UsageError("--max-size, --older-than and --entry clean the remote tier: add --remote")
+    if entries:
+        raise UsageError("--entry names remote entries: add --remote")
     root = _cache_dir(cache_path)
     removed, freed, skipped = 0, 0, 0
     groups: dict[str, list[Path]] = {}  # entry name -> its folder, .partial, .old-PID and .lock paths to remove
@@ -471,6 +471,11 @@ def cache_clean(
         unfinished = m is not None and (m["suffix"] or "").startswith((".partial", ".old"))
         if m is not None and (unfinished or not partial):
             groups.setdefault(f"{m['type']}-{m['key']}", []).append(p)
+    selective = bool(max_size or older_than)
+    if selective:  # by last use (a committed entry's folder time, renewed whenever a build reuses it)
+        chosen = local_by_use(root, max_size=max_size, older_than=older_than)
+        groups = {name: paths for name, paths in groups.items() if name in chosen}
+        partial = True  # chosen by rule, like --partial: no confirmation, and the decoded data sets stay
     if dry_run or not (partial or yes):
         what, total = _list_doomed(root, groups, partial=partial, default=cache_path is None)
         if dry_run:

@@ -66,6 +66,26 @@ def remote_ls(remote: str, trusted: tuple[str, ...]) -> None:
     click.echo(f"{len(entries)} remote entries, {total / 1e6:.1f} MB in {t.settings.url}")
 
 
+def local_by_use(root: Path, *, max_size: str | None, older_than: str | None) -> set[str]:
+    """The committed local entries `cache clean --older-than/--max-size` removes: those not used for AGE, then the
+    least recently used until the rest fit SIZE. Last use is the entry folder's time, which a build renews whenever
+    it reuses or pulls the entry."""
+    from edgeres.remote import local_entries
+
+    now = time.time()
+    listed = [(p.name, p.stat().st_mtime, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()))
+              for p in local_entries(root)]  # fmt: skip
+    doomed = {name for name, used, _ in listed if older_than and now - used > parse_age(older_than)}
+    if max_size:
+        kept = sorted((e for e in listed if e[0] not in doomed), key=lambda e: e[1], reverse=True)
+        total, budget = sum(e[2] for e in kept), parse_size(max_size)
+        while kept and total > budget:
+            name, _, size = kept.pop()
+            doomed.add(name)
+            total -= size
+    return doomed
+
+
 def remote_clean(
     remote: str,
     trusted: tuple[str, ...],

@@ -401,6 +401,8 @@ class Pipeline:
         existing = read_artifact(final)
         if existing is not None and not forced:
             existing.verify()
+            with contextlib.suppress(OSError):
+                os.utime(final)  # last use, for `edgeres cache clean --older-than/--max-size`
             self.reporter.log(f"[{vname}] {st.id}: cached ({rec.key[:12]})")
             return existing
         if self.from_stage is not None and self._is_before(st.id, self.from_stage):

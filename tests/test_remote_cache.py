@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -100,9 +100,8 @@ def _check_conditional_writes(endpoint: str) -> None:
     else:
         pytest.fail("the S3 test server accepted a second create-only PUT: it cannot test conditional writes")
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    with pytest.raises(FileExistsError):
-        with fs.open(f"{BUCKET}/probe", "xb") as f:
-            f.write(b"3")
+    with pytest.raises(FileExistsError), fs.open(f"{BUCKET}/probe", "xb") as f:
+        f.write(b"3")
     assert fs.cat_file(f"{BUCKET}/probe") == b"1"
 
 
@@ -218,7 +217,7 @@ def test_a_second_machine_trains_nothing_and_measures_again(
 
 
 def test_a_file_remote_on_a_second_folder(keys: dict[str, Path], tmp_path: Path) -> None:
-    """file:// on a shared mount: the same protocol, blobs renamed into place and the entry hard-linked (create-only)."""
+    """file:// on a shared mount: the same protocol, blobs renamed into place, the entry hard-linked (create-only)."""
     url = (tmp_path / "mount").as_uri()
     a, _ = build(FINETUNE, tmp_path / "a", tier(url, keys))
     b, log = build(FINETUNE, tmp_path / "b", tier(url, keys))
@@ -249,8 +248,10 @@ def _payload(envelope: dict[str, Any]) -> dict[str, Any]:
         (lambda e, k: {**e, "signature": ""}, "it is unsigned"),
         (lambda e, k: {k: v for k, v in e.items() if k != "signature"}, "it is unsigned"),
         (lambda e, k: sign(base64.b64decode(e["payload"]), k["other.pem"]), "none of the trusted keys"),
-        (lambda e, k: {**e, "payload": base64.b64encode(base64.b64decode(e["payload"]) + b" ").decode()},
-         "none of the trusted keys"),  # fmt: skip
+        (
+            lambda e, k: {**e, "payload": base64.b64encode(base64.b64decode(e["payload"]) + b" ").decode()},
+            "none of the trusted keys",
+        ),
     ],
     ids=["empty-signature", "no-signature", "untrusted-signer", "payload-changed"],
 )
@@ -408,7 +409,7 @@ def test_a_read_only_consumer_pulls_and_pushes_nothing(
     assert statuses(b) == [("main", "finetune", "pulled"), ("main", "export", "ran")]
     assert "pulling only; push is off" in log
     assert len(entries(url)) == 1
-    c, log = build(recipe, tmp_path / "c", tier(url, keys, key=None))
+    _, log = build(recipe, tmp_path / "c", tier(url, keys, key=None))
     assert "no signing key to push with" in log and len(entries(url)) == 1
 
 
@@ -490,7 +491,7 @@ def test_cache_push_pull_and_clean_remote(
     res = run_cli("cache", "clean", "--remote", url, "--trusted-key", str(keys["team.pub"]), "--max-size", "1kb")
     assert res.code == 0 and f"removing {name[:40]} (over --max-size)" in res.stdout, res.stdout + res.stderr
     assert entries(url) == []
-    res = run_cli("cache", "clean", "--max-size", "1kb", "--cache", str(tmp_path / "b"))
+    res = run_cli("cache", "clean", "--entry", name, "--cache", str(tmp_path / "b"))
     assert res.code == 2 and "add --remote" in res.stderr
 
 
@@ -500,5 +501,29 @@ def test_a_remote_without_trusted_keys_is_refused(monkeypatch: pytest.MonkeyPatc
         remote.remote_settings(flag_url="s3://b/p")
     monkeypatch.setenv(remote.ENV_URL, "s3://from-env/p")
     monkeypatch.setenv(remote.ENV_TRUSTED, "/nonexistent/team.pub")
-    with pytest.raises(UsageError, match="trusted cache key /nonexistent/team.pub does not exist"):
+    with pytest.raises(UsageError, match=r"trusted cache key /nonexistent/team\.pub does not exist"):
         remote.remote_settings(flag_url=None, recipe_url="s3://from-recipe/p")
+
+
+def test_local_clean_by_last_use(pushed: dict[str, Any], tmp_path: Path) -> None:
+    """`cache clean --older-than/--max-size` without --remote: committed local entries by last use (the folder's
+    time, renewed when a build reuses the entry), without asking; the rest stays."""
+    src = pushed["result"].lineage["main"][0].path
+    root = tmp_path / "cache"
+    now = time.time()
+    for i, days in enumerate((40, 10, 1)):
+        entry = root / f"finetune-{i:064x}"
+        shutil.copytree(src, entry)
+        os.utime(entry, (now - days * 86400, now - days * 86400))
+    res = run_cli("cache", "clean", "--cache", str(root), "--older-than", "30d")
+    assert res.code == 0, res.stderr
+    assert sorted(p.name[-1] for p in root.iterdir() if p.is_dir()) == ["1", "2"]
+    size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    res = run_cli("cache", "clean", "--cache", str(root), "--max-size", f"{size * 1.5:.0f}")
+    assert res.code == 0, res.stderr
+    assert [p.name[-1] for p in root.iterdir() if p.is_dir()] == ["2"]  # the most recently used
+    b, _ = build(FINETUNE, tmp_path / "again", None)
+    entry = b.lineage["main"][0].path
+    os.utime(entry, (now - 86400 * 50, now - 86400 * 50))
+    build(FINETUNE, tmp_path / "again", None)  # reused: its last use is now
+    assert now - entry.stat().st_mtime < 60
