@@ -68,8 +68,8 @@ def remote_ls(remote: str, trusted: tuple[str, ...]) -> None:
 
 def local_by_use(root: Path, *, max_size: str | None, older_than: str | None) -> set[str]:
     """The committed local entries `cache clean --older-than/--max-size` removes: those not used for AGE, then the
-    least recently used until the rest fit SIZE. Last use is the entry folder's time, which a build renews whenever
-    it reuses or pulls the entry."""
+    least recently used until the rest fit SIZE. Last use is the entry folder's time, which a build renews when it
+    reuses the entry (hourly: edgeres.pipeline.USE_RESOLUTION_S) or pulls it."""
     from edgeres.remote import local_entries
 
     now = time.time()

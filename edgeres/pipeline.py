@@ -51,6 +51,7 @@ from edgeres.stages import REGISTRY, load_stage
 from edgeres.stages.base import SCRATCH, StageContext, StageOutput
 
 LOCK_TIMEOUT_S = 3600.0
+USE_RESOLUTION_S = 3600.0  # an entry's last-use time (its folder's) is renewed when older than this: few writes
 
 
 def key_material(
@@ -401,8 +402,9 @@ class Pipeline:
         existing = read_artifact(final)
         if existing is not None and not forced:
             existing.verify()
-            with contextlib.suppress(OSError):
-                os.utime(final)  # last use, for `edgeres cache clean --older-than/--max-size`
+            with contextlib.suppress(OSError):  # last use, for `cache clean --older-than/--max-size`: renewed like
+                if not self.dry_run and time.time() - final.stat().st_mtime > USE_RESOLUTION_S:  # relatime, hourly
+                    os.utime(final)
             self.reporter.log(f"[{vname}] {st.id}: cached ({rec.key[:12]})")
             return existing
         if self.from_stage is not None and self._is_before(st.id, self.from_stage):
