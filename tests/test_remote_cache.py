@@ -183,13 +183,45 @@ def copy_remote(src: str, name: str) -> str:
 # ------------------------------------------------------------------------------------------------ the happy path
 
 
-def test_the_server_refuses_a_second_create_only_put(s3_server: str) -> None:
-    """The fixture's check, shown as a test: a create-only write of an existing key gets HTTP 412 from the server,
-    and s3fs's exclusive create raises FileExistsError (what Store.create relies on)."""
-    store = remote.Store(f"s3://{BUCKET}/probe-create")
+@pytest.mark.parametrize("protocol", ["s3", "file"])
+def test_a_second_create_only_write_is_refused(s3_server: str, tmp_path: Path, protocol: str) -> None:
+    """Store.create on S3 (the server answers HTTP 412, s3fs raises FileExistsError) and on a file system (a hard
+    link fails on an existing name): the first writer's bytes stay, the second is told it lost."""
+    url = f"s3://{BUCKET}/probe-{tmp_path.name}" if protocol == "s3" else (tmp_path / "mount").as_uri()
+    store = remote.Store(url)
     assert store.create("entries/x.json", b"first") is True
     assert store.create("entries/x.json", b"second") is False
     assert store.read("entries/x.json") == b"first"
+
+
+def test_transient_errors_are_retried_with_backoff_and_refusals_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four tries with doubling waits for a connection error; a refusal (403) or a missing file is not retried."""
+    store = remote.Store("memory://retries")
+    waits: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", waits.append)
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.5)
+    calls: list[int] = []
+
+    def flaky(fails: int, exc: BaseException) -> Any:
+        def fn() -> str:
+            calls.append(1)
+            if len(calls) <= fails:
+                raise exc
+            return "ok"
+
+        return fn
+
+    assert store.call("x", flaky(3, ConnectionError("reset"))) == "ok" and len(calls) == 4
+    assert waits == [0.5, 1.0, 2.0]
+    calls.clear()
+    with pytest.raises(remote.RemoteUnavailable, match="failed 4 times: ConnectionError"):
+        store.call("x", flaky(99, ConnectionError("reset")))
+    assert len(calls) == 4
+    for refusal in (PermissionError("403 Forbidden"), FileNotFoundError("no such key")):
+        calls.clear()
+        with pytest.raises((remote.RemoteUnavailable, FileNotFoundError)):
+            store.call("x", flaky(99, refusal))
+        assert len(calls) == 1
 
 
 def test_a_second_machine_trains_nothing_and_measures_again(
@@ -434,7 +466,7 @@ def test_an_unreachable_remote_is_retried_then_the_build_goes_on(keys: dict[str,
     t0 = time.monotonic()
     b, log = build(FINETUNE, tmp_path / "b", t)
     assert statuses(b) == [("main", "finetune", "ran")]
-    assert f"failed {remote.ATTEMPTS} times" in log and "building without it from here on" in log
+    assert "failed 4 times" in log and "building without it from here on" in log
     assert log.count("remote cache unavailable") == 1  # given up once, not retried for every stage
     assert time.monotonic() - t0 < 60
 
