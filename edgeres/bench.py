@@ -219,6 +219,72 @@ def _runtime_for(found: Deliverable, asked: str | None) -> str:
     return runtime
 
 
+def _settings(found: Deliverable, runtime: str, recipe: Any) -> Any:
+    """How the deliverable is loaded: its manifest's settings, else the recipe's for its runtime, else defaults;
+    refused when this host cannot run them."""
+    from edgeres.runtimes.settings import RuntimeSettings, settings_from_manifest
+
+    settings = settings_from_manifest(found.manifest or {})
+    if settings is None and recipe is not None and found.fmt != "torch":
+        from edgeres.resolve import runtime_settings
+
+        settings = runtime_settings(recipe, "main", runtime)
+    settings = (settings or RuntimeSettings(runtime)).for_runtime(runtime)
+    unsupported = settings.unsupported_reason()
+    if unsupported is not None:
+        raise StageError(f"{found.name} on {runtime}: not measured here: {unsupported}")
+    return settings
+
+
+def bench_against(
+    candidate: Path,
+    reference: Path,
+    *,
+    runtime: str | None,
+    threads: int | None,
+    pairs: int,
+    block: int,
+    json_out: Path | None,
+    public_keys: list[Path] | tuple[Path, ...] = (),
+    integrity_only: bool = False,
+) -> dict[str, Any]:
+    """`edgeres bench CANDIDATE --against REFERENCE`: the paired latency protocol (edgeres.paired) between two
+    deliverables, each loaded as it ships, on inputs of their common shape; with the A/A control."""
+    np = require("numpy")
+    from edgeres.paired import EngineSpec, paired_latency
+
+    threads = threads or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="edgeres-bench-") as tmp:
+        engines, shapes = [], []
+        for i, path in enumerate((reference, candidate)):
+            found = locate(path, Path(tmp) / f"bundle{i}", public_keys=list(public_keys), integrity_only=integrity_only)
+            chosen = _runtime_for(found, runtime)
+            settings = _settings(found, chosen, None)
+            engines.append(EngineSpec(chosen, str(found.file), found.fmt, settings.to_dict(), label=found.name))
+            shapes.append(found.input_shape)
+        known = [s for s in shapes if s is not None]
+        if not known:
+            raise UsageError("neither deliverable records its input shape (model.json); compare compiled engines")
+        if any(list(s) != list(known[0]) for s in known):
+            raise UsageError(f"the two deliverables take different inputs ({shapes[0]} and {shapes[1]})")
+        npz = Path(tmp) / "samples.npz"
+        rng = np.random.default_rng(0)
+        np.savez(npz, x=rng.standard_normal((16, *known[0]), dtype=np.float32))
+        result = paired_latency(engines[0], engines[1], npz, threads=threads, pairs=pairs, block=block)
+    report = {
+        "schema": "edgeres.paired/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment(threads),
+        "input_shape": known[0],
+        **result,
+        "reference": {**result["reference"], "runtime": engines[0].runtime, "file": engines[0].path},
+        "candidate": {**result["candidate"], "runtime": engines[1].runtime, "file": engines[1].path},
+    }
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+    return report
+
+
 def bench_artifact(
     path: Path,
     *,
@@ -233,7 +299,7 @@ def bench_artifact(
     integrity_only: bool = False,
 ) -> dict[str, Any]:
     np = require("numpy")
-    from edgeres.runtimes.settings import RuntimeSettings, precision_label, settings_from_manifest
+    from edgeres.runtimes.settings import precision_label
 
     threads = threads or os.cpu_count() or 1
     latency = Latency(min_queries=min_queries, min_duration_s=min_duration_s)
@@ -248,15 +314,7 @@ def bench_artifact(
             from edgeres.recipe import load_recipe
 
             recipe = load_recipe(recipe_path)
-        settings = settings_from_manifest(found.manifest or {})
-        if settings is None and recipe is not None and found.fmt != "torch":
-            from edgeres.resolve import runtime_settings
-
-            settings = runtime_settings(recipe, "main", chosen)
-        settings = (settings or RuntimeSettings(chosen)).for_runtime(chosen)
-        unsupported = settings.unsupported_reason()
-        if unsupported is not None:
-            raise StageError(f"{found.name} on {chosen}: not measured here: {unsupported}")
+        settings = _settings(found, chosen, recipe)
         recorded = (found.manifest or {}).get("precision")
         precision = recorded or precision_label(quantized=bool(found.quantized), settings=settings)
         npz = Path(tmp) / "eval.npz"

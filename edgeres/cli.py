@@ -224,6 +224,13 @@ def doctor() -> None:
     "--min-duration", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Single-stream minimum s."
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a report.json for edgeres compare.")
+@click.option(
+    "--against",
+    type=click.Path(exists=True),
+    help="A reference deliverable: time ARTIFACT against it by the paired protocol (own processes, alternation, "
+    "median of paired ratios with a 95% interval, an A/A control).",
+)
+@click.option("--pairs", type=click.IntRange(min=2), default=30, show_default=True, help="--against: pairs.")
 def bench(
     artifact: str,
     runtime: str | None,
@@ -235,9 +242,25 @@ def bench(
     min_queries: int,
     min_duration: float,
     json_out: str | None,
+    against: str | None,
+    pairs: int,
 ) -> None:
-    from edgeres.bench import bench_artifact
+    from edgeres.bench import bench_against, bench_artifact
 
+    if against is not None:
+        paired = bench_against(
+            Path(artifact),
+            Path(against),
+            runtime=runtime,
+            threads=threads,
+            pairs=pairs,
+            block=20,
+            json_out=Path(json_out) if json_out else None,
+            public_keys=[Path(k) for k in keys],
+            integrity_only=integrity_only,
+        )
+        click.echo(paired_text(paired))
+        return
     report = bench_artifact(
         Path(artifact),
         runtime=runtime,
@@ -259,6 +282,25 @@ def bench(
             f"({lat['queries']} queries, {'valid' if lat['valid'] else 'INVALID: ' + str(lat['invalid_reason'])}), "
             f"peak RSS {mem['peak_rss_mb']} MB"
         )
+
+
+def paired_text(p: dict[str, Any]) -> str:
+    r, c, ratio, speed = p["reference"], p["candidate"], p["latency_ratio"], p["speedup"]
+    lines = [
+        f"{c['label']} ({c['runtime']}) against {r['label']} ({r['runtime']}), {ratio['pairs']} pairs of "
+        f"{p['protocol']['block_queries']} queries, cores {p['protocol']['cores']}:",
+        f"  p50 {c['p50_ms']:.3f} ms against {r['p50_ms']:.3f} ms; latency ratio {ratio['median']:.3f} "
+        f"(95% CI {ratio['ci95'][0]:.3f}-{ratio['ci95'][1]:.3f}): {speed['median']:.2f}x "
+        f"(95% CI {speed['ci95'][0]:.2f}-{speed['ci95'][1]:.2f}x)",
+    ]
+    if "control" in p:
+        aa = p["control"]
+        verdict = "ok" if p["control_ok"] else "FAILED: the host was too noisy to claim anything"
+        lines.append(
+            f"  A/A control ({r['label']} against itself): {aa['median']:.3f} (95% CI {aa['ci95'][0]:.3f}-"
+            f"{aa['ci95'][1]:.3f}), must read 1.00 +- 0.05: {verdict}"
+        )
+    return "\n".join(lines)
 
 
 @cli.command(help="Compare two report.json files; exit 7 on a regression beyond the thresholds (for CI).")

@@ -190,6 +190,39 @@ def interleaved_ratio(
     return statistics.median(ratios), reference_ms
 
 
+AA_TOLERANCE = 0.05  # an A/A control (an engine against itself) must read 1.00 +- this, else the host was too noisy
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def bootstrap_median_ci(
+    values: list[float], *, confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of `values` (resampled with replacement, seeded)."""
+    np = require("numpy")
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        raise ValueError("a bootstrap interval needs at least two values")
+    rng = np.random.default_rng(seed)
+    medians = np.median(v[rng.integers(0, v.size, size=(resamples, v.size))], axis=1)
+    lo, hi = np.quantile(medians, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return float(lo), float(hi)
+
+
+def paired_summary(ratios: list[float], *, seed: int = 0) -> dict[str, Any]:
+    """The claim statistic of paired ratios: their median, its bootstrap 95% interval, the range and the count."""
+    import statistics
+
+    lo, hi = bootstrap_median_ci(ratios, seed=seed)
+    return {
+        "median": statistics.median(ratios),
+        "ci95": [lo, hi],
+        "min": min(ratios),
+        "max": max(ratios),
+        "pairs": len(ratios),
+        "ratios": [round(r, 5) for r in ratios],
+    }
+
+
 def measure_accuracy(runner: Runner, batches: Any) -> tuple[dict[str, Any], Any]:
     """top-1 and top-5 over (images, labels) numpy batches; also returns the top-1 predictions."""
     np = require("numpy")

@@ -1,0 +1,228 @@
+"""The paired latency protocol: is engine B faster than engine A on this host, and by how much, with an interval?
+
+A shared host drifts (other tenants, clocks, caches) by more than the margins worth claiming, and two engines
+measured a minute apart, or in one process whose idle thread pools keep spinning, compare the host's moods as much
+as the engines. So:
+
+- each engine runs in its own process (`python -m edgeres.paired SPEC`), loaded with the settings it ships with,
+  all pinned to the same cores; a process waits on a pipe (not spinning) while the others run;
+- the reference A, the candidate B and an A/A control (A again, in a third process) run in tight alternation: one
+  block of single-stream queries each per pair, the order rotating through every permutation so that no engine
+  always follows another;
+- each pair gives ratios (median of B's block / median of A's block, and the control's likewise); the claim is the
+  median of the paired ratios with a bootstrap 95% interval (edgeres.measure.bootstrap_median_ci);
+- the A/A control must read 1.00 +- 0.05 (its median ratio), else the result says the host was too noisy to claim
+  anything (`control_ok: false`).
+
+`paired_latency(reference, candidate, ...)` drives it; `edgeres bench B --against A` prints it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from edgeres.errors import StageError
+from edgeres.measure import AA_TOLERANCE, paired_summary
+
+PAIRS = 30  # at least this many pairs per comparison (the protocol's minimum)
+BLOCK = 20  # single-stream queries per engine per pair
+WARMUP = 10  # queries each engine runs once loaded, before the first pair
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine to time: what `open_runner` takes."""
+
+    runtime: str
+    path: str
+    fmt: str
+    settings: dict[str, Any]  # RuntimeSettings.to_dict()
+    label: str = ""
+
+
+@dataclass
+class _Child:
+    spec: EngineSpec
+    proc: subprocess.Popen[str]
+    blocks: list[list[float]] = field(default_factory=list)
+
+    def send(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise StageError(f"the timing process of {self.spec.label or self.spec.path} ended: {err[-2000:]}")
+        return reply
+
+
+def paired_latency(
+    reference: EngineSpec,
+    candidate: EngineSpec,
+    samples_npz: Path,
+    *,
+    threads: int,
+    pairs: int = PAIRS,
+    block: int = BLOCK,
+    warmup: int = WARMUP,
+    cores: list[int] | None = None,
+    control: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Candidate against reference by the protocol above. `samples_npz` holds `x` (float32 NCHW images, batch 1 is
+    taken from them in turn). Returns the candidate/reference latency ratio (median of paired ratios, 95% interval),
+    the speed-up (its inverse), each engine's median latency, the A/A control and whether it held."""
+    if pairs < 2 or block < 1:
+        raise StageError(f"a paired comparison needs at least 2 pairs and 1 query per block (got {pairs}, {block})")
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    specs = {"reference": reference, "candidate": candidate}
+    if control:
+        specs["control"] = reference
+    children: dict[str, _Child] = {}
+    try:
+        for name, spec in specs.items():
+            children[name] = _start(spec, samples_npz, threads=threads, cores=cores, warmup=warmup)
+        orders = list(itertools.permutations(children))
+        t0 = time.monotonic()
+        for i in range(pairs):
+            for name in orders[i % len(orders)]:
+                children[name].blocks.append(json.loads(children[name].send(f"run {block}")))
+        seconds = time.monotonic() - t0
+    finally:
+        for child in children.values():
+            _stop(child)
+    ref = [_median(b) for b in children["reference"].blocks]
+    cand = [_median(b) for b in children["candidate"].blocks]
+    ratio = paired_summary([c / r for c, r in zip(cand, ref, strict=True)], seed=seed)
+    out: dict[str, Any] = {
+        "protocol": {
+            "pairs": pairs,
+            "block_queries": block,
+            "warmup_queries": warmup,
+            "cores": cores,
+            "threads": threads,
+            "processes": "one per engine, pinned to the cores above, in rotating alternation",
+            "statistic": "median of paired ratios (candidate / reference latency), bootstrap 95% interval",
+        },
+        "reference": {
+            "label": reference.label,
+            "p50_ms": _median([q for b in children["reference"].blocks for q in b]),
+        },
+        "candidate": {
+            "label": candidate.label,
+            "p50_ms": _median([q for b in children["candidate"].blocks for q in b]),
+        },
+        "latency_ratio": ratio,
+        "speedup": {
+            "median": 1.0 / ratio["median"],
+            "ci95": [1.0 / ratio["ci95"][1], 1.0 / ratio["ci95"][0]],
+        },
+        "seconds": round(seconds, 2),
+    }
+    if control:
+        ctl = [_median(b) for b in children["control"].blocks]
+        aa = paired_summary([c / r for c, r in zip(ctl, ref, strict=True)], seed=seed + 1)
+        out["control"] = aa
+        out["control_ok"] = abs(aa["median"] - 1.0) <= AA_TOLERANCE
+    return out
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _start(spec: EngineSpec, samples_npz: Path, *, threads: int, cores: list[int], warmup: int) -> _Child:
+    payload = json.dumps(
+        {
+            "runtime": spec.runtime,
+            "path": spec.path,
+            "fmt": spec.fmt,
+            "settings": spec.settings,
+            "threads": threads,
+            "cores": cores,
+            "data": str(samples_npz),
+            "warmup": warmup,
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeres.paired", payload],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    child = _Child(spec, proc)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    if not ready.startswith("ready"):
+        err = proc.stderr.read() if proc.stderr else ""
+        proc.wait(timeout=30)
+        raise StageError(f"{spec.label or spec.path} on {spec.runtime} could not be loaded for timing: {err[-2000:]}")
+    return child
+
+
+def _stop(child: _Child) -> None:
+    proc = child.proc
+    try:
+        if proc.poll() is None and proc.stdin is not None:
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        proc.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
+    """The child: load the engine, pin to the cores, warm up, then answer `run N` with N single-query latencies
+    (ms, JSON) until `quit`."""
+    import numpy as np
+
+    from edgeres.runtimes import open_runner
+    from edgeres.runtimes.settings import RuntimeSettings
+
+    if spec.get("cores"):
+        os.sched_setaffinity(0, spec["cores"])
+    with np.load(spec["data"]) as data:
+        x = np.asarray(data["x"], dtype=np.float32)
+    samples = [x[i : i + 1] for i in range(len(x))]
+    settings = RuntimeSettings.from_dict(spec["settings"])
+    with open_runner(
+        spec["runtime"], Path(spec["path"]), fmt=spec["fmt"], threads=spec["threads"], settings=settings
+    ) as runner:
+        for i in range(int(spec["warmup"])):
+            runner.infer(samples[i % len(samples)])
+        stdout.write("ready\n")
+        stdout.flush()
+        i = 0
+        for line in stdin:
+            cmd = line.split()
+            if not cmd or cmd[0] == "quit":
+                break
+            times = []
+            for _ in range(int(cmd[1])):
+                t = time.perf_counter()
+                runner.infer(samples[i % len(samples)])
+                times.append((time.perf_counter() - t) * 1e3)
+                i += 1
+            stdout.write(json.dumps(times) + "\n")
+            stdout.flush()
+
+
+if __name__ == "__main__":
+    serve(json.loads(sys.argv[1]), sys.stdin, sys.stdout)

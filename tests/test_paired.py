@@ -1,0 +1,138 @@
+"""The paired latency protocol (edgeres.paired, edgeres.measure's bootstrap): its statistics, its processes and
+`edgeres bench B --against A`. No speed target is asserted: only that a model doing eight times the work of another
+reads as slower (the direction of the ratio), which no host's noise reverses."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeres.measure import bootstrap_median_ci, paired_summary
+from edgeres.paired import EngineSpec, paired_latency
+from edgeres.runtimes.settings import RuntimeSettings
+
+
+def gemm_chain(path: Path, layers: int, width: int = 256) -> Path:
+    """An ONNX classifier of `layers` square MatMul+Relu layers on a (N, 1, 16, 16) input: work grows with layers."""
+    rng = np.random.default_rng(layers)
+    nodes = [helper.make_node("Flatten", ["input"], ["h0"])]
+    inits = []
+    for i in range(layers):
+        w = numpy_helper.from_array((rng.standard_normal((width, width)) / 16).astype(np.float32), f"w{i}")
+        inits.append(w)
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"]),
+        ]
+    nodes.append(helper.make_node("Identity", [f"h{layers}"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bootstrap_interval_is_seeded_and_holds_the_median() -> None:
+    rng = np.random.default_rng(1)
+    values = list(1.0 + 0.05 * rng.standard_normal(40))
+    lo, hi = bootstrap_median_ci(values, seed=3)
+    assert (lo, hi) == bootstrap_median_ci(values, seed=3)
+    assert lo < statistics.median(values) < hi
+    wider = bootstrap_median_ci(values[:10], seed=3)
+    assert wider[1] - wider[0] > hi - lo  # fewer pairs, a wider interval
+    assert bootstrap_median_ci([2.0] * 5) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="at least two"):
+        bootstrap_median_ci([1.0])
+    s = paired_summary([0.5, 0.6, 0.55, 0.52])
+    assert s["median"] == pytest.approx(0.535) and s["pairs"] == 4 and s["min"] == 0.5 and s["max"] == 0.6
+
+
+def test_paired_latency_runs_each_engine_in_its_own_process_in_alternation(tmp_path: Path) -> None:
+    light = gemm_chain(tmp_path / "light.onnx", 2)
+    heavy = gemm_chain(tmp_path / "heavy.onnx", 16)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32))
+    settings = RuntimeSettings("onnxruntime").to_dict()
+    out = paired_latency(
+        EngineSpec("onnxruntime", str(light), "onnx", settings, label="light"),
+        EngineSpec("onnxruntime", str(heavy), "onnx", settings, label="heavy"),
+        npz,
+        threads=1,
+        pairs=6,
+        block=5,
+        warmup=2,
+        cores=[0],
+    )
+    ratio = out["latency_ratio"]
+    assert ratio["pairs"] == 6 and len(ratio["ratios"]) == 6
+    assert ratio["median"] > 1.0 and ratio["ci95"][0] > 1.0  # eight times the work reads slower
+    assert out["speedup"]["median"] == pytest.approx(1 / ratio["median"])
+    assert out["control"]["pairs"] == 6 and out["control"]["median"] > 0
+    assert out["control_ok"] == (abs(out["control"]["median"] - 1) <= 0.05)
+    assert out["protocol"]["cores"] == [0] and out["protocol"]["block_queries"] == 5
+
+
+def test_a_broken_engine_is_named(tmp_path: Path) -> None:
+    from edgeres.errors import StageError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.zeros((1, 1, 16, 16), np.float32))
+    settings = RuntimeSettings("onnxruntime").to_dict()
+    good = gemm_chain(tmp_path / "good.onnx", 1)
+    with pytest.raises(StageError, match=r"bad\.onnx on onnxruntime could not be loaded for timing"):
+        paired_latency(
+            EngineSpec("onnxruntime", str(good), "onnx", settings),
+            EngineSpec("onnxruntime", str(bad), "onnx", settings),
+            npz,
+            threads=1,
+            pairs=2,
+            block=1,
+        )
+
+
+def test_bench_against_prints_the_ratio_its_interval_and_the_control(tmp_path: Path) -> None:
+    light = gemm_chain(tmp_path / "light.onnx", 2)
+    heavy = gemm_chain(tmp_path / "heavy.onnx", 16)
+    res = run_cli(
+        "bench",
+        str(heavy),
+        "--against",
+        str(light),
+        "--pairs",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+        str(tmp_path / "p.json"),
+    )
+    assert res.code == 0, res.stderr
+    assert "heavy (onnxruntime) against light (onnxruntime), 4 pairs of 20 queries" in res.stdout
+    assert (
+        "latency ratio" in res.stdout and "95% CI" in res.stdout and "A/A control (light against itself)" in res.stdout
+    )
+    import json
+
+    report = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
+    assert report["schema"] == "edgeres.paired/1" and report["input_shape"] == [1, 16, 16]
+    other = gemm_chain(tmp_path / "wide.onnx", 1, width=16 * 16)
+    other_shape = tmp_path / "other.onnx"
+    m = onnx.load(str(other))
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 8
+    onnx.save(m, str(other_shape))
+    res = run_cli("bench", str(other_shape), "--against", str(light), "--pairs", "2")
+    assert res.code == 2 and "take different inputs" in res.stderr
