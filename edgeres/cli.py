@@ -20,7 +20,9 @@ from edgeres.cli_cache import REMOTE_HELP, TRUSTED_HELP, local_by_use, remote_cl
 from edgeres.errors import EXIT_CODES, EdgeresError, UsageError
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()) + "."
-ENTRY = re.compile(r"^(?P<type>[a-z]+)-(?P<key>[0-9a-f]{64})(?P<suffix>\.partial|\.lock|\.old-\d+)?$")
+ENTRY = re.compile(
+    r"^(?P<type>[a-z]+)-(?P<key>[0-9a-f]{64})(?P<suffix>\.partial|\.lock|\.old-\d+|\.pull-\d+|\.mine-\d+)?$"
+)
 
 
 def _recipe(path: str, sets: tuple[str, ...]) -> Any:
@@ -510,7 +512,7 @@ def cache_clean(
     groups: dict[str, list[Path]] = {}  # entry name -> its folder, .partial, .old-PID and .lock paths to remove
     for p in sorted(root.iterdir()) if root.is_dir() else []:
         m = ENTRY.match(p.name)
-        unfinished = m is not None and (m["suffix"] or "").startswith((".partial", ".old"))
+        unfinished = m is not None and (m["suffix"] or "").startswith((".partial", ".old", ".pull", ".mine"))
         if m is not None and (unfinished or not partial):
             groups.setdefault(f"{m['type']}-{m['key']}", []).append(p)
     selective = bool(max_size or older_than)

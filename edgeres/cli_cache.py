@@ -140,7 +140,7 @@ def cache_push(
     names: tuple[str, ...], remote: str, cache_path: str | None, cache_key: str | None, trusted: Any
 ) -> None:
     """NAMES: entry names or key prefixes (at least 12 characters); none: every committed local entry."""
-    from edgeres.artifact import default_cache_dir
+    from edgeres.artifact import default_cache_dir, read_artifact
     from edgeres.remote import local_entries
 
     t = tier(remote, trusted, cache_key)
@@ -151,6 +151,9 @@ def cache_push(
     chosen = [p for p in local_entries(root) if _chosen(p.name, names)]
     pushed = 0
     for p in chosen:
+        art = read_artifact(p)
+        if art is not None:
+            art.verify()  # never sign bytes that changed on this disk since they were committed
         if t.store.size(f"entries/{p.name}.json") is not None:
             click.echo(f"{p.name[:40]}: already on the remote")
             continue

@@ -43,20 +43,25 @@ from edgeres import faults
 from edgeres.artifact import SIDECAR, Artifact, is_inside, read_artifact, sha256_file, write_json_atomic
 from edgeres.deps import require
 from edgeres.errors import CacheError, UsageError
-from edgeres.remote_trust import sign, signer_of, source_state
+from edgeres.remote_trust import check_public_key, sign, signer_of, source_state
 
 ENV_URL = "EDGERES_REMOTE_CACHE"
 ENV_KEY = "EDGERES_CACHE_KEY"
 ENV_TRUSTED = "EDGERES_CACHE_TRUSTED_KEYS"
 ATTEMPTS = 4  # one try and three retries, waiting BACKOFF_S, then twice, then four times as long
 BACKOFF_S = 0.5
+# Protocols whose create-only write (the entry, written last) is tested: S3 through s3fs (If-None-Match: *, HTTP 412),
+# a file system (a hard link). gcsfs and adlfs implement exclusive creates too, untested: they pull only.
+PUSH_PROTOCOLS = ("s3", "file", "local")
+MAX_ENVELOPE_BYTES = 16 << 20  # an entry's signed JSON: a few kB to a few MB (its key material and metrics)
 BLOB_GRACE_S = 3600.0  # clean never collects a blob younger than this: an upload in progress may be about to name it
 PURPOSE = "use a remote cache"
 T = TypeVar("T")
 
 
-class RemoteUnavailable(Exception):
-    """The remote could not be reached (after retries) or refused the request: the build goes on without it."""
+class RemoteUnavailable(CacheError):
+    """The remote could not be reached (after retries) or refused the request: a build goes on without it (a cache
+    command exits 6 saying so)."""
 
 
 class _Corrupt(Exception):
@@ -104,6 +109,7 @@ def remote_settings(
     for p in trusted:
         if not p.is_file():
             raise UsageError(f"trusted cache key {p} does not exist; check {ENV_TRUSTED} or cache.trusted_keys")
+        check_public_key(p)
     key_path = flag_key or os.environ.get(ENV_KEY) or None
     key = Path(key_path) if key_path else None
     if key is not None and not key.is_file():
@@ -122,7 +128,13 @@ def _transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, OSError | TimeoutError | ConnectionError):
         return True
-    return type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests")
+    return _from_storage_library(exc) and "credential" not in type(exc).__name__.lower()
+
+
+def _from_storage_library(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in (
+        "botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "gcsfs", "azure", "adlfs", "s3fs"
+    )  # fmt: skip
 
 
 class Store:
@@ -154,6 +166,8 @@ class Store:
                 raise
             except Exception as exc:
                 if not _transient(exc):
+                    if not (isinstance(exc, OSError) or _from_storage_library(exc)):
+                        raise  # a bug, not the remote's state
                     raise RemoteUnavailable(f"{what} at {self.url}: {type(exc).__name__}: {exc}") from exc
                 if attempt == ATTEMPTS - 1:
                     raise RemoteUnavailable(
@@ -326,19 +340,21 @@ class RemoteCache:
             payload = json.loads(payload_bytes)
             sidecar, sizes = payload["sidecar"], payload["sizes"]
             files = sidecar["files"]
+            listed = [sidecar["primary"], *sidecar.get("deliverables", [])]
             ok = (
                 payload["entry"] == name
                 and f"{sidecar['stage_type']}-{sidecar['key']}" == name
-                and isinstance(files, dict)
-                and files
+                and _plain_paths(files)
+                and bool(files)
+                and isinstance(sizes, dict)
                 and set(sizes) == set(files)
+                and all(isinstance(n, int) and n >= 0 for n in sizes.values())
                 and all(
                     isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef") for v in files.values()
                 )
-                and all(isinstance(rel, str) and is_inside(rel) and rel != SIDECAR for rel in files)
-                and all(isinstance(n, int) and n >= 0 for n in sizes.values())
+                and all(isinstance(rel, str) and rel in files for rel in listed)
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CacheError(f"{where} is refused: its signed payload is malformed ({exc}). {fix}") from exc
         if not ok:
             raise CacheError(
@@ -352,9 +368,26 @@ class RemoteCache:
         re-hashed against the signed sidecar; None when the remote has none, is down, or its files are damaged."""
         if self.down is not None:
             return None
+        staging = self._pull(final)
+        if staging is None:
+            return None
+        try:
+            os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return read_artifact(final)
+
+    def _pull(self, final: Path) -> Path | None:
+        """The remote entry for `final` downloaded, verified and readable as an artifact in a staging folder beside
+        it (the caller renames it into place), or None (no entry, remote down, a damaged or unreadable entry: a
+        warning). CacheError when the entry is refused for its signature or its paths."""
         name = final.name
         try:
-            raw = self.store.read(f"entries/{name}.json")
+            size = self.store.size(f"entries/{name}.json")
+            if size is not None and size > MAX_ENVELOPE_BYTES:
+                self.log(f"warning: remote cache entry {name} is {size} bytes, not an entry edgeres writes; ignored")
+                return None
+            raw = self.store.read(f"entries/{name}.json") if size is not None else None
         except RemoteUnavailable as exc:
             self._give_up(exc)
             return None
@@ -368,15 +401,19 @@ class RemoteCache:
             staging.mkdir(parents=True)
             size = self._download(payload, staging)
             write_json_atomic(staging / SIDECAR, payload["sidecar"])
-            os.rename(staging, final)
+            if read_artifact(staging) is None:
+                raise _Corrupt("its sidecar is not one this edgeres reads (another schema version?)")
         except _Corrupt as exc:
+            shutil.rmtree(staging, ignore_errors=True)
             self.log(f"warning: remote cache entry {name} is refused: {exc}; running the stage here")
             return None
         except RemoteUnavailable as exc:
+            shutil.rmtree(staging, ignore_errors=True)
             self._give_up(exc)
             return None
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            raise
         seconds = time.monotonic() - t0
         self.pulled_s += seconds
         self.pulled_bytes += size
@@ -385,13 +422,22 @@ class RemoteCache:
         self.log(
             f"pulled {name[:40]} ({size / 1e6:.1f} MB in {seconds:.1f}s) from {self.settings.url}, signed by {signer}"
         )
-        return read_artifact(final)
+        return staging
 
     def _download(self, payload: dict[str, Any], folder: Path) -> int:
         total = 0
         for rel, sha in sorted(payload["sidecar"]["files"].items()):
             dest = folder / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
+            remote_size = self.store.size(f"blobs/{sha}")
+            if remote_size is None:
+                raise _Corrupt(f"its file {rel} (blob {sha[:12]}) is missing from the remote")
+            if remote_size != payload["sizes"][rel]:
+                self._repair.add(sha)
+                raise _Corrupt(
+                    f"its file {rel} is {remote_size} bytes on the remote where the signed entry says "
+                    f"{payload['sizes'][rel]} (corrupted or truncated on the remote); not downloaded"
+                )
             try:
                 self.store.get(f"blobs/{sha}", dest)
             except FileNotFoundError:
@@ -420,6 +466,12 @@ class RemoteCache:
     def _push_refusal(self) -> str | None:
         if not self.settings.push:
             return "push is off (cache.remote.push: false)"
+        protocol = self.settings.url.split("://", 1)[0] if "://" in self.settings.url else "file"
+        if protocol not in PUSH_PROTOCOLS:
+            return (
+                f"pushing to {protocol}:// is not supported: its create-only writes are untested here "
+                f"(pushes go to {', '.join(p + '://' for p in PUSH_PROTOCOLS)}); pulls work"
+            )
         if self.settings.signing_key is None:
             return f"no signing key to push with (--cache-key or {ENV_KEY})"
         state = source_state()
@@ -463,6 +515,9 @@ class RemoteCache:
         except RemoteUnavailable as exc:
             self._give_up(exc)
             return
+        except OSError as exc:  # a missing bucket, a read-only mount, a full one: the build goes on without pushing
+            self._give_up(RemoteUnavailable(f"pushing {name[:40]} to {self.settings.url}: {type(exc).__name__}: {exc}"))
+            return
         if created:
             self.log(f"pushed {name[:40]} ({sum(sizes.values()) / 1e6:.1f} MB) to {self.settings.url}")
             return
@@ -476,20 +531,23 @@ class RemoteCache:
                 "keeps its own"
             )
             return
-        aside = final.with_name(f"{name}.mine-{os.getpid()}")
-        os.rename(final, aside)
-        try:
-            theirs = self.fetch(final)
-        except BaseException:
-            os.rename(aside, final)
-            raise
-        if theirs is None:  # damaged or unreachable: keep ours
-            os.rename(aside, final)
+        staging = self._pull(final)  # downloaded beside ours first: readers of ours never find it missing for long
+        if staging is None:  # damaged or unreachable: keep ours
             self.log(
                 f"remote cache: another build pushed {name[:40]} first, and its entry cannot be used; kept this one"
             )
             return
+        aside = final.with_name(f"{name}.old-{os.getpid()}")  # `cache clean` knows .old-PID leftovers
+        try:
+            os.rename(final, aside)
+            os.rename(staging, final)
+        finally:
+            if not final.exists() and aside.exists():
+                os.rename(aside, final)
+            shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(aside, ignore_errors=True)
+        theirs = read_artifact(final)
+        assert theirs is not None
         same = "the same files" if theirs.files == mine.files else "different files (non-deterministic kernels?)"
         self.log(
             f"remote cache: another build pushed {name[:40]} first, with {same}; using its entry so that everything "
@@ -544,6 +602,19 @@ class RemoteCache:
             count += 1
             size += int(info.get("size") or 0)
         return count, size
+
+
+def _plain_paths(files: Any) -> bool:
+    """Every file name a relative path of plain parts: no absolute path, `..`, `.`, empty part or backslash, and no
+    two names for one file."""
+    if not isinstance(files, dict):
+        return False
+    for rel in files:
+        if not isinstance(rel, str) or not is_inside(rel) or rel == SIDECAR:
+            return False
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            return False
+    return True
 
 
 def local_entries(cache_dir: Path) -> Iterator[Path]:

@@ -117,6 +117,19 @@ def sign(payload: bytes, private_key: Path) -> dict[str, str]:
     }
 
 
+def check_public_key(path: Path) -> None:
+    """Refuse a trusted-key file that is not a PEM ECDSA P-256 public key (else every entry would seem unsigned)."""
+    _, serialization, ec = _crypto()
+    try:
+        public = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"trusted cache key {path} is not a PEM public key ({exc}); pass the .pub file `edgeres keygen` wrote"
+        ) from exc
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise UsageError(f"trusted cache key {path} is not an ECDSA P-256 public key (`edgeres keygen` writes one)")
+
+
 def signer_of(envelope: dict[str, Any], trusted: tuple[Path, ...]) -> tuple[Path | None, bytes]:
     """(the trusted public key whose signature over the payload verifies, or None; the payload bytes).
     ValueError when the envelope is not one edgeres writes."""

@@ -217,9 +217,13 @@ def test_transient_errors_are_retried_with_backoff_and_refusals_are_not(monkeypa
     with pytest.raises(remote.RemoteUnavailable, match="failed 4 times: ConnectionError"):
         store.call("x", flaky(99, ConnectionError("reset")))
     assert len(calls) == 4
-    for refusal in (PermissionError("403 Forbidden"), FileNotFoundError("no such key")):
+    for refusal, raised in (
+        (PermissionError("403 Forbidden"), remote.RemoteUnavailable),  # a refusal: the remote is given up
+        (FileNotFoundError("no such key"), FileNotFoundError),  # an answer: nothing there
+        (TypeError("a bug"), TypeError),  # not the remote's state: never hidden as "unavailable"
+    ):
         calls.clear()
-        with pytest.raises((remote.RemoteUnavailable, FileNotFoundError)):
+        with pytest.raises(raised):
             store.call("x", flaky(99, refusal))
         assert len(calls) == 1
 
@@ -317,7 +321,40 @@ def test_a_signed_entry_naming_paths_outside_its_folder_is_refused(
     _rewrite(url, name, outside)
     with pytest.raises(CacheError, match="files inside its folder"):
         build(FINETUNE, tmp_path / "b", tier(url, keys))
-    assert not (tmp_path / "escape.pt").exists()
+    assert not (tmp_path / "b" / "escape.pt").exists()  # where ../escape.pt from the staging folder would land
+    assert [p.name.rsplit(".", 1)[-1] for p in (tmp_path / "b").iterdir()] == ["lock"]
+
+
+@pytest.mark.parametrize(
+    "change, refused",
+    [
+        (lambda side: side.update(primary="not-a-file.pt"), True),
+        (lambda side: side.update(deliverables=["model.pt", "../x"]), True),
+        (lambda side: side.update(files={**side["files"], "./dup": next(iter(side["files"].values()))}), True),
+        (lambda side: side.update(schema=99), False),  # a newer edgeres's sidecar: not readable here, not a threat
+    ],
+    ids=["primary-not-a-file", "deliverable-outside", "dot-path", "other-schema"],
+)
+def test_a_signed_entry_this_edgeres_cannot_use_is_refused_or_skipped(
+    pushed: dict[str, Any], keys: dict[str, Path], tmp_path: Path, change: Any, refused: bool
+) -> None:
+    url = copy_remote(pushed["url"], f"shape-{tmp_path.name}")
+    (name,) = entries(url)
+
+    def resign(envelope: dict[str, Any]) -> dict[str, Any]:
+        payload = _payload(envelope)
+        change(payload["sidecar"])
+        payload["sizes"] = {rel: payload["sizes"].get(rel, 1) for rel in payload["sidecar"]["files"]}
+        return sign(json.dumps(payload, sort_keys=True).encode(), keys["team.pem"])
+
+    _rewrite(url, name, resign)
+    if refused:
+        with pytest.raises(CacheError, match="is refused"):
+            build(FINETUNE, tmp_path / "b", tier(url, keys, push=False))
+        return
+    b, log = build(FINETUNE, tmp_path / "b", tier(url, keys, push=False))
+    assert statuses(b) == [("main", "finetune", "ran")] and "not one this edgeres reads" in log
+    assert sorted(p.name.split(".")[-1] for p in (tmp_path / "b").iterdir() if "." in p.name) == ["lock"]
 
 
 def test_a_signed_entry_replayed_under_another_key_is_refused(
@@ -344,7 +381,7 @@ def remote_key_of(recipe: dict[str, Any], tmp: Path) -> str:
 # -------------------------------------------------------------------------------------------------------- faults
 
 
-@pytest.mark.parametrize("how", ["changed", "truncated", "missing"])
+@pytest.mark.parametrize("how", ["changed", "truncated", "grown", "missing"])
 def test_a_corrupted_remote_file_is_refused_and_the_stage_runs(
     pushed: dict[str, Any], keys: dict[str, Path], tmp_path: Path, how: str
 ) -> None:
@@ -359,12 +396,15 @@ def test_a_corrupted_remote_file_is_refused_and_the_stage_runs(
     if how == "missing":
         fs.rm_file(blob)
     else:
-        fs.pipe_file(blob, data[: len(data) // 2] if how == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
+        damaged = {"truncated": data[: len(data) // 2], "grown": data + bytes(1 << 20), "changed": data[:-1]}[how]
+        fs.pipe_file(blob, damaged + (bytes([data[-1] ^ 1]) if how == "changed" else b""))
     t = tier(url, keys)
     b, log = build(FINETUNE, tmp_path / "b", t)
     assert statuses(b) == [("main", "finetune", "ran")]
     assert f"remote cache entry {art.path.name} is refused" in log
     assert ("is missing from the remote" if how == "missing" else "corrupted or truncated on the remote") in log
+    if how in ("truncated", "grown"):  # the signed size is checked first: the damaged file is not downloaded
+        assert "not downloaded" in log
     assert read_artifact(tmp_path / "b" / art.path.name) is not None
     if b.lineage["main"][0].files == art.files:  # deterministic here: this build repaired the team's blob
         fs.invalidate_cache()
@@ -525,6 +565,17 @@ def test_cache_push_pull_and_clean_remote(
     assert entries(url) == []
     res = run_cli("cache", "clean", "--entry", name, "--cache", str(tmp_path / "b"))
     assert res.code == 2 and "add --remote" in res.stderr
+
+
+def test_push_only_where_create_only_writes_are_tested(keys: dict[str, Path]) -> None:
+    t = tier("memory://team/cache", keys)
+    assert "pushing to memory:// is not supported" in (t.why_not_push() or "")
+    assert tier("s3://team-cache/x", keys).why_not_push() is None
+
+
+def test_a_trusted_key_that_is_not_a_public_key_is_refused(keys: dict[str, Path]) -> None:
+    with pytest.raises(UsageError, match="is not a PEM public key"):
+        remote.remote_settings(flag_url="s3://b/p", flag_trusted=(str(keys["team.pem"]),))
 
 
 def test_a_remote_without_trusted_keys_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
