@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch wheels that work together on x86_64 CPU machines (see README); override on other platforms, e.g.
 #   make TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" test        (aarch64)
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= train,cpu,report,dev,sign,s3
+EXTRAS ?= train,cpu,report,dev,sign,s3,search
 STUBS  := typings/tensorrt
 # TensorRT type stubs (TensorRT 10.13 API) for mypy. Kept out of .venv: installed there, they leave an empty
 # importable `tensorrt` package that makes TensorRT look installed. --no-deps: their dependency on tensorrt fails.

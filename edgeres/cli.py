@@ -182,6 +182,44 @@ def remote_tier(r: Any, url: str | None, key: str | None, reporter: Any) -> Any:
     return RemoteCache(settings, log=reporter.log)
 
 
+@cli.command(
+    help="Search the recipe's `search:` space for the fastest engine within its val accuracy budget: trials are "
+    "cached builds decided on val, test is read once at the end (README: edgeres search)."
+)
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: out/<recipe name>].")
+@click.option("--cache", type=click.Path(file_okay=False), help="Artifact cache [default: $EDGERES_CACHE].")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials in all [default: search.trials].")
+@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress output on stderr.")
+def search(
+    recipe: str, out: str | None, cache: str | None, trials: int | None, sets: tuple[str, ...], quiet: bool
+) -> None:
+    from edgeres.artifact import default_cache_dir
+    from edgeres.progress import Reporter
+    from edgeres.search import Search
+
+    r = _recipe(recipe, sets)
+    out_dir = Path(out) if out else Path("out") / r.name
+    result = Search(
+        r, cache_dir=Path(cache) if cache else default_cache_dir(), out_dir=out_dir, reporter=Reporter(quiet=quiet),
+        trials=trials,
+    ).run()  # fmt: skip
+    chosen = result["chosen"]
+    where = out_dir / "search" / "search.md"
+    click.echo(f"search {r.name}: {len(result['trials'])} trials in {result['seconds']:.0f}s; {where}")
+    if chosen is None:
+        click.echo("no trial is within the val budget: nothing chosen, test not read")
+    else:
+        test = result["test"]
+        click.echo(
+            f"chosen: trial {chosen['number']} {chosen['params']}: {chosen['speedup']:.2f}x the reference "
+            f"(95% CI {chosen['speedup_ci95'][0]:.2f}-{chosen['speedup_ci95'][1]:.2f}x), val top-1 "
+            f"{100 * chosen['val_top1']:.2f}%; test (read once) {100 * test['chosen_top1']:.2f}% against "
+            f"{100 * test['reference_top1']:.2f}%"
+        )
+
+
 @cli.command(help="Validate a recipe and print it resolved; runs nothing.")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value (repeatable).")

@@ -620,3 +620,64 @@ class CacheConfig(Strict):
             "$EDGERES_CACHE_TRUSTED_KEYS overrides them.",
         )
     )
+
+
+class SearchParam(Strict):
+    """One dimension of a search space: a range (`low`, `high`, optional `step`, `log`) or `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0, description="A grid step within the range (integers: step 1).")
+    log: bool = Field(False, description="Sample the range on a log scale.")
+    integer: bool = Field(False, description="Integer values (epochs, blocks).")
+    choices: list[Any] | None = Field(None, min_length=1, description="Values to choose from (any YAML values).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchParam:
+        ranged = self.low is not None and self.high is not None
+        if ranged == (self.choices is not None):
+            raise ValueError("give either low and high (a range) or choices")
+        if ranged and self.high < self.low:  # type: ignore[operator]
+            raise ValueError(f"high ({self.high}) is below low ({self.low})")
+        return self
+
+
+class SearchFidelity(Strict):
+    """Successive halving on a training budget: every trial is first built with the smallest rung's value at
+    `path` and promoted to the next rung only while among the best."""
+
+    path: str = Field(description="The --set path the rungs set, e.g. stages.prune.recovery.epochs.")
+    rungs: list[int] = Field(min_length=1, description="Increasing values, e.g. [1, 2, 4].")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> SearchFidelity:
+        if any(b <= a for a, b in zip(self.rungs, self.rungs[1:], strict=False)) or self.rungs[0] < 1:
+            raise ValueError(f"rungs must be positive and increasing, got {self.rungs}")
+        return self
+
+
+class SearchReference(Strict):
+    """The fair reference, fixed before the search: the starting checkpoint, and it trained E more epochs (the most
+    any trial gets) with each of these learning rates; the best of them on val."""
+
+    lrs: list[float] = Field(default_factory=lambda: [1e-4], max_length=4, description="K <= 4 learning rates.")
+    extra_epochs: int | None = Field(
+        None, ge=1, description="E; default: the most epochs any trial trains after finetune (computed)."
+    )
+
+
+class SearchConfig(Strict):
+    """`edgeres search RECIPE`: the fastest engine of a variant within a val accuracy budget."""
+
+    variant: str | None = Field(None, description="The variant whose chain is searched; default: the first.")
+    max_drop: float = Field(
+        0.01, ge=0, le=1, description="Allowed val top-1 drop against the reference (0.01 = 1 point)."
+    )
+    trials: int = Field(8, ge=1, le=10_000, description="Trials the search runs (resumed searches count done ones).")
+    seed: int = Field(0, ge=0, description="The sampler's seed.")
+    params: dict[str, SearchParam] = Field(
+        description="The space: --set paths (stages.prune.budget.fraction) -> range."
+    )
+    fidelity: SearchFidelity | None = Field(None, description="Successive halving over a training budget.")
+    pairs: int = Field(30, ge=2, le=1000, description="Pairs of the paired latency protocol per trial.")
+    reference: SearchReference = Field(default_factory=lambda: SearchReference())

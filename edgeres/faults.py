@@ -38,6 +38,7 @@ POINTS = {
     "compile:written": "after compile wrote the engine, before its manifest",
     "benchmark:variant": "after the benchmark measured one variant",
     "remote:blobs-uploaded": "a remote push uploaded the entry's files, before the signed entry that names them",
+    "search:trial": "edgeres search drew a trial's values, before its first build",
     "deliver:staged": "the out folder's models/ is staged beside the old one, before the swap",
     "write": "inside an atomic file write, after part of the data is written (use with :enospc)",
 }

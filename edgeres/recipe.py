@@ -28,6 +28,7 @@ from edgeres.config import (
     DataConfig,
     Distributed,
     ModelConfig,
+    SearchConfig,
     StageConfig,
     Strict,
 )
@@ -63,6 +64,9 @@ class Recipe(Strict):
     cache: CacheConfig = Field(
         default_factory=lambda: CacheConfig(),
         description="The shared remote cache tier and the keys its entries must be signed with (in no cache key).",
+    )
+    search: SearchConfig | None = Field(
+        None, description="What `edgeres search` explores (a space of --set paths, a val budget); builds ignore it."
     )
     lock_timeout_s: float | None = Field(
         None,

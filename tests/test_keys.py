@@ -58,6 +58,7 @@ STRUCTURAL = {
     "distributed.sync_batchnorm": "multi-process training only: then the training stages' inputs hold it",
     "distributed.timeout_minutes": "multi-process training only: how long a barrier waits; shapes no output",
     "lock_timeout_s": "how long a build waits for another's lock; shapes no output",
+    "search": "what `edgeres search` explores; a build ignores it, each trial is a recipe keyed by the values it sets",
     "data.type": "which kind of data set: each kind's leaves are walked in a base recipe of its own",
     "stages[].prune.budget.type": "which kind of budget: each kind's leaves are walked in a base recipe of its own",
     "data.augment": "stripped from the data block; the training stages hold it as `augment` (walked all the same)",
@@ -445,7 +446,7 @@ def test_every_leaf_changes_exactly_the_keys_that_read_it_in_every_variant(tmp_p
         resolved = recipe.model_dump(mode="json")
         base_keys = direct_keys(resolved, tmp_path / "cache")
         for path, schema in walk(resolved):
-            if schema in skip or schema in unkeyed or schema.startswith(("variants", "targets")):
+            if schema in skip or schema in unkeyed or schema.startswith(("variants", "targets", "search")):
                 continue
             if schema.startswith("stages[].") and schema.count(".") == 2 and schema.endswith((".name", ".type")):
                 continue  # a stage's name (unkeyed) and type (which stage it is)

@@ -53,6 +53,38 @@ class Split:
         return self.size
 
 
+_SEALED: list[str] = []  # why the test split may not be read now (edgeres search: until its one final reading)
+
+
+@contextlib.contextmanager
+def sealed_test(why: str) -> Iterator[None]:
+    """While inside, every DataBundle's test split is a SealedSplit: its size can be read, its images and labels
+    cannot (DataError). Stages then skip their test figures (recorded as not read); a decision cannot use them."""
+    _SEALED.append(why)
+    try:
+        yield
+    finally:
+        _SEALED.remove(why)
+
+
+def test_sealed() -> str | None:
+    """Why the test split is sealed now, or None."""
+    return _SEALED[-1] if _SEALED else None
+
+
+class SealedSplit:
+    """The test split while sealed: `len()` works; anything else raises DataError naming why it is sealed."""
+
+    def __init__(self, n: int, why: str) -> None:
+        self._n, self._why = n, why
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getattr__(self, name: str) -> Any:
+        raise DataError(f"the test split is sealed ({self._why}); reading its {name} is refused")
+
+
 @dataclass
 class DataBundle:
     train: Split
@@ -72,6 +104,11 @@ class DataBundle:
     @property
     def streamed(self) -> bool:
         return self.train.images is None
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "test" and _SEALED:
+            return SealedSplit(len(object.__getattribute__(self, "test")), _SEALED[-1])
+        return object.__getattribute__(self, name)
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

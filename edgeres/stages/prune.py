@@ -30,6 +30,7 @@ from typing import Any
 from edgeres import dist, faults
 from edgeres.artifact import Artifact
 from edgeres.config import Depth, ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
+from edgeres.data import test_sealed
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.inputs import PruneInputs, PtqProbe
@@ -361,7 +362,7 @@ def run(ctx: StageContext[PruneInputs], cfg: PruneStage, inp: Artifact) -> Stage
     probe = LatencyProbe(ctx) if (cfg.budget.type == "latency" or cfg.measure_latency) and dist.is_main() else None
     before = {
         "val_top1": evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"],
-        "test_top1": evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
+        "test_top1": None if test_sealed() else evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
         "latency_ms": probe(model) if probe is not None else None,
     }
     ctx.reporter.log(
@@ -449,7 +450,7 @@ def run(ctx: StageContext[PruneInputs], cfg: PruneStage, inp: Artifact) -> Stage
     macs, params = macs_of(model, example), count_params(model)
     after = {
         "val_top1": evaluate(model, data.batches(data.val, EVAL_BATCH))["top1"],
-        "test_top1": evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
+        "test_top1": None if test_sealed() else evaluate(model, data.batches(data.test, EVAL_BATCH))["top1"],
         "latency_ms": probe(model) if probe is not None else None,
     }
     if probe is not None:

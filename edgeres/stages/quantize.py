@@ -29,6 +29,7 @@ from typing import Any
 from edgeres import dist, faults
 from edgeres.artifact import Artifact, write_bytes_atomic
 from edgeres.config import Latency, QuantizeStage
+from edgeres.data import test_sealed
 from edgeres.deps import require
 from edgeres.errors import DataError, StageError
 from edgeres.fp16 import fp16_from_fp32
@@ -372,7 +373,7 @@ def _run(ctx: StageContext[QuantizeInputs], cfg: QuantizeStage, inp: Artifact, a
             f"({len(rules.errors)} problems):\n  {shown}"
         )
     test: dict[str, Any] | None = None
-    if cfg.report_test:
+    if cfg.report_test and not test_sealed():  # sealed: edgeres search reads test once, at its end
         fp32_test, fp32_test_pred = q.evaluate(inp.primary_path, "test")
         q_test, q_test_pred = q.evaluate(chosen.path, "test")
         test = {

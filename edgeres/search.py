@@ -1,0 +1,521 @@
+"""`edgeres search RECIPE`: the fastest engine of a variant within a val accuracy budget, chosen on val, with one
+reading of test at the end.
+
+The recipe's `search:` block names the space (`--set` paths with ranges or choices), the budget (`max_drop`: val
+top-1 points against the reference), an optional fidelity (successive halving over a training budget such as
+`stages.prune.recovery.epochs`) and the reference rule. Then:
+
+1. **The reference, fixed before any trial** (the fair rule): the variant's starting checkpoint (its finetune
+   output), and that checkpoint trained E more epochs with each of K <= 4 learning rates, E being the most epochs any
+   trial trains after finetune (computed from the space at its largest, or stated). Each is exported and compiled as
+   the variant compiles, and measured on val; the reference is the best on val.
+2. **Trials** (Optuna, TPE sampler seeded, successive-halving pruner over the fidelity rungs; the study is an Optuna
+   journal file in the cache, so a killed search resumes and machines sharing the cache and the journal share
+   trials): each trial is an ordinary cached build of the variant's chain with the trial's values set, its
+   benchmark on val, no package stage. Its latency is the paired protocol (edgeres.paired) against the reference
+   engine. Score: the latency ratio when the val drop is within budget, else 1000 + the drop.
+3. **The choice, on val**: the Pareto front of completed trials (val top-1 against latency ratio) and the fastest
+   within budget.
+4. **One reading of test**: the chosen engine and the reference on the test split, with a paired bootstrap interval
+   of their difference. Until then the test split is sealed (edgeres.data.sealed_test): stages skip their test
+   figures and any read of test labels raises, so no decision can have used them.
+
+Outputs: `<out>/search/search.json`, `search.md`, `search.html`, `front.png`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeres import faults
+from edgeres.artifact import Artifact, read_artifact, write_json_atomic, write_text_atomic
+from edgeres.deps import require
+from edgeres.errors import RecipeError, StageError
+from edgeres.progress import Reporter
+from edgeres.recipe import Recipe, recipe_from_mapping, variant_recipe
+from edgeres.recipe_yaml import apply_override
+
+SEALED_WHY = "edgeres search decides on val; test is read once, at its end"
+PENALTY = 1000.0  # a trial over budget scores this plus its drop: worse than any trial within budget
+
+
+@dataclass
+class Engine:
+    """A compiled (or exported) engine of a build: where it is and how it runs."""
+
+    artifact: Artifact
+    val_top1: float
+    label: str
+
+
+def _dump(recipe: Recipe) -> dict[str, Any]:
+    return recipe.model_dump(mode="json", exclude_none=True)
+
+
+def chain_recipe(base: Recipe, variant: str, values: dict[str, Any], *, name: str) -> Recipe:
+    """The variant's chain as a one-variant recipe with `values` set (`--set` paths), its benchmark on val (no
+    fidelity checks, in-process) and no package stage."""
+    vr = variant_recipe(base, variant)
+    ids = {s.id for s in vr.chain(variant)}
+    raw = _dump(vr)
+    raw["name"] = name
+    raw["variants"] = {}
+    raw.pop("search", None)
+    raw["stages"] = [s for s in raw["stages"] if (s.get("name") or s["type"]) in ids and s["type"] != "package"]
+    for path, value in values.items():
+        apply_override(raw, path, value, source="search")
+    bench = next((s for s in raw["stages"] if s["type"] == "benchmark"), None)
+    if bench is None:
+        bench = {"type": "benchmark"}
+        raw["stages"].append(bench)
+    bench.update(accuracy_split="val", fidelity=None)
+    return recipe_from_mapping(raw, source=f"search recipe {name}")
+
+
+def extra_epochs(base: Recipe, variant: str, cfg: Any) -> int:
+    """E: the most epochs a trial trains after finetune, with every numeric parameter at its `high` and the
+    fidelity at its last rung (prune: steps x recovery epochs; quantize: QAT epochs)."""
+    values = {p: (s.high if s.choices is None else max(s.choices, key=_order)) for p, s in cfg.params.items()}
+    if cfg.fidelity is not None:
+        values[cfg.fidelity.path] = cfg.fidelity.rungs[-1]
+    values = {p: (int(v) if isinstance(v, float) and v.is_integer() else v) for p, v in values.items()}
+    try:
+        r = chain_recipe(base, variant, values, name="epochs")
+    except RecipeError:
+        r = chain_recipe(base, variant, {}, name="epochs")
+    total = 0
+    for st in r.stages:
+        if st.type == "prune":
+            total += st.steps * st.recovery.epochs
+        if st.type == "quantize" and st.qat is not None:
+            total += st.qat.epochs
+    return max(total, 1)
+
+
+def _order(v: Any) -> Any:
+    return (0, v) if isinstance(v, int | float) else (1, str(v))
+
+
+class Search:
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        cache_dir: Path,
+        out_dir: Path,
+        reporter: Reporter,
+        trials: int | None = None,
+        threads: int | None = None,
+        remote: Any = None,
+    ) -> None:
+        if recipe.search is None:
+            raise RecipeError(f"recipe {recipe.name} has no search: block; add one (README: edgeres search)")
+        self.recipe, self.cfg = recipe, recipe.search
+        self.variant = self.cfg.variant or recipe.variant_names()[0]
+        if self.variant not in recipe.variant_names():
+            raise RecipeError(f"search.variant {self.variant!r} is not a variant of {recipe.name}")
+        self.cache_dir, self.out_dir, self.reporter, self.remote = cache_dir, out_dir, reporter, remote
+        self.trials = trials if trials is not None else self.cfg.trials
+        import os
+
+        self.threads = threads or recipe.threads or os.cpu_count() or 1
+        identity = json.dumps({"variant": self.variant, "search": self.cfg.model_dump(mode="json")}, sort_keys=True)
+        base = json.dumps(_dump(variant_recipe(recipe, self.variant)), sort_keys=True, default=str)
+        self.study_name = f"{recipe.name}-{hashlib.sha256((identity + base).encode()).hexdigest()[:12]}"
+
+    # ------------------------------------------------------------------------------------------------- builds
+
+    def build(self, recipe: Recipe) -> Any:
+        from edgeres.pipeline import Pipeline
+
+        return Pipeline(recipe, cache_dir=self.cache_dir, reporter=self.reporter, remote=self.remote).run()
+
+    @staticmethod
+    def val_top1(result: Any, variant: str) -> float:
+        if result.report is None:
+            raise StageError("a search build ended without its benchmark; see the log above")
+        report = json.loads((result.report.path / "report.json").read_text(encoding="utf-8"))
+        rows = [r for r in report["results"] if r["variant"] == variant and "top1" in r["accuracy"]]
+        if not rows:
+            raise StageError(f"the benchmark measured no val accuracy for {variant}; see its report's `unmeasured`")
+        assert rows[0]["accuracy"]["split"] == "val", rows[0]["accuracy"]
+        return float(rows[0]["accuracy"]["top1"])
+
+    def references(self) -> tuple[Engine, list[dict[str, Any]]]:
+        """The fair reference: the start and K configurations of E extra epochs from it; the best on val."""
+        start_recipe = chain_recipe(self.recipe, self.variant, {}, name=f"{self.recipe.name}-reference")
+        finetune = start_recipe.stage_of("finetune")
+        if finetune is None:
+            raise RecipeError("search needs a finetune stage in the variant: its output is the reference's start")
+        raw = _dump(start_recipe)
+        keep = ("finetune", "export", "compile", "benchmark")
+        raw["stages"] = [s for s in raw["stages"] if s["type"] in keep]
+        first = self.build(recipe_from_mapping({**raw, "stages": raw["stages"][:1]}, source="search reference"))
+        start_weights = first.lineage["main"][0].path / "model.pt"
+        e = self.cfg.reference.extra_epochs or extra_epochs(self.recipe, self.variant, self.cfg)
+        raw["variants"] = {"start": {}}
+        for k, lr in enumerate(self.cfg.reference.lrs, 1):
+            raw["variants"][f"extra{k}"] = {
+                "set": {
+                    f"stages.{finetune.id}.weights": str(start_weights),
+                    f"stages.{finetune.id}.epochs": e,
+                    f"stages.{finetune.id}.optimizer.lr": lr,
+                }
+            }
+        result = self.build(recipe_from_mapping(raw, source="search reference"))
+        rows = []
+        for name in raw["variants"]:
+            top1 = self.val_top1(result, name)
+            rows.append({"variant": name, "val_top1": top1, "extra_epochs": 0 if name == "start" else e,
+                         "lr": None if name == "start" else self.cfg.reference.lrs[int(name[5:]) - 1]})  # fmt: skip
+        best = max(rows, key=lambda r: (r["val_top1"], r["variant"] == "start"))
+        best["chosen"] = True
+        self.reporter.log(
+            f"search reference: {best['variant']} (val top-1 {best['val_top1']:.4f}) of {len(rows)}: "
+            + ", ".join(f"{r['variant']} {r['val_top1']:.4f}" for r in rows)
+        )
+        return Engine(result.variants[best["variant"]], best["val_top1"], f"reference ({best['variant']})"), rows
+
+    # ------------------------------------------------------------------------------------------------- trials
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for path, p in self.cfg.params.items():
+            if p.choices is not None:
+                picked = trial.suggest_categorical(path, [json.dumps(c) for c in p.choices])
+                values[path] = json.loads(picked)
+            else:
+                assert p.low is not None and p.high is not None  # SearchParam: a range or choices
+                if p.integer:
+                    values[path] = trial.suggest_int(path, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+                else:
+                    values[path] = trial.suggest_float(path, p.low, p.high, step=p.step, log=p.log)
+        return values
+
+    def run_trial(self, trial: Any, reference: Engine, samples: Path) -> float:
+        optuna = require("optuna", purpose="run edgeres search")
+        from edgeres.paired import paired_latency
+
+        values = self.suggest(trial)
+        faults.point("search:trial")
+        rungs = self.cfg.fidelity.rungs if self.cfg.fidelity else [None]
+        ratio: dict[str, Any] | None = None
+        score = PENALTY
+        for rung in rungs:
+            at = dict(values)
+            if rung is not None:
+                at[self.cfg.fidelity.path] = rung  # type: ignore[union-attr]
+            recipe = chain_recipe(self.recipe, self.variant, at, name=f"{self.recipe.name}-trial")
+            self.reporter.log(f"search trial {trial.number}: {at}")
+            result = self.build(recipe)
+            val = self.val_top1(result, "main")
+            engine = result.variants["main"]
+            if ratio is None:  # the architecture and precision, not the training budget, set the latency
+                ratio = paired_latency(
+                    _spec(reference.artifact, reference.label),
+                    _spec(engine, f"trial {trial.number}"),
+                    samples,
+                    threads=self.threads,
+                    pairs=self.cfg.pairs,
+                )
+            drop = reference.val_top1 - val
+            score = ratio["latency_ratio"]["median"] if drop <= self.cfg.max_drop else PENALTY + drop
+            trial.set_user_attr("val_top1", val)
+            trial.set_user_attr("rung", rung)
+            trial.set_user_attr("engine", str(engine.path))
+            trial.set_user_attr("latency", {k: ratio[k] for k in ("latency_ratio", "speedup", "control_ok")})
+            trial.set_user_attr("control", ratio.get("control"))
+            self.reporter.log(
+                f"search trial {trial.number}: val top-1 {val:.4f} (drop {100 * drop:+.2f} pts), latency ratio "
+                f"{ratio['latency_ratio']['median']:.3f} ({ratio['speedup']['median']:.2f}x)"
+                + (f" at rung {rung}" if rung is not None else "")
+            )
+            if rung is not None:
+                trial.report(score, step=rung)
+                if rung != rungs[-1] and trial.should_prune():
+                    raise optuna.TrialPruned()
+        return score
+
+    def run(self) -> dict[str, Any]:
+        optuna = require("optuna", purpose="run edgeres search")
+        from edgeres.data import sealed_test
+
+        t0 = time.monotonic()
+        with sealed_test(SEALED_WHY):
+            reference, reference_rows = self.references()
+            samples = self._samples()
+            study = self._study(optuna)
+            done = [
+                t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            ]
+            todo = max(0, self.trials - len(done))
+            self.reporter.log(f"search {self.study_name}: {len(done)} trials done before, {todo} to run")
+            if todo:
+                study.optimize(lambda t: self.run_trial(t, reference, samples), n_trials=todo, catch=())
+        trials = [_row(t) for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        front = pareto([t for t in trials if t["state"] == "COMPLETE"])
+        within = [
+            t for t in trials if t["state"] == "COMPLETE" and reference.val_top1 - t["val_top1"] <= self.cfg.max_drop
+        ]
+        chosen = min(within, key=lambda t: (t["latency_ratio"], -t["val_top1"])) if within else None
+        test = self.read_test_once(reference, chosen) if chosen else None
+        out = {
+            "schema": "edgeres.search/1",
+            "recipe": self.recipe.name,
+            "study": self.study_name,
+            "variant": self.variant,
+            "space": self.cfg.model_dump(mode="json"),
+            "reference": {
+                "rule": "the start and K configurations of E extra epochs; best on val",
+                "candidates": reference_rows,
+                "val_top1": reference.val_top1,
+                "engine": str(reference.artifact.path),
+            },
+            "trials": trials,
+            "front": [t["number"] for t in front],
+            "chosen": chosen,
+            "test": test,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        self.write(out)
+        return out
+
+    def _samples(self) -> Path:
+        """Val images for the latency pairs (16, batch 1 in turn), in the search's folder."""
+        np = require("numpy")
+        from edgeres.data import load_data
+
+        data = load_data(self.recipe.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
+        xs, _ = next(data.numpy_batches(data.val, 16))
+        path = self.out_dir / "search" / "latency-samples.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=np.asarray(xs, dtype=np.float32))
+        return path
+
+    def _study(self, optuna: Any) -> Any:
+        folder = self.cache_dir / "search"
+        folder.mkdir(parents=True, exist_ok=True)
+        journal = folder / f"{self.study_name}.journal"
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        pruner = (
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=self.cfg.fidelity.rungs[0], reduction_factor=2)
+            if self.cfg.fidelity
+            else optuna.pruners.NopPruner()
+        )
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=self.cfg.seed),
+            pruner=pruner,
+            load_if_exists=True,
+        )
+        for t in study.trials:  # a killed search: its running trial is tried again with the same values
+            if t.state == optuna.trial.TrialState.RUNNING:
+                study.enqueue_trial(t.params)
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        self.reporter.log(f"search study {self.study_name}: journal {journal}")
+        return study
+
+    def read_test_once(self, reference: Engine, chosen: dict[str, Any]) -> dict[str, Any]:
+        """The only reading of test: the chosen engine and the reference, with a paired bootstrap interval of the
+        top-1 difference (per image)."""
+        np = require("numpy")
+        from edgeres.data import load_data
+        from edgeres.measure import measure_accuracy
+        from edgeres.runtimes import open_runner
+
+        data = load_data(self.recipe.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
+        batches = list(data.numpy_batches(data.test, 64))
+        labels = np.concatenate([y for _, y in batches])
+        correct = {}
+        for name, art in (("reference", reference.artifact), ("chosen", read_artifact(Path(chosen["engine"])))):
+            assert art is not None
+            spec = _spec(art, name)
+            from edgeres.runtimes.settings import RuntimeSettings
+
+            with open_runner(spec.runtime, Path(spec.path), fmt=spec.fmt, threads=self.threads,
+                             settings=RuntimeSettings.from_dict(spec.settings)) as runner:  # fmt: skip
+                _, predictions = measure_accuracy(runner, batches)
+            correct[name] = np.asarray(predictions) == labels
+        diff = correct["chosen"].astype(float) - correct["reference"].astype(float)
+        rng = np.random.default_rng(0)
+        boots = diff[rng.integers(0, diff.size, size=(10_000, diff.size))].mean(axis=1)
+        lo, hi = np.quantile(boots, [0.025, 0.975])
+        out: dict[str, Any] = {
+            "split": "test",
+            "images": int(diff.size),
+            "reference_top1": float(correct["reference"].mean()),
+            "chosen_top1": float(correct["chosen"].mean()),
+            "difference_points": 100 * float(diff.mean()),
+            "difference_ci95_points": [100 * float(lo), 100 * float(hi)],
+            "note": "the only reading of test in this search: every decision before it used val",
+        }
+        self.reporter.log(
+            f"search test (read once): chosen {100 * out['chosen_top1']:.2f}% against reference "
+            f"{100 * out['reference_top1']:.2f}% ({out['difference_points']:+.2f} pts, 95% CI "
+            f"{out['difference_ci95_points'][0]:+.2f} to {out['difference_ci95_points'][1]:+.2f})"
+        )
+        return out
+
+    # ------------------------------------------------------------------------------------------------ report
+
+    def write(self, out: dict[str, Any]) -> None:
+        folder = self.out_dir / "search"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "search.json", out)
+        md = markdown(out)
+        write_text_atomic(folder / "search.md", md)
+        write_text_atomic(folder / "search.html", html(out, md))
+        try:
+            plot(out, folder / "front.png")
+        except Exception as exc:  # matplotlib missing or failing: the tables say it all
+            self.reporter.log(f"search: front.png not drawn ({type(exc).__name__}: {exc})")
+
+
+def _spec(art: Artifact, label: str) -> Any:
+    """The paired protocol's spec of a build's engine: its runtime and settings from the manifest beside it."""
+    from edgeres.bench import _runtime_for, _settings, locate
+    from edgeres.paired import EngineSpec
+
+    found = locate(art.path, art.path, public_keys=[], integrity_only=True)
+    runtime = _runtime_for(found, None)
+    return EngineSpec(runtime, str(found.file), found.fmt, _settings(found, runtime, None).to_dict(), label=label)
+
+
+def _row(t: Any) -> dict[str, Any]:
+    lat = t.user_attrs.get("latency") or {}
+    ratio = (lat.get("latency_ratio") or {}).get("median")
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "params": t.params,
+        "val_top1": t.user_attrs.get("val_top1"),
+        "rung": t.user_attrs.get("rung"),
+        "latency_ratio": ratio,
+        "latency_ratio_ci95": (lat.get("latency_ratio") or {}).get("ci95"),
+        "speedup": (lat.get("speedup") or {}).get("median"),
+        "speedup_ci95": (lat.get("speedup") or {}).get("ci95"),
+        "control_ok": lat.get("control_ok"),
+        "control": (t.user_attrs.get("control") or {}).get("median"),
+        "engine": t.user_attrs.get("engine"),
+        "score": t.value,
+    }
+
+
+def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other beats on both val top-1 (higher) and latency ratio (lower)."""
+
+    def beaten(a: dict[str, Any]) -> bool:
+        return any(
+            b["val_top1"] >= a["val_top1"]
+            and b["latency_ratio"] <= a["latency_ratio"]
+            and (b["val_top1"] > a["val_top1"] or b["latency_ratio"] < a["latency_ratio"])
+            for b in trials
+        )
+
+    return sorted((t for t in trials if not beaten(t)), key=lambda t: t["latency_ratio"])
+
+
+def markdown(out: dict[str, Any]) -> str:
+    ref = out["reference"]
+    lines = [
+        f"# edgeres search: {out['recipe']} (variant {out['variant']})",
+        "",
+        f"Study `{out['study']}`, {len(out['trials'])} trials, {out['seconds']} s. Every decision on **val**; budget: "
+        f"val top-1 drop <= {100 * out['space']['max_drop']:.2f} points against the reference.",
+        "",
+        "## Reference (fixed before the trials: the start and E extra epochs per configuration; best on val)",
+        "",
+        "| candidate | extra epochs | lr | val top-1 % | chosen |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['variant']} | {r['extra_epochs']} | {r['lr'] if r['lr'] is not None else '-'} | "
+            f"{100 * r['val_top1']:.2f} | {'yes' if r.get('chosen') else ''} |"
+            for r in ref["candidates"]
+        ],
+        "",
+        "## Trials (latency: median of paired ratios against the reference engine, 95% bootstrap interval)",
+        "",
+        "| # | state | params | val top-1 % | drop pts | latency ratio | 95% CI | speed-up | A/A | front |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in out["trials"]:
+        val, ratio, ci = t["val_top1"], t["latency_ratio"], t["latency_ratio_ci95"]
+        cells = [str(t["number"]), t["state"].lower(), json.dumps(t["params"])]
+        cells += [f"{100 * val:.2f}", f"{100 * (ref['val_top1'] - val):+.2f}"] if val is not None else ["-", "-"]
+        if ratio is not None:
+            cells += [f"{ratio:.3f}", f"{ci[0]:.3f}-{ci[1]:.3f}", f"{t['speedup']:.2f}x",
+                      f"{'ok' if t['control_ok'] else 'NOISY'} ({t['control']:.3f})"]  # fmt: skip
+        else:
+            cells += ["-", "-", "-", "-"]
+        cells.append("*" if t["number"] in out["front"] else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    chosen, test = out["chosen"], out["test"]
+    lines += ["", "## Chosen (on val)", ""]
+    if chosen is None:
+        lines.append("No completed trial is within the budget on val: nothing is chosen, and test was not read.")
+    else:
+        lines.append(
+            f"Trial {chosen['number']}: {json.dumps(chosen['params'])}; val top-1 {100 * chosen['val_top1']:.2f}%, "
+            f"{chosen['speedup']:.2f}x the reference (95% CI {chosen['speedup_ci95'][0]:.2f}-"
+            f"{chosen['speedup_ci95'][1]:.2f}x). Engine: `{chosen['engine']}`."
+        )
+    if test is not None:
+        lines += [
+            "",
+            "## Test, read once",
+            "",
+            f"{test['images']} test images: chosen {100 * test['chosen_top1']:.2f}%, reference "
+            f"{100 * test['reference_top1']:.2f}%, difference {test['difference_points']:+.2f} points (paired "
+            f"bootstrap 95% CI {test['difference_ci95_points'][0]:+.2f} to {test['difference_ci95_points'][1]:+.2f}). "
+            "The only reading of test in this search.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def html(out: dict[str, Any], md: str) -> str:
+    import html as h
+
+    body = "\n".join(
+        f"<h{len(line) - len(line.lstrip('#'))}>{h.escape(line.lstrip('# '))}</h{len(line) - len(line.lstrip('#'))}>"
+        if line.startswith("#")
+        else (f"<pre>{h.escape(line)}</pre>" if line.startswith("|") else f"<p>{h.escape(line)}</p>")
+        for line in md.splitlines()
+        if line.strip()
+    )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>edgeres search</title>"
+        "<style>body{font-family:sans-serif;max-width:70em;margin:auto}pre{margin:0}</style>"
+        f"{body}<p><img src='front.png' alt='val top-1 against latency ratio'></p>\n"
+    )
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    require("matplotlib", purpose="draw the search's front")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in out["trials"] if t["latency_ratio"] is not None and t["val_top1"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([t["latency_ratio"] for t in done], [100 * t["val_top1"] for t in done], c="grey", label="trials")
+    front = [t for t in done if t["number"] in out["front"]]
+    ax.plot([t["latency_ratio"] for t in front], [100 * t["val_top1"] for t in front], "o-", c="C0", label="front")
+    ref = out["reference"]["val_top1"]
+    ax.axhline(100 * ref, c="C2", ls="--", label="reference (val)")
+    ax.axhline(100 * (ref - out["space"]["max_drop"]), c="C3", ls=":", label="budget")
+    ax.set_xlabel("latency / reference latency (paired median)")
+    ax.set_ylabel("val top-1 %")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

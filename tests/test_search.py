@@ -1,0 +1,155 @@
+"""edgeres search (edgeres/search.py): trials decided on val, the test split sealed until one final reading, the
+fair reference, the paired latency protocol per trial, a study that resumes. The tiny model on synthetic data: the
+figures are not meaningful, the mechanics are."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_FINETUNE, TINY_LATENCY, TINY_OFFLINE, Build, as_recipe, quiet_reporter, tiny_recipe
+
+from edgeres import faults
+from edgeres.artifact import read_artifact
+from edgeres.errors import DataError
+from edgeres.search import Search, extra_epochs, pareto
+
+pytest.importorskip("optuna")
+
+PRUNE = {"type": "prune", "steps": 1, "budget": {"type": "macs", "fraction": 0.5}, "recovery": {"epochs": 1}}
+SPACE = {
+    "params": {"stages.prune.budget.fraction": {"low": 0.3, "high": 0.8}},
+    "trials": 2,
+    "fidelity": {"path": "stages.prune.recovery.epochs", "rungs": [1, 2]},
+    "pairs": 3,
+    "max_drop": 0.5,
+    "reference": {"lrs": [0.001]},
+}
+
+
+def search_recipe(**search: Any) -> dict[str, Any]:
+    return tiny_recipe(
+        stages=[
+            TINY_FINETUNE,  # as in the base build: its entry is reused
+            PRUNE,
+            {"type": "export", "opset": 18, "exporter": "torchscript"},  # 0.3 s a trial instead of 2 s
+            {"type": "compile"},
+            {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "isolate": False, "fidelity": None},
+        ],
+        search={**SPACE, **search},
+    )
+
+
+def test_pareto_front_and_the_space_rules() -> None:
+    trials = [
+        {"number": 0, "val_top1": 0.90, "latency_ratio": 0.50},
+        {"number": 1, "val_top1": 0.85, "latency_ratio": 0.40},
+        {"number": 2, "val_top1": 0.80, "latency_ratio": 0.45},  # beaten by 1 on both
+        {"number": 3, "val_top1": 0.90, "latency_ratio": 0.60},  # beaten by 0
+    ]
+    assert [t["number"] for t in pareto(trials)] == [1, 0]
+    r = as_recipe(search_recipe())
+    assert extra_epochs(r, "main", r.search) == 2  # 1 pruning step x the last rung's 2 recovery epochs
+    with pytest.raises(Exception, match="either low and high"):
+        as_recipe(search_recipe(params={"stages.prune.steps": {"low": 1}}))
+
+
+def test_the_test_split_is_sealed_its_size_readable() -> None:
+    from edgeres.data import load_data, sealed_test, test_sealed
+
+    data = load_data(as_recipe(tiny_recipe()).data, seed=0)
+    n = len(data.test)
+    with sealed_test("a search"):
+        assert test_sealed() == "a search" and len(data.test) == n
+        with pytest.raises(DataError, match=r"the test split is sealed \(a search\); reading its labels"):
+            _ = data.test.labels
+        with pytest.raises(DataError, match="sealed"):
+            list(data.numpy_batches(data.split("test"), 8))
+    assert test_sealed() is None and len(data.test.labels) == n
+
+
+@pytest.fixture(scope="module")
+def searched(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A two-trial search over the base build's cache (its finetune is reused), with spies on when test is read."""
+    root = tmp_path_factory.mktemp("search")
+    cache = root / "cache"
+    shutil.copytree(base_build.cache, cache)
+    events: list[str] = []
+    mp = pytest.MonkeyPatch()
+    from edgeres.data import test_sealed
+
+    real_trial, real_test = Search.run_trial, Search.read_test_once
+
+    def trial(self: Search, t: Any, *a: Any) -> float:
+        events.append(f"trial sealed={test_sealed() is not None}")
+        return real_trial(self, t, *a)
+
+    def test_once(self: Search, *a: Any) -> Any:
+        events.append(f"test sealed={test_sealed() is not None}")
+        return real_test(self, *a)
+
+    mp.setattr(Search, "run_trial", trial)
+    mp.setattr(Search, "read_test_once", test_once)
+    try:
+        out = Search(as_recipe(search_recipe()), cache_dir=cache, out_dir=root / "out", reporter=quiet_reporter()).run()
+    finally:
+        mp.undo()
+    return {"out": out, "events": events, "cache": cache, "root": root}
+
+
+def test_a_search_decides_on_val_and_reads_test_once_at_the_end(searched: dict[str, Any]) -> None:
+    out, events = searched["out"], searched["events"]
+    assert events == ["trial sealed=True", "trial sealed=True", "test sealed=False"]
+    assert [t["state"] for t in out["trials"]].count("COMPLETE") >= 1 and len(out["trials"]) == 2
+    chosen = out["chosen"]
+    assert chosen is not None and out["reference"]["val_top1"] - chosen["val_top1"] <= 0.5
+    assert chosen["number"] in out["front"]
+    assert out["test"]["split"] == "test" and out["test"]["images"] == 32
+    # stages that ran under the seal skipped their test figures: a prune entry of the search says so
+    prunes = [read_artifact(p) for p in searched["cache"].glob("prune-*") if p.is_dir()]
+    assert prunes and all(a is not None and a.metadata["metrics"]["after"]["test_top1"] is None for a in prunes)
+    folder = searched["root"] / "out" / "search"
+    assert {"search.json", "search.md", "search.html"} <= {p.name for p in folder.iterdir()}
+    md = (folder / "search.md").read_text(encoding="utf-8")
+    assert "## Test, read once" in md and "start" in md and "extra1" in md
+
+
+def test_the_reference_is_the_best_on_val_of_the_start_and_its_extra_epochs(searched: dict[str, Any]) -> None:
+    ref = searched["out"]["reference"]
+    rows = {r["variant"]: r for r in ref["candidates"]}
+    assert set(rows) == {"start", "extra1"} and rows["extra1"]["extra_epochs"] == 2 and rows["extra1"]["lr"] == 0.001
+    best = max(rows.values(), key=lambda r: r["val_top1"])
+    assert ref["val_top1"] == best["val_top1"] and [r["variant"] for r in rows.values() if r.get("chosen")]
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_with_the_same_trial(
+    searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crashed as its third trial starts: the journal keeps two trials and the running one; the re-run tries that
+    one's values again and ends with three, reusing every cached build."""
+    cache = tmp_path / "cache"
+    shutil.copytree(searched["cache"], cache)
+    recipe = as_recipe(search_recipe())
+    monkeypatch.setenv(faults.ENV, "search:trial@1:crash")
+    faults.reset()
+    with pytest.raises(faults.InjectedCrash):
+        Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter(), trials=3).run()
+    monkeypatch.delenv(faults.ENV)
+    search = Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter(), trials=3)
+    running = [t for t in _study(search).trials if t.state.name == "RUNNING"]
+    assert len(running) == 1 and len([t for t in _study(search).trials if t.state.name != "RUNNING"]) == 2
+    out = search.run()
+    done = [t for t in out["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(done) == 3 and done[-1]["params"] == running[0].params  # the crashed trial's values, tried again
+    assert [t.state.name for t in _study(search).trials].count("FAIL") == 1
+
+
+def _study(search: Search) -> Any:
+    import optuna
+
+    journal = search.cache_dir / "search" / f"{search.study_name}.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=search.study_name, storage=storage)
