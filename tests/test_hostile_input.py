@@ -107,8 +107,8 @@ def test_aliases_within_the_budget_still_work_and_lines_still_point_right() -> N
     msg, _ = recipe_error(text)
     assert msg.splitlines()[1:] == [
         "  - stages[1].steps (line 10): got 0; Input should be greater than or equal to 1",
-        "  - x-opt (line 3): unknown key 'x-opt'; allowed keys here: "
-        "name, seed, threads, distributed, cache, search, lock_timeout_s, target, targets, data, model, stages, variants",
+        "  - x-opt (line 3): unknown key 'x-opt'; allowed keys here: name, seed, threads, distributed, cache, "
+        "search, lock_timeout_s, target, targets, data, model, stages, variants",
     ]
     shared = recipe_from_text(
         "name: tiny\ndata: {type: synthetic}\nstages:\n  - type: finetune\n    optimizer: &opt {type: sgd, lr: 0.01}\n"
