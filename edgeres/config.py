@@ -491,6 +491,13 @@ class Fidelity(Strict):
     )
 
 
+class Paired(Strict):
+    """The paired latency protocol (edgeres.paired) of each variant's engine against the baseline's."""
+
+    pairs: int = Field(30, ge=2, le=1000, description="Pairs of blocks (the protocol asks at least 30).")
+    block: int = Field(20, ge=1, le=1000, description="Single-stream queries per engine per pair.")
+
+
 class BenchmarkStage(StageBase):
     type: Literal["benchmark"] = Field(description="Measure every variant's deliverable: accuracy and latency.")
     runtimes: list[RuntimeName] = Field(
@@ -516,6 +523,11 @@ class BenchmarkStage(StageBase):
         default_factory=Fidelity,
         description="Robustness under corruptions, explanation agreement, layer-by-layer comparison and per-layer "
         "profiles of each engine against the baseline; null skips them all.",
+    )
+    paired: Paired | None = Field(
+        None,
+        description="Also time each engine against the baseline's by the paired protocol (own processes, "
+        "alternation, median of paired ratios with a 95% interval, an A/A control); off by default (~15 s a pair).",
     )
 
 

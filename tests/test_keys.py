@@ -79,7 +79,7 @@ STAGES_LATENCY: list[dict[str, Any]] = [
         "qat": {"when": "if-ptq-misses", "distill": {"temperature": 4.0, "weight": 0.5}, "max_steps": 3},
     },
     {"type": "compile"},
-    {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE},
+    {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "paired": {"pairs": 3, "block": 2}},
     {"type": "package", "version": 3, "golden": {"images": 2, "max_abs_diff": 0.01}},
 ]
 

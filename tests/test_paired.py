@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -136,3 +137,31 @@ def test_bench_against_prints_the_ratio_its_interval_and_the_control(tmp_path: P
     onnx.save(m, str(other_shape))
     res = run_cli("bench", str(other_shape), "--against", str(light), "--pairs", "2")
     assert res.code == 2 and "take different inputs" in res.stderr
+
+
+def test_benchmark_paired_times_each_variant_against_the_baseline(base_build: Any, tmp_path: Path) -> None:
+    """benchmark.paired in a build: the OpenVINO variant's engine against the baseline's ONNX Runtime engine, a row
+    field and a report section; the baseline itself gets none."""
+    import json
+    import shutil
+
+    from conftest import TINY_FINETUNE, TINY_LATENCY, TINY_OFFLINE, run_pipeline, tiny_recipe
+
+    cache = tmp_path / "cache"
+    shutil.copytree(base_build.cache, cache)
+    bench = {"type": "benchmark", "latency": TINY_LATENCY, "offline": TINY_OFFLINE, "isolate": False,
+             "fidelity": None, "paired": {"pairs": 3, "block": 2}}  # fmt: skip
+    recipe = tiny_recipe(
+        stages=[TINY_FINETUNE, {"type": "export", "opset": 18}, {"type": "compile"}, bench],
+        variants={"ort": {}, "ov": {"set": {"target": "cpu-openvino"}}},
+    )
+    _, log = run_pipeline(recipe, cache, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    rows = {r["variant"]: r for r in report["results"]}
+    assert "paired" not in rows["ort"]
+    p = rows["ov"]["paired"]
+    assert p["against"] == "ort on onnxruntime" and p["latency_ratio"]["pairs"] == 3
+    assert p["speedup"]["median"] > 0 and "control_ok" in p and p["protocol"]["block_queries"] == 2
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "## Paired latency against the baseline" in md and "| ov | openvino | ort on onnxruntime |" in md
+    assert "paired: ov on openvino against ort on onnxruntime" in log

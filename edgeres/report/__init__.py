@@ -179,6 +179,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_gpu_lines(report["results"]),
     ]
+    paired = [r for r in report["results"] if r.get("paired")]
+    if paired:
+        lines += [
+            "## Paired latency against the baseline",
+            "",
+            "Each engine and the baseline's in their own processes, pinned to the same cores, in alternation; the "
+            "median of paired ratios with a bootstrap 95% interval; the A/A control (the baseline against itself) "
+            "must read 1.00 +- 0.05.",
+            "",
+            "| variant | runtime | against | speed-up | 95% CI | pairs | A/A control |",
+            "|---|---|---|---:|---|---:|---|",
+        ]
+        for r in paired:
+            p = r["paired"]
+            aa = f"{p['control']['median']:.3f}" + (" ok" if p["control_ok"] else " TOO NOISY")
+            lines.append(
+                f"| {r['variant']} | {r['runtime']} | {p['against']} | {p['speedup']['median']:.2f}x | "
+                f"{p['speedup']['ci95'][0]:.2f}-{p['speedup']['ci95'][1]:.2f}x | {p['latency_ratio']['pairs']} | {aa} |"
+            )
+        lines.append("")
     for u in report.get("unmeasured", []):
         on = f" on {u['runtime']} ({u['precision']})" if u.get("runtime") else ""
         lines.append(f"Not measured on this host: variant `{u['variant']}` ({u['format']}){on}: {u['reason']}.")

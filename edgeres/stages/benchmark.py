@@ -19,10 +19,11 @@ from typing import Any
 
 from edgeres import faults
 from edgeres.artifact import Artifact, sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from edgeres.config import BenchmarkStage, Fidelity
+from edgeres.config import BenchmarkStage, Fidelity, Paired
 from edgeres.deps import require
 from edgeres.inputs import BenchmarkInputs, DataInputs, VariantInputs, keyed, recorded
 from edgeres.measure import ACCURACY_BATCH, environment
+from edgeres.paired import EngineSpec, paired_latency
 from edgeres.preprocess import Preprocessing, model_input
 from edgeres.report import REPORT_SCHEMA, render_html, render_markdown, result_row, stage_rows
 from edgeres.runtimes import NATIVE, runs
@@ -138,6 +139,26 @@ def fidelity_report(fid: Fidelity | None, inputs: dict[str, dict[str, Any]], row
     }
 
 
+def paired_row(
+    against: EngineSpec, engine: EngineSpec, npz: Path, cfg: Paired, threads: int, log: Any
+) -> dict[str, Any]:
+    """The paired protocol's reading of `engine` against the baseline's, for the report row."""
+    p = paired_latency(against, engine, npz, threads=threads, pairs=cfg.pairs, block=cfg.block)
+    log(
+        f"paired: {engine.label} on {engine.runtime} against {against.label} on {against.runtime}: "
+        f"{p['speedup']['median']:.2f}x (95% CI {p['speedup']['ci95'][0]:.2f}-{p['speedup']['ci95'][1]:.2f}x), "
+        f"A/A control {p['control']['median']:.3f}" + ("" if p["control_ok"] else " (too noisy to claim anything)")
+    )
+    return {
+        "against": f"{against.label} on {against.runtime}",
+        "latency_ratio": {k: p["latency_ratio"][k] for k in ("median", "ci95", "pairs")},
+        "speedup": p["speedup"],
+        "control": {k: p["control"][k] for k in ("median", "ci95")},
+        "control_ok": p["control_ok"],
+        "protocol": p["protocol"],
+    }
+
+
 def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> StageOutput:
     np = require("numpy")
     scratch = ctx.workdir / SCRATCH
@@ -216,6 +237,7 @@ def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> S
     base_fid: dict[str, tuple[dict[str, Any], str]] = {}  # runtime -> (baseline's fidelity output, data fingerprint)
     sal_classes: list[int] | None = None  # the classes every engine's saliency explains: the baseline's top-1
     unmeasured: list[dict[str, Any]] = []
+    base_engines: dict[str, EngineSpec] = {}  # runtime -> the baseline's engine there (benchmark.paired)
     for vname in order:
         art = ctx.variants[vname]
         vin = ctx.inputs.variants[vname]
@@ -294,6 +316,13 @@ def run(ctx: StageContext[BenchmarkInputs], cfg: BenchmarkStage, inp: None) -> S
                 ref_fid = base_fid.get(ref_rt) if ref_rt is not None else None
                 ref = ref_fid[0] if ref_fid is not None and ref_fid[1] == fingerprint else None
                 add_fidelity(ctx, fid, row, fmeasured, ref, fset, lineage_onnx(ctx, baseline), lineage_onnx(ctx, vname))
+            if cfg.paired is not None:
+                engine = EngineSpec(runtime, str(art.primary_path), art.format, settings.to_dict(), label=vname)
+                if vname == baseline:
+                    base_engines.setdefault(runtime, engine)
+                elif base_engines:
+                    against = base_engines.get(runtime) or next(iter(base_engines.values()))
+                    row["paired"] = paired_row(against, engine, npz, cfg.paired, vin.threads, ctx.reporter.log)
             rows.append(row)
             lat = row["latency"]
             ctx.reporter.log(
