@@ -22,8 +22,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ from typing import Any, TextIO
 from edgeres.errors import StageError
 from edgeres.measure import AA_TOLERANCE, paired_summary
 
-PAIRS = 30  # at least this many pairs per comparison (the protocol's minimum)
+PAIRS = 30  # at least this many pairs per comparison (the protocol's minimum); rounded up to whole rotations
+REPLY_TIMEOUT_S = 600.0  # longest wait for one block (or a load) before the timing process is called hung
 BLOCK = 20  # single-stream queries per engine per pair
 WARMUP = 10  # queries each engine runs once loaded, before the first pair
 
@@ -52,17 +55,33 @@ class EngineSpec:
 class _Child:
     spec: EngineSpec
     proc: subprocess.Popen[str]
+    log: Any  # its stderr, a temporary file (a pipe nobody drains could fill and block it)
     blocks: list[list[float]] = field(default_factory=list)
 
+    def errors(self) -> str:
+        """What it wrote to stderr (after ending it, so a hung child cannot block the read)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-2000:]
+
+    def reply(self, what: str) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            why = "ended" if ready else f"gave no answer in {REPLY_TIMEOUT_S:.0f}s"
+            raise StageError(
+                f"the timing process of {self.spec.label or self.spec.path} {why} ({what}): {self.errors()}"
+            )
+        return line
+
     def send(self, line: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        if not reply:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise StageError(f"the timing process of {self.spec.label or self.spec.path} ended: {err[-2000:]}")
-        return reply
+        return self.reply(line)
 
 
 def paired_latency(
@@ -83,6 +102,8 @@ def paired_latency(
     the speed-up (its inverse), each engine's median latency, the A/A control and whether it held."""
     if pairs < 2 or block < 1:
         raise StageError(f"a paired comparison needs at least 2 pairs and 1 query per block (got {pairs}, {block})")
+    rotations = 6 if control else 2  # the orders of the engines: each comes first, second (and third) equally often
+    pairs = -(-pairs // rotations) * rotations
     cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
     specs = {"reference": reference, "candidate": candidate}
     if control:
@@ -155,21 +176,24 @@ def _start(spec: EngineSpec, samples_npz: Path, *, threads: int, cores: list[int
             "warmup": warmup,
         }
     )
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (the child's stderr for its lifetime; _stop closes it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeres.paired", payload],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         bufsize=1,
     )
-    child = _Child(spec, proc)
-    assert proc.stdout is not None
-    ready = proc.stdout.readline()
+    child = _Child(spec, proc, log)
+    try:
+        ready = child.reply("loading")
+    except StageError:
+        ready = ""
     if not ready.startswith("ready"):
-        err = proc.stderr.read() if proc.stderr else ""
-        proc.wait(timeout=30)
-        raise StageError(f"{spec.label or spec.path} on {spec.runtime} could not be loaded for timing: {err[-2000:]}")
+        errors = child.errors()
+        _stop(child)
+        raise StageError(f"{spec.label or spec.path} on {spec.runtime} could not be loaded for timing: {errors}")
     return child
 
 
@@ -183,9 +207,10 @@ def _stop(child: _Child) -> None:
     except (OSError, subprocess.TimeoutExpired):
         proc.kill()
         proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
+    for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             stream.close()
+    child.log.close()
 
 
 def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
@@ -198,6 +223,10 @@ def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
 
     if spec.get("cores"):
         os.sched_setaffinity(0, spec["cores"])
+    # The protocol keeps its own copy of stdout; what native libraries print to fd 1 goes to stderr instead.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    stdout = protocol
     with np.load(spec["data"]) as data:
         x = np.asarray(data["x"], dtype=np.float32)
     samples = [x[i : i + 1] for i in range(len(x))]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,7 @@ class Engine:
 
 
 def _dump(recipe: Recipe) -> dict[str, Any]:
-    return recipe.model_dump(mode="json", exclude_none=True)
+    return recipe.model_dump(mode="json")
 
 
 def chain_recipe(base: Recipe, variant: str, values: dict[str, Any], *, name: str) -> Recipe:
@@ -65,7 +67,8 @@ def chain_recipe(base: Recipe, variant: str, values: dict[str, Any], *, name: st
     raw = _dump(vr)
     raw["name"] = name
     raw["variants"] = {}
-    raw.pop("search", None)
+    raw["search"] = None
+    raw["cache"] = {}
     raw["stages"] = [s for s in raw["stages"] if (s.get("name") or s["type"]) in ids and s["type"] != "package"]
     for path, value in values.items():
         apply_override(raw, path, value, source="search")
@@ -80,25 +83,27 @@ def chain_recipe(base: Recipe, variant: str, values: dict[str, Any], *, name: st
 def extra_epochs(base: Recipe, variant: str, cfg: Any) -> int:
     """E: the most epochs a trial trains after finetune, with every numeric parameter at its `high` and the
     fidelity at its last rung (prune: steps x recovery epochs; quantize: QAT epochs)."""
-    values = {p: (s.high if s.choices is None else max(s.choices, key=_order)) for p, s in cfg.params.items()}
-    if cfg.fidelity is not None:
-        values[cfg.fidelity.path] = cfg.fidelity.rungs[-1]
-    values = {p: (int(v) if isinstance(v, float) and v.is_integer() else v) for p, v in values.items()}
-    try:
-        r = chain_recipe(base, variant, values, name="epochs")
-    except RecipeError:
-        r = chain_recipe(base, variant, {}, name="epochs")
-    total = 0
-    for st in r.stages:
-        if st.type == "prune":
-            total += st.steps * st.recovery.epochs
-        if st.type == "quantize" and st.qat is not None:
-            total += st.qat.epochs
-    return max(total, 1)
+    import itertools
 
-
-def _order(v: Any) -> Any:
-    return (0, v) if isinstance(v, int | float) else (1, str(v))
+    ranged = {p: (int(s.high) if s.integer else s.high) for p, s in cfg.params.items() if s.choices is None}
+    chosen = [[(p, c) for c in s.choices] for p, s in cfg.params.items() if s.choices is not None]
+    combos = list(itertools.islice(itertools.product(*chosen), 256))  # every combination of the choices (capped)
+    fixed = {cfg.fidelity.path: cfg.fidelity.rungs[-1]} if cfg.fidelity is not None else {}
+    best = 0
+    for combo in combos:
+        values = {**ranged, **dict(combo), **fixed}
+        try:
+            r = chain_recipe(base, variant, values, name="epochs")
+        except RecipeError:  # a range's high that this recipe cannot take: the rest still count
+            r = chain_recipe(base, variant, {**dict(combo), **fixed}, name="epochs")
+        total = 0
+        for st in r.stages:
+            if st.type == "prune":
+                total += st.steps * st.recovery.epochs
+            if st.type == "quantize" and st.qat is not None:
+                total += st.qat.epochs
+        best = max(best, total)
+    return max(best, 1)
 
 
 class Search:
@@ -121,12 +126,15 @@ class Search:
             raise RecipeError(f"search.variant {self.variant!r} is not a variant of {recipe.name}")
         self.cache_dir, self.out_dir, self.reporter, self.remote = cache_dir, out_dir, reporter, remote
         self.trials = trials if trials is not None else self.cfg.trials
-        import os
-
         self.threads = threads or recipe.threads or os.cpu_count() or 1
-        identity = json.dumps({"variant": self.variant, "search": self.cfg.model_dump(mode="json")}, sort_keys=True)
-        base = json.dumps(_dump(variant_recipe(recipe, self.variant)), sort_keys=True, default=str)
-        self.study_name = f"{recipe.name}-{hashlib.sha256((identity + base).encode()).hexdigest()[:12]}"
+        # The study is named by what shapes a trial's result: the variant's chain (as its trials build it), the space,
+        # the budget, fidelity, pairs and reference; not the trial count (raising it extends the study), the cache
+        # settings or the other variants.
+        shaping = self.cfg.model_dump(mode="json", exclude={"trials"})
+        chain = _dump(chain_recipe(recipe, self.variant, {}, name=recipe.name))
+        identity = json.dumps({"search": shaping, "chain": chain}, sort_keys=True, default=str)
+        self.study_name = f"{recipe.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+        self.data = variant_recipe(recipe, self.variant).data  # the variant's data: latency samples and test
 
     # ------------------------------------------------------------------------------------------------- builds
 
@@ -199,9 +207,9 @@ class Search:
 
     def run_trial(self, trial: Any, reference: Engine, samples: Path) -> float:
         optuna = require("optuna", purpose="run edgeres search")
-        from edgeres.paired import paired_latency
 
         values = self.suggest(trial)
+        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
         faults.point("search:trial")
         rungs = self.cfg.fidelity.rungs if self.cfg.fidelity else [None]
         ratio: dict[str, Any] | None = None
@@ -212,19 +220,23 @@ class Search:
                 at[self.cfg.fidelity.path] = rung  # type: ignore[union-attr]
             recipe = chain_recipe(self.recipe, self.variant, at, name=f"{self.recipe.name}-trial")
             self.reporter.log(f"search trial {trial.number}: {at}")
-            result = self.build(recipe)
+            try:
+                result = self.build(recipe)
+            except StageError as exc:  # e.g. quantize's own budget missed: a failed trial, not a failed search
+                self.reporter.log(f"search trial {trial.number}: its build failed: {exc}")
+                trial.set_user_attr("failed", str(exc)[:2000])
+                return 2 * PENALTY
             val = self.val_top1(result, "main")
             engine = result.variants["main"]
-            if ratio is None:  # the architecture and precision, not the training budget, set the latency
-                ratio = paired_latency(
-                    _spec(reference.artifact, reference.label),
-                    _spec(engine, f"trial {trial.number}"),
-                    samples,
-                    threads=self.threads,
-                    pairs=self.cfg.pairs,
-                )
+            # Timed at the first rung and again at the last: quantize's choices (layers kept in float) can follow
+            # the val drop, and with them the engine's speed.
+            if ratio is None or (rung == rungs[-1] and str(engine.path) != trial.user_attrs.get("timed")):
+                ratio = self.timed(reference, engine, samples, f"trial {trial.number}")
+                trial.set_user_attr("timed", str(engine.path))
             drop = reference.val_top1 - val
             score = ratio["latency_ratio"]["median"] if drop <= self.cfg.max_drop else PENALTY + drop
+            if not ratio["control_ok"]:  # the host was too noisy to claim a speed: never chosen
+                score = PENALTY + max(drop, 0.0) + 0.5
             trial.set_user_attr("val_top1", val)
             trial.set_user_attr("rung", rung)
             trial.set_user_attr("engine", str(engine.path))
@@ -240,6 +252,25 @@ class Search:
                 if rung != rungs[-1] and trial.should_prune():
                     raise optuna.TrialPruned()
         return score
+
+    def timed(self, reference: Engine, engine: Artifact, samples: Path, label: str) -> dict[str, Any]:
+        """The paired protocol against the reference engine; measured once more when its A/A control fails."""
+        from edgeres.paired import paired_latency
+
+        for attempt in (1, 2):
+            ratio = paired_latency(
+                _spec(reference.artifact, reference.label),
+                _spec(engine, label),
+                samples,
+                threads=self.threads,
+                pairs=self.cfg.pairs,
+            )
+            if ratio["control_ok"]:
+                break
+            self.reporter.log(
+                f"search {label}: A/A control read {ratio['control']['median']:.3f} (attempt {attempt}): too noisy"
+            )
+        return ratio
 
     def run(self) -> dict[str, Any]:
         optuna = require("optuna", purpose="run edgeres search")
@@ -258,19 +289,33 @@ class Search:
             if todo:
                 study.optimize(lambda t: self.run_trial(t, reference, samples), n_trials=todo, catch=())
         trials = [_row(t, self.cfg) for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-        front = pareto([t for t in trials if t["state"] == "COMPLETE"])
+        front = pareto(
+            [t for t in trials if t["state"] == "COMPLETE" and None not in (t["val_top1"], t["latency_ratio"])]
+        )
         within = [
-            t for t in trials if t["state"] == "COMPLETE" and reference.val_top1 - t["val_top1"] <= self.cfg.max_drop
+            t
+            for t in trials
+            if t["state"] == "COMPLETE"
+            and t["val_top1"] is not None
+            and t["control_ok"]
+            and reference.val_top1 - t["val_top1"] <= self.cfg.max_drop
         ]
         chosen = min(within, key=lambda t: (t["latency_ratio"], -t["val_top1"])) if within else None
         test = None
-        if chosen is not None:  # a finished search run again reports its one reading, it does not read test again
-            stored = study.user_attrs.get("test")
-            if stored is not None and stored.get("chosen_trial") == chosen["number"]:
-                test = stored
+        if chosen is not None:  # a finished search run again reports its reading; it reads test only for a new choice
+            readings = list(study.user_attrs.get("test_readings", []))
+            if readings and readings[-1].get("chosen_trial") == chosen["number"]:
+                test = readings[-1]
             else:
                 test = {**self.read_test_once(reference, chosen), "chosen_trial": chosen["number"]}
-                study.set_user_attr("test", test)
+                readings.append(test)
+                study.set_user_attr("test_readings", readings)
+            test = {**test, "readings": len(readings)}
+            if len(readings) > 1:
+                self.reporter.log(
+                    f"search: test has now been read {len(readings)} times in this study (the choice changed after "
+                    "more trials); each reading is kept in the journal and counted in the report"
+                )
         out = {
             "schema": "edgeres.search/1",
             "recipe": self.recipe.name,
@@ -297,7 +342,7 @@ class Search:
         np = require("numpy")
         from edgeres.data import load_data
 
-        data = load_data(self.recipe.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
+        data = load_data(self.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
         xs, _ = next(data.numpy_batches(data.val, 16))
         path = self.out_dir / "search" / "latency-samples.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,29 +363,41 @@ class Search:
             study_name=self.study_name,
             storage=storage,
             direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=self.cfg.seed),
+            # Seeded by the trials already in the study too: a resumed search does not draw its first values again.
+            sampler=optuna.samplers.TPESampler(seed=self.cfg.seed + 1_000_003 * self._trials_in(storage)),
             pruner=pruner,
             load_if_exists=True,
         )
-        for t in study.trials:  # a killed search: its running trial is tried again with the same values
-            if t.state == optuna.trial.TrialState.RUNNING:
-                study.enqueue_trial(t.params)
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        for t in study.trials:  # a killed search on this host: its running trial is tried again with its values
+            owner = t.user_attrs.get("owner") or {}
+            if t.state == optuna.trial.TrialState.RUNNING and owner.get("host") == socket.gethostname():
+                if not _alive(int(owner.get("pid", 0))):
+                    study.enqueue_trial(t.params)
+                    storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            elif t.state == optuna.trial.TrialState.RUNNING:
+                self.reporter.log(
+                    f"search: trial {t.number} is running on {owner.get('host', 'an unknown host')} (left to it)"
+                )
         self.reporter.log(f"search study {self.study_name}: journal {journal}")
         return study
+
+    def _trials_in(self, storage: Any) -> int:
+        try:
+            study_id = storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return 0
+        return len(storage.get_all_trials(study_id, deepcopy=False))
 
     def read_test_once(self, reference: Engine, chosen: dict[str, Any]) -> dict[str, Any]:
         """The only reading of test: the chosen engine and the reference, with a paired bootstrap interval of the
         top-1 difference (per image)."""
         np = require("numpy")
         from edgeres.data import load_data
-        from edgeres.measure import measure_accuracy
+        from edgeres.measure import accuracy_batch_size, measure_accuracy
         from edgeres.runtimes import open_runner
 
-        data = load_data(self.recipe.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
-        batches = list(data.numpy_batches(data.test, 64))
-        labels = np.concatenate([y for _, y in batches])
-        correct = {}
+        data = load_data(self.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
+        correct: dict[str, Any] = {}
         for name, art in (("reference", reference.artifact), ("chosen", read_artifact(Path(chosen["engine"])))):
             assert art is not None
             spec = _spec(art, name)
@@ -348,7 +405,9 @@ class Search:
 
             with open_runner(spec.runtime, Path(spec.path), fmt=spec.fmt, threads=self.threads,
                              settings=RuntimeSettings.from_dict(spec.settings)) as runner:  # fmt: skip
+                batches = list(data.numpy_batches(data.test, accuracy_batch_size(runner.max_batch)))
                 _, predictions = measure_accuracy(runner, batches)
+            labels = np.concatenate([y for _, y in batches])
             correct[name] = np.asarray(predictions) == labels
         diff = correct["chosen"].astype(float) - correct["reference"].astype(float)
         rng = np.random.default_rng(0)
@@ -385,6 +444,18 @@ class Search:
             self.reporter.log(f"search: front.png not drawn ({type(exc).__name__}: {exc})")
 
 
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _spec(art: Artifact, label: str) -> Any:
     """The paired protocol's spec of a build's engine: its runtime and settings from the manifest beside it."""
     from edgeres.bench import _runtime_for, _settings, locate
@@ -415,6 +486,7 @@ def _row(t: Any, cfg: Any) -> dict[str, Any]:
         "control_ok": lat.get("control_ok"),
         "control": (t.user_attrs.get("control") or {}).get("median"),
         "engine": t.user_attrs.get("engine"),
+        "failed": t.user_attrs.get("failed"),
         "score": t.value,
     }
 
@@ -485,7 +557,10 @@ def markdown(out: dict[str, Any]) -> str:
             f"{test['images']} test images: chosen {100 * test['chosen_top1']:.2f}%, reference "
             f"{100 * test['reference_top1']:.2f}%, difference {test['difference_points']:+.2f} points (paired "
             f"bootstrap 95% CI {test['difference_ci95_points'][0]:+.2f} to {test['difference_ci95_points'][1]:+.2f}). "
-            "The only reading of test in this search.",
+            "The only reading of test in this search."
+            if test.get("readings", 1) == 1
+            else f"Test has been read {test['readings']} times in this study (the choice changed as trials were "
+            "added); every reading is kept in its journal.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -122,7 +122,7 @@ def test_bench_against_prints_the_ratio_its_interval_and_the_control(tmp_path: P
         str(tmp_path / "p.json"),
     )
     assert res.code == 0, res.stderr
-    assert "heavy (onnxruntime) against light (onnxruntime), 4 pairs of 20 queries" in res.stdout
+    assert "heavy (onnxruntime) against light (onnxruntime), 6 pairs of 20 queries" in res.stdout  # whole rotations
     assert (
         "latency ratio" in res.stdout and "95% CI" in res.stdout and "A/A control (light against itself)" in res.stdout
     )
@@ -160,7 +160,7 @@ def test_benchmark_paired_times_each_variant_against_the_baseline(base_build: An
     rows = {r["variant"]: r for r in report["results"]}
     assert "paired" not in rows["ort"]
     p = rows["ov"]["paired"]
-    assert p["against"] == "ort on onnxruntime" and p["latency_ratio"]["pairs"] == 3
+    assert p["against"] == "ort on onnxruntime" and p["latency_ratio"]["pairs"] == 6  # 3, rounded to rotations
     assert p["speedup"]["median"] > 0 and "control_ok" in p and p["protocol"]["block_queries"] == 2
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## Paired latency against the baseline" in md and "| ov | openvino | ort on onnxruntime |" in md

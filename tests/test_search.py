@@ -4,6 +4,7 @@ figures are not meaningful, the mechanics are."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from conftest import TINY_FINETUNE, TINY_LATENCY, TINY_OFFLINE, Build, as_recipe, quiet_reporter, tiny_recipe
 
 from edgeres import faults
+from edgeres import search as search_module
 from edgeres.artifact import read_artifact
 from edgeres.errors import DataError
 from edgeres.search import Search, extra_epochs, pareto
@@ -90,6 +92,9 @@ def searched(base_build: Build, tmp_path_factory: pytest.TempPathFactory) -> dic
         events.append(f"test sealed={test_sealed() is not None}")
         return real_test(self, *a)
 
+    # The tiny engines run in about half a millisecond: on a loaded host their A/A control can miss +-5% (a
+    # trial timed then is never chosen: test_paired covers that rule); here the search's mechanics are under test.
+    mp.setattr("edgeres.paired.AA_TOLERANCE", 10.0)
     mp.setattr(Search, "run_trial", trial)
     mp.setattr(Search, "read_test_once", test_once)
     try:
@@ -138,12 +143,14 @@ def test_a_killed_search_resumes_with_the_same_trial(
     with pytest.raises(faults.InjectedCrash):
         Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter(), trials=3).run()
     monkeypatch.delenv(faults.ENV)
+    monkeypatch.setattr(search_module, "_alive", lambda pid: False)  # the crashed process (this one, here) is gone
     search = Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter(), trials=3)
     running = [t for t in _study(search).trials if t.state.name == "RUNNING"]
     assert len(running) == 1 and len([t for t in _study(search).trials if t.state.name != "RUNNING"]) == 2
     out = search.run()
     done = [t for t in out["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
     assert len(done) == 3 and done[-1]["params"] == running[0].params  # the crashed trial's values, tried again
+    assert len({json.dumps(t["params"], sort_keys=True) for t in done}) == 3  # a resumed sampler draws anew
     assert [t.state.name for t in _study(search).trials].count("FAIL") == 1
 
 
@@ -153,3 +160,51 @@ def _study(search: Search) -> Any:
     journal = search.cache_dir / "search" / f"{search.study_name}.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     return optuna.load_study(study_name=search.study_name, storage=storage)
+
+
+def test_a_trial_whose_build_fails_is_recorded_and_the_search_goes_on(
+    searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's build that fails a check (quantize missing its own budget, say) scores as failed; the search goes
+    on, chooses nothing from it and reads no test."""
+    from edgeres.errors import StageError
+
+    cache = tmp_path / "cache"
+    shutil.copytree(searched["cache"], cache)
+    real = Search.build
+
+    def build(self: Search, recipe: Any) -> Any:
+        if recipe.name.endswith("-trial"):
+            raise StageError("quantize: the accuracy budget cannot be held")
+        return real(self, recipe)
+
+    monkeypatch.setattr(Search, "build", build)
+    recipe = as_recipe(search_recipe(max_drop=0.01, seed=7))  # another study: no trial of the fixture's
+    out = Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter()).run()
+    assert [t["failed"] for t in out["trials"]] == ["quantize: the accuracy budget cannot be held"] * 2
+    assert out["chosen"] is None and out["test"] is None
+
+
+def test_a_trial_timed_on_a_noisy_host_is_never_chosen(
+    searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An A/A control outside 1.00 +- 0.05 twice (measured again once): the trial keeps its readings but is never
+    chosen, so no test is read. The protocol's reading stands in here (edgeres.paired.paired_latency)."""
+    import edgeres.paired
+
+    calls: list[int] = []
+
+    def noisy(*a: Any, **kw: Any) -> dict[str, Any]:
+        calls.append(1)
+        ratio = {"median": 0.5, "ci95": [0.4, 0.6], "pairs": 6}
+        return {"latency_ratio": ratio, "speedup": {"median": 2.0, "ci95": [1.7, 2.5]},
+                "control": {"median": 1.2, "ci95": [1.1, 1.3]}, "control_ok": False}  # fmt: skip
+
+    monkeypatch.setattr(edgeres.paired, "paired_latency", noisy)
+    cache = tmp_path / "cache"
+    shutil.copytree(searched["cache"], cache)
+    recipe = as_recipe(search_recipe(fidelity=None, trials=1, seed=3))
+    out = Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter()).run()
+    (trial,) = out["trials"]
+    assert trial["control_ok"] is False and trial["speedup"] == 2.0 and len(calls) == 2
+    assert out["chosen"] is None and out["test"] is None
