@@ -245,6 +245,7 @@ def bench_against(
     pairs: int,
     block: int,
     json_out: Path | None,
+    sessions: int = 1,
     public_keys: list[Path] | tuple[Path, ...] = (),
     integrity_only: bool = False,
 ) -> dict[str, Any]:
@@ -270,7 +271,9 @@ def bench_against(
         npz = Path(tmp) / "samples.npz"
         rng = np.random.default_rng(0)
         np.savez(npz, x=rng.standard_normal((16, *known[0]), dtype=np.float32))
-        result = paired_latency(engines[0], engines[1], npz, threads=threads, pairs=pairs, block=block)
+        result = paired_latency(
+            engines[0], engines[1], npz, threads=threads, pairs=pairs, block=block, sessions=sessions
+        )
     report = {
         "schema": "edgeres.paired/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -271,6 +271,13 @@ def doctor() -> None:
     "median of paired ratios with a 95% interval, an A/A control).",
 )
 @click.option("--pairs", type=click.IntRange(min=2), default=30, show_default=True, help="--against: pairs.")
+@click.option(
+    "--sessions",
+    type=click.IntRange(min=1, max=100),
+    default=1,
+    show_default=True,
+    help="--against: sessions the pairs are split over, fresh processes each (a two-stage interval).",
+)
 def bench(
     artifact: str,
     runtime: str | None,
@@ -284,6 +291,7 @@ def bench(
     json_out: str | None,
     against: str | None,
     pairs: int,
+    sessions: int,
 ) -> None:
     from edgeres.bench import bench_against, bench_artifact
 
@@ -294,6 +302,7 @@ def bench(
             runtime=runtime,
             threads=threads,
             pairs=pairs,
+            sessions=sessions,
             block=20,
             json_out=Path(json_out) if json_out else None,
             public_keys=[Path(k) for k in keys],
@@ -328,7 +337,8 @@ def paired_text(p: dict[str, Any]) -> str:
     r, c, ratio, speed = p["reference"], p["candidate"], p["latency_ratio"], p["speedup"]
     lines = [
         f"{c['label']} ({c['runtime']}) against {r['label']} ({r['runtime']}), {ratio['pairs']} pairs of "
-        f"{p['protocol']['block_queries']} queries, cores {p['protocol']['cores']}:",
+        f"{p['protocol']['block_queries']} queries in {p['protocol']['sessions']} session(s), cores "
+        f"{p['protocol']['cores']}:",
         f"  p50 {c['p50_ms']:.3f} ms against {r['p50_ms']:.3f} ms; latency ratio {ratio['median']:.3f} "
         f"(95% CI {ratio['ci95'][0]:.3f}-{ratio['ci95'][1]:.3f}): {speed['median']:.2f}x "
         f"(95% CI {speed['ci95'][0]:.2f}-{speed['ci95'][1]:.2f}x)",

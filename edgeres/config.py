@@ -496,6 +496,9 @@ class Paired(Strict):
 
     pairs: int = Field(30, ge=2, le=1000, description="Pairs of blocks (the protocol asks at least 30).")
     block: int = Field(20, ge=1, le=1000, description="Single-stream queries per engine per pair.")
+    sessions: int = Field(
+        1, ge=1, le=100, description="Sessions the pairs are split over, fresh processes each (a two-stage interval)."
+    )
 
 
 class BenchmarkStage(StageBase):
@@ -692,4 +695,5 @@ class SearchConfig(Strict):
     )
     fidelity: SearchFidelity | None = Field(None, description="Successive halving over a training budget.")
     pairs: int = Field(30, ge=2, le=1000, description="Pairs of the paired latency protocol per trial.")
+    sessions: int = Field(1, ge=1, le=100, description="Sessions those pairs are split over (fresh processes each).")
     reference: SearchReference = Field(default_factory=lambda: SearchReference())

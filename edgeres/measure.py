@@ -195,24 +195,42 @@ BOOTSTRAP_RESAMPLES = 10_000
 
 
 def bootstrap_median_ci(
-    values: list[float], *, confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+    values: list[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    groups: list[int] | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of `values` (resampled with replacement, seeded)."""
+    """Percentile bootstrap interval of the median of `values` (resampled with replacement, seeded). With `groups`
+    (each value's session), two stages: sessions are resampled, then values within each drawn session, so the
+    interval carries the spread between sessions as well as within them."""
     np = require("numpy")
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         raise ValueError("a bootstrap interval needs at least two values")
     rng = np.random.default_rng(seed)
+    if groups is not None and len(set(groups)) > 1:
+        g = np.asarray(groups)
+        members = [np.flatnonzero(g == k) for k in sorted(set(groups))]
+        medians = np.empty(resamples)
+        for r in range(resamples):
+            drawn = rng.integers(0, len(members), size=len(members))
+            picked = np.concatenate([m[rng.integers(0, m.size, size=m.size)] for m in (members[d] for d in drawn)])
+            medians[r] = np.median(v[picked])
+        lo, hi = np.quantile(medians, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+        return float(lo), float(hi)
     medians = np.median(v[rng.integers(0, v.size, size=(resamples, v.size))], axis=1)
     lo, hi = np.quantile(medians, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     return float(lo), float(hi)
 
 
-def paired_summary(ratios: list[float], *, seed: int = 0) -> dict[str, Any]:
-    """The claim statistic of paired ratios: their median, its bootstrap 95% interval, the range and the count."""
+def paired_summary(ratios: list[float], *, seed: int = 0, sessions: list[int] | None = None) -> dict[str, Any]:
+    """The claim statistic of paired ratios: their median, its bootstrap 95% interval (two-stage over `sessions`,
+    each ratio's session, where there are several), the range, the count and each session's median."""
     import statistics
 
-    lo, hi = bootstrap_median_ci(ratios, seed=seed)
+    lo, hi = bootstrap_median_ci(ratios, seed=seed, groups=sessions)
     return {
         "median": statistics.median(ratios),
         "ci95": [lo, hi],
@@ -220,6 +238,12 @@ def paired_summary(ratios: list[float], *, seed: int = 0) -> dict[str, Any]:
         "max": max(ratios),
         "pairs": len(ratios),
         "ratios": [round(r, 5) for r in ratios],
+        "session_medians": [
+            statistics.median([r for r, k in zip(ratios, sessions, strict=True) if k == s])
+            for s in sorted(set(sessions or [0]))
+        ]
+        if sessions
+        else [statistics.median(ratios)],
     }
 
 

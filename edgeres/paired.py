@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,7 +56,6 @@ class _Child:
     spec: EngineSpec
     proc: subprocess.Popen[str]
     log: Any  # its stderr, a temporary file (a pipe nobody drains could fill and block it)
-    blocks: list[list[float]] = field(default_factory=list)
 
     def errors(self) -> str:
         """What it wrote to stderr (after ending it, so a hung child cannot block the read)."""
@@ -96,51 +95,64 @@ def paired_latency(
     cores: list[int] | None = None,
     control: bool = True,
     seed: int = 0,
+    sessions: int = 1,
 ) -> dict[str, Any]:
     """Candidate against reference by the protocol above. `samples_npz` holds `x` (float32 NCHW images, batch 1 is
-    taken from them in turn). Returns the candidate/reference latency ratio (median of paired ratios, 95% interval),
-    the speed-up (its inverse), each engine's median latency, the A/A control and whether it held."""
+    taken from them in turn). With `sessions` > 1 the pairs are split over that many sessions, each with fresh
+    processes, and the interval is bootstrapped in two stages (sessions, then pairs), so it carries the drift between
+    sessions too. Returns the candidate/reference latency ratio (median of paired ratios, 95% interval), the speed-up
+    (its inverse), each engine's median latency, the A/A control and whether it held."""
     if pairs < 2 or block < 1:
         raise StageError(f"a paired comparison needs at least 2 pairs and 1 query per block (got {pairs}, {block})")
+    if sessions < 1:
+        raise StageError(f"a paired comparison needs at least 1 session (got {sessions})")
     rotations = 6 if control else 2  # the orders of the engines: each comes first, second (and third) equally often
-    pairs = -(-pairs // rotations) * rotations
+    per_session = -(-pairs // (rotations * sessions)) * rotations
+    pairs = per_session * sessions
     cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
     specs = {"reference": reference, "candidate": candidate}
     if control:
         specs["control"] = reference
-    children: dict[str, _Child] = {}
-    try:
-        for name, spec in specs.items():
-            children[name] = _start(spec, samples_npz, threads=threads, cores=cores, warmup=warmup)
-        orders = list(itertools.permutations(children))
-        t0 = time.monotonic()
-        for i in range(pairs):
-            for name in orders[i % len(orders)]:
-                children[name].blocks.append(json.loads(children[name].send(f"run {block}")))
-        seconds = time.monotonic() - t0
-    finally:
-        for child in children.values():
-            _stop(child)
-    ref = [_median(b) for b in children["reference"].blocks]
-    cand = [_median(b) for b in children["candidate"].blocks]
-    ratio = paired_summary([c / r for c, r in zip(cand, ref, strict=True)], seed=seed)
+    blocks: dict[str, list[list[float]]] = {name: [] for name in specs}
+    session_of: list[int] = []
+    t0 = time.monotonic()
+    for session in range(sessions):
+        children: dict[str, _Child] = {}
+        try:
+            for name, spec in specs.items():
+                children[name] = _start(spec, samples_npz, threads=threads, cores=cores, warmup=warmup)
+            orders = list(itertools.permutations(children))
+            for i in range(per_session):
+                for name in orders[i % len(orders)]:
+                    blocks[name].append(json.loads(children[name].send(f"run {block}")))
+                session_of.append(session)
+        finally:
+            for child in children.values():
+                _stop(child)
+    seconds = time.monotonic() - t0
+    ref = [_median(b) for b in blocks["reference"]]
+    cand = [_median(b) for b in blocks["candidate"]]
+    grouped = session_of if sessions > 1 else None
+    ratio = paired_summary([c / r for c, r in zip(cand, ref, strict=True)], seed=seed, sessions=grouped)
     out: dict[str, Any] = {
         "protocol": {
             "pairs": pairs,
+            "sessions": sessions,
             "block_queries": block,
             "warmup_queries": warmup,
             "cores": cores,
             "threads": threads,
-            "processes": "one per engine, pinned to the cores above, in rotating alternation",
-            "statistic": "median of paired ratios (candidate / reference latency), bootstrap 95% interval",
+            "processes": "one per engine and session, pinned to the cores above, in rotating alternation",
+            "statistic": "median of paired ratios (candidate / reference latency), bootstrap 95% interval"
+            + (" (two-stage: sessions, then pairs)" if sessions > 1 else ""),
         },
         "reference": {
             "label": reference.label,
-            "p50_ms": _median([q for b in children["reference"].blocks for q in b]),
+            "p50_ms": _median([q for b in blocks["reference"] for q in b]),
         },
         "candidate": {
             "label": candidate.label,
-            "p50_ms": _median([q for b in children["candidate"].blocks for q in b]),
+            "p50_ms": _median([q for b in blocks["candidate"] for q in b]),
         },
         "latency_ratio": ratio,
         "speedup": {
@@ -150,8 +162,8 @@ def paired_latency(
         "seconds": round(seconds, 2),
     }
     if control:
-        ctl = [_median(b) for b in children["control"].blocks]
-        aa = paired_summary([c / r for c, r in zip(ctl, ref, strict=True)], seed=seed + 1)
+        ctl = [_median(b) for b in blocks["control"]]
+        aa = paired_summary([c / r for c, r in zip(ctl, ref, strict=True)], seed=seed + 1, sessions=grouped)
         out["control"] = aa
         out["control_ok"] = abs(aa["median"] - 1.0) <= AA_TOLERANCE
     return out

@@ -264,6 +264,7 @@ class Search:
                 samples,
                 threads=self.threads,
                 pairs=self.cfg.pairs,
+                sessions=self.cfg.sessions,
             )
             if ratio["control_ok"]:
                 break

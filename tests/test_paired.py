@@ -61,6 +61,21 @@ def test_bootstrap_interval_is_seeded_and_holds_the_median() -> None:
     assert s["median"] == pytest.approx(0.535) and s["pairs"] == 4 and s["min"] == 0.5 and s["max"] == 0.6
 
 
+def test_a_two_stage_interval_carries_the_spread_between_sessions() -> None:
+    """Three sessions whose ratios sit at 1.0, 1.1 and 1.2 (tight within each): pooled, the median's interval stays
+    between them; resampling sessions first widens it to span them."""
+    rng = np.random.default_rng(0)
+    values = [m + 0.002 * rng.standard_normal() for m in (1.0, 1.1, 1.2) for _ in range(10)]
+    groups = [k for k in range(3) for _ in range(10)]
+    lo1, hi1 = bootstrap_median_ci(values, seed=1)
+    lo2, hi2 = bootstrap_median_ci(values, seed=1, groups=groups)
+    assert lo1 > 1.03 and hi1 < 1.17  # pooled: the outer sessions never move the median to their level
+    assert lo2 < 1.01 and hi2 > 1.19  # sessions resampled: a draw of mostly one outer session can
+    assert bootstrap_median_ci(values, seed=1, groups=[0] * 30) == (lo1, hi1)  # one session: the plain bootstrap
+    s = paired_summary(values, sessions=groups)
+    assert [round(m, 1) for m in s["session_medians"]] == [1.0, 1.1, 1.2]
+
+
 def test_paired_latency_runs_each_engine_in_its_own_process_in_alternation(tmp_path: Path) -> None:
     light = gemm_chain(tmp_path / "light.onnx", 2)
     heavy = gemm_chain(tmp_path / "heavy.onnx", 16)
@@ -165,3 +180,14 @@ def test_benchmark_paired_times_each_variant_against_the_baseline(base_build: An
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## Paired latency against the baseline" in md and "| ov | openvino | ort on onnxruntime |" in md
     assert "paired: ov on openvino against ort on onnxruntime" in log
+
+
+def test_sessions_start_fresh_processes_and_split_the_pairs(tmp_path: Path) -> None:
+    light = gemm_chain(tmp_path / "light.onnx", 2)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32))
+    settings = RuntimeSettings("onnxruntime").to_dict()
+    spec = EngineSpec("onnxruntime", str(light), "onnx", settings, label="light")
+    out = paired_latency(spec, spec, npz, threads=1, pairs=7, block=1, warmup=1, cores=[0], sessions=2)
+    assert out["protocol"]["sessions"] == 2 and out["protocol"]["pairs"] == 12  # 7 -> 2 sessions of one rotation
+    assert len(out["latency_ratio"]["session_medians"]) == 2 and "two-stage" in out["protocol"]["statistic"]

@@ -143,7 +143,7 @@ def paired_row(
     against: EngineSpec, engine: EngineSpec, npz: Path, cfg: Paired, threads: int, log: Any
 ) -> dict[str, Any]:
     """The paired protocol's reading of `engine` against the baseline's, for the report row."""
-    p = paired_latency(against, engine, npz, threads=threads, pairs=cfg.pairs, block=cfg.block)
+    p = paired_latency(against, engine, npz, threads=threads, pairs=cfg.pairs, block=cfg.block, sessions=cfg.sessions)
     log(
         f"paired: {engine.label} on {engine.runtime} against {against.label} on {against.runtime}: "
         f"{p['speedup']['median']:.2f}x (95% CI {p['speedup']['ci95'][0]:.2f}-{p['speedup']['ci95'][1]:.2f}x), "
