@@ -208,3 +208,23 @@ def test_a_trial_timed_on_a_noisy_host_is_never_chosen(
     (trial,) = out["trials"]
     assert trial["control_ok"] is False and trial["speedup"] == 2.0 and len(calls) == 2
     assert out["chosen"] is None and out["test"] is None
+
+
+def test_the_command_reports_a_finished_search_without_running_it_again(
+    searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgeres search` on the fixture's recipe and cache: its trials are done and test was read, so the command
+    builds nothing new, reads no test and prints the stored choice."""
+    from conftest import run_cli, write_recipe
+
+    from edgeres import search as search_module
+
+    monkeypatch.setattr("edgeres.paired.AA_TOLERANCE", 10.0)
+    read: list[int] = []
+    monkeypatch.setattr(search_module.Search, "read_test_once", lambda *a: read.append(1))
+    recipe = write_recipe(tmp_path / "search.yaml", search_recipe())
+    res = run_cli("search", str(recipe), "--cache", str(searched["cache"]), "--out", str(tmp_path / "out"), "--quiet")
+    assert res.code == 0, res.stderr
+    chosen = searched["out"]["chosen"]
+    assert "search tiny: 2 trials" in res.stdout and f"chosen: trial {chosen['number']}" in res.stdout
+    assert read == [] and (tmp_path / "out" / "search" / "search.md").is_file()
