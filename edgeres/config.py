@@ -681,6 +681,16 @@ class SearchReference(Strict):
     )
 
 
+class SearchAgainst(Strict):
+    """A peer's engine the trials are timed against instead of the reference engine: a model from elsewhere (e.g.
+    NNCF's default PTQ of the same checkpoint), run with its runtime's defaults apart from the thread count."""
+
+    path: str = Field(description="The peer's model: an ONNX file or an OpenVINO IR .xml (relative to the recipe).")
+    runtime: Literal["onnxruntime", "openvino"] | None = Field(
+        None, description="Runtime it runs on; default: openvino for an .xml, onnxruntime for an ONNX."
+    )
+
+
 class SearchConfig(Strict):
     """`edgeres search RECIPE`: the fastest engine of a variant within a val accuracy budget."""
 
@@ -696,4 +706,12 @@ class SearchConfig(Strict):
     fidelity: SearchFidelity | None = Field(None, description="Successive halving over a training budget.")
     pairs: int = Field(30, ge=2, le=1000, description="Pairs of the paired latency protocol per trial.")
     sessions: int = Field(1, ge=1, le=100, description="Sessions those pairs are split over (fresh processes each).")
+    sizes: list[int] = Field(
+        default_factory=list,
+        description="Square input sizes latency is timed at (the weights at each size, latency only); empty: the "
+        "data's own size. The objective is the worst of them: the largest latency ratio.",
+    )
+    against: SearchAgainst | None = Field(
+        None, description="Time trials against this peer's engine; default: against the reference engine."
+    )
     reference: SearchReference = Field(default_factory=lambda: SearchReference())

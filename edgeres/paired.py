@@ -57,6 +57,8 @@ class _Child:
     proc: subprocess.Popen[str]
     log: Any  # its stderr, a temporary file (a pipe nobody drains could fill and block it)
 
+    configuration: dict[str, Any] | None = None  # the runtime's settings as it reports them back, once loaded
+
     def errors(self) -> str:
         """What it wrote to stderr (after ending it, so a hung child cannot block the read)."""
         if self.proc.poll() is None:
@@ -115,12 +117,14 @@ def paired_latency(
         specs["control"] = reference
     blocks: dict[str, list[list[float]]] = {name: [] for name in specs}
     session_of: list[int] = []
+    configuration: dict[str, Any] = {}
     t0 = time.monotonic()
     for session in range(sessions):
         children: dict[str, _Child] = {}
         try:
             for name, spec in specs.items():
                 children[name] = _start(spec, samples_npz, threads=threads, cores=cores, warmup=warmup)
+                configuration.setdefault(name, children[name].configuration)
             orders = list(itertools.permutations(children))
             for i in range(per_session):
                 for name in orders[i % len(orders)]:
@@ -154,6 +158,7 @@ def paired_latency(
             "label": candidate.label,
             "p50_ms": _median([q for b in blocks["candidate"] for q in b]),
         },
+        "configuration": configuration,  # each engine's runtime settings as read back from the runtime
         "latency_ratio": ratio,
         "speedup": {
             "median": 1.0 / ratio["median"],
@@ -206,6 +211,7 @@ def _start(spec: EngineSpec, samples_npz: Path, *, threads: int, cores: list[int
         errors = child.errors()
         _stop(child)
         raise StageError(f"{spec.label or spec.path} on {spec.runtime} could not be loaded for timing: {errors}")
+    child.configuration = json.loads(ready[len("ready") :] or "null")
     return child
 
 
@@ -248,7 +254,8 @@ def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
     ) as runner:
         for i in range(int(spec["warmup"])):
             runner.infer(samples[i % len(samples)])
-        stdout.write("ready\n")
+        configuration = {"version": runner.version(), **runner.effective()}
+        stdout.write("ready " + json.dumps(configuration, default=str) + "\n")
         stdout.flush()
         i = 0
         for line in stdin:

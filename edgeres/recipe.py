@@ -337,6 +337,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     keys = raw["cache"].get("trusted_keys") if isinstance(raw.get("cache"), dict) else None
     if isinstance(keys, list):
         raw["cache"]["trusted_keys"] = [str((base / k).resolve()) if isinstance(k, str) else k for k in keys]
+    against = raw["search"].get("against") if isinstance(raw.get("search"), dict) else None
+    if isinstance(against, dict):
+        resolve(against, "path")
     for st in raw.get("stages") or []:
         if isinstance(st, dict) and st.get("type") == "finetune":
             resolve(st, "weights")

@@ -41,6 +41,7 @@ from edgeres.errors import RecipeError, StageError
 from edgeres.progress import Reporter
 from edgeres.recipe import Recipe, recipe_from_mapping, variant_recipe
 from edgeres.recipe_yaml import apply_override
+from edgeres.resize import at_size, digest_files, images_at, model_files
 
 SEALED_WHY = "edgeres search decides on val; test is read once, at its end"
 PENALTY = 1000.0  # a trial over budget scores this plus its drop: worse than any trial within budget
@@ -117,6 +118,7 @@ class Search:
         trials: int | None = None,
         threads: int | None = None,
         remote: Any = None,
+        against: dict[Any, Any] | None = None,
     ) -> None:
         if recipe.search is None:
             raise RecipeError(f"recipe {recipe.name} has no search: block; add one (README: edgeres search)")
@@ -130,11 +132,42 @@ class Search:
         # The study is named by what shapes a trial's result: the variant's chain (as its trials build it), the space,
         # the budget, fidelity, pairs and reference; not the trial count (raising it extends the study), the cache
         # settings or the other variants.
+        self.against = dict(against) if against else self._against_from_recipe()
         shaping = self.cfg.model_dump(mode="json", exclude={"trials"})
+        if not shaping.get("sizes"):  # left out at their defaults: studies named before they existed keep their names
+            shaping.pop("sizes", None)
+        shaping.pop("against", None)
+        if self.against:  # the peer by its content and how it runs, not by where it lies
+            shaping["against"] = {
+                str(size): {
+                    "files": digest_files(model_files(Path(spec.path))),
+                    "runtime": spec.runtime,
+                    "settings": spec.settings,
+                }
+                for size, spec in sorted(self.against.items(), key=lambda kv: str(kv[0]))
+            }
         chain = _dump(chain_recipe(recipe, self.variant, {}, name=recipe.name))
         identity = json.dumps({"search": shaping, "chain": chain}, sort_keys=True, default=str)
         self.study_name = f"{recipe.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
         self.data = variant_recipe(recipe, self.variant).data  # the variant's data: latency samples and test
+
+    def _against_from_recipe(self) -> dict[Any, Any] | None:
+        """`search.against`: one peer engine for every size (key "*"), run with its runtime's defaults."""
+        from edgeres.paired import EngineSpec
+        from edgeres.runtimes.settings import RuntimeSettings
+
+        peer = self.cfg.against
+        if peer is None:
+            return None
+        path = Path(peer.path)
+        if not path.is_file() or path.suffix not in (".onnx", ".xml"):
+            raise RecipeError(
+                f"search.against.path {peer.path}: not an ONNX file or OpenVINO IR .xml here; give the peer's model"
+            )
+        runtime = peer.runtime or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+        fmt = "openvino" if path.suffix == ".xml" else "onnx"
+        settings = RuntimeSettings(runtime, runtime_defaults=True).to_dict()
+        return {"*": EngineSpec(runtime, str(path), fmt, settings, label=f"peer {path.name}")}
 
     # ------------------------------------------------------------------------------------------------- builds
 
@@ -205,7 +238,7 @@ class Search:
                     values[path] = trial.suggest_float(path, p.low, p.high, step=p.step, log=p.log)
         return values
 
-    def run_trial(self, trial: Any, reference: Engine, samples: Path) -> float:
+    def run_trial(self, trial: Any, reference: Engine, samples: dict[int, Path]) -> float:
         optuna = require("optuna", purpose="run edgeres search")
 
         values = self.suggest(trial)
@@ -240,7 +273,7 @@ class Search:
             trial.set_user_attr("val_top1", val)
             trial.set_user_attr("rung", rung)
             trial.set_user_attr("engine", str(engine.path))
-            trial.set_user_attr("latency", {k: ratio[k] for k in ("latency_ratio", "speedup", "control_ok")})
+            trial.set_user_attr("latency", {k: ratio[k] for k in ("latency_ratio", "speedup", "control_ok", "by_size")})
             trial.set_user_attr("control", ratio.get("control"))
             self.reporter.log(
                 f"search trial {trial.number}: val top-1 {val:.4f} (drop {100 * drop:+.2f} pts), latency ratio "
@@ -253,25 +286,48 @@ class Search:
                     raise optuna.TrialPruned()
         return score
 
-    def timed(self, reference: Engine, engine: Artifact, samples: Path, label: str) -> dict[str, Any]:
-        """The paired protocol against the reference engine; measured once more when its A/A control fails."""
+    def timed(self, reference: Engine, engine: Artifact, samples: dict[int, Path], label: str) -> dict[str, Any]:
+        """The paired protocol at each size against the peer (`against`) or the reference engine; a size whose A/A
+        control fails is measured once more. The result is the worst size's (the largest latency ratio: the
+        smallest speed-up), with every size's in `by_size`."""
         from edgeres.paired import paired_latency
 
-        for attempt in (1, 2):
-            ratio = paired_latency(
-                _spec(reference.artifact, reference.label),
-                _spec(engine, label),
-                samples,
-                threads=self.threads,
-                pairs=self.cfg.pairs,
-                sessions=self.cfg.sessions,
-            )
-            if ratio["control_ok"]:
-                break
-            self.reporter.log(
-                f"search {label}: A/A control read {ratio['control']['median']:.3f} (attempt {attempt}): too noisy"
-            )
-        return ratio
+        by_size: dict[int, dict[str, Any]] = {}
+        for size, x in samples.items():
+            base = engine_spec(reference.artifact, reference.label)
+            if self.against:
+                base = self.against.get(size) or self.against.get(str(size)) or self.against["*"]
+            for attempt in (1, 2):
+                ratio = paired_latency(
+                    self._sized(base, size),
+                    self._sized(engine_spec(engine, label), size),
+                    x,
+                    threads=self.threads,
+                    pairs=self.cfg.pairs,
+                    sessions=self.cfg.sessions,
+                )
+                if ratio["control_ok"]:
+                    break
+                self.reporter.log(
+                    f"search {label} at {size}x{size}: A/A control read {ratio['control']['median']:.3f} (attempt "
+                    f"{attempt}): too noisy"
+                )
+            by_size[size] = ratio
+        worst = max(by_size.values(), key=lambda r: r["latency_ratio"]["median"])
+        return {
+            "latency_ratio": worst["latency_ratio"],
+            "speedup": worst["speedup"],
+            "control": worst.get("control"),
+            "control_ok": all(r["control_ok"] for r in by_size.values()),
+            "by_size": {str(size): _brief(r) for size, r in by_size.items()},
+        }
+
+    def _sized(self, spec: Any, size: int) -> Any:
+        """The engine at size x size: itself where that is its input, else a copy at that size (timing only)."""
+        from dataclasses import replace
+
+        path = at_size(Path(spec.path), size, self.cache_dir / "search" / "resized")
+        return spec if str(path) == spec.path else replace(spec, path=str(path), label=f"{spec.label} @{size}")
 
     def run(self) -> dict[str, Any]:
         optuna = require("optuna", purpose="run edgeres search")
@@ -329,6 +385,11 @@ class Search:
                 "val_top1": reference.val_top1,
                 "engine": str(reference.artifact.path),
             },
+            "latency": {
+                "sizes": sorted(int(k) for k in samples),
+                "against": {str(k): v.label for k, v in self.against.items()} if self.against else "the reference",
+                "objective": "the largest latency ratio over the sizes (the smallest speed-up)",
+            },
             "trials": trials,
             "front": [t["number"] for t in front],
             "chosen": chosen,
@@ -338,17 +399,23 @@ class Search:
         self.write(out)
         return out
 
-    def _samples(self) -> Path:
-        """Val images for the latency pairs (16, batch 1 in turn), in the search's folder."""
+    def _samples(self) -> dict[int, Path]:
+        """Val images for the latency pairs (16, batch 1 in turn) at each size, in the search's folder."""
         np = require("numpy")
         from edgeres.data import load_data
 
         data = load_data(self.data, seed=self.recipe.seed, cache_dir=self.cache_dir)
         xs, _ = next(data.numpy_batches(data.val, 16))
-        path = self.out_dir / "search" / "latency-samples.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x=np.asarray(xs, dtype=np.float32))
-        return path
+        xs = np.asarray(xs, dtype=np.float32)
+        own = int(xs.shape[2])
+        folder = self.out_dir / "search"
+        folder.mkdir(parents=True, exist_ok=True)
+        out: dict[int, Path] = {}
+        for size in self.cfg.sizes or [own]:
+            path = folder / ("latency-samples.npz" if size == own else f"latency-samples-{size}.npz")
+            np.savez(path, x=xs if size == own else images_at(xs, size))
+            out[size] = path
+        return out
 
     def _study(self, optuna: Any) -> Any:
         folder = self.cache_dir / "search"
@@ -401,7 +468,7 @@ class Search:
         correct: dict[str, Any] = {}
         for name, art in (("reference", reference.artifact), ("chosen", read_artifact(Path(chosen["engine"])))):
             assert art is not None
-            spec = _spec(art, name)
+            spec = engine_spec(art, name)
             from edgeres.runtimes.settings import RuntimeSettings
 
             with open_runner(spec.runtime, Path(spec.path), fmt=spec.fmt, threads=self.threads,
@@ -457,7 +524,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _spec(art: Artifact, label: str) -> Any:
+def engine_spec(art: Artifact, label: str) -> Any:
     """The paired protocol's spec of a build's engine: its runtime and settings from the manifest beside it."""
     from edgeres.bench import _runtime_for, _settings, locate
     from edgeres.paired import EngineSpec
@@ -465,6 +532,24 @@ def _spec(art: Artifact, label: str) -> Any:
     found = locate(art.path, art.path, public_keys=[], integrity_only=True)
     runtime = _runtime_for(found, None)
     return EngineSpec(runtime, str(found.file), found.fmt, _settings(found, runtime, None).to_dict(), label=label)
+
+
+def _brief(ratio: dict[str, Any]) -> dict[str, Any]:
+    """What a trial keeps of one size's paired comparison (its journal holds it)."""
+    ref, cand = ratio.get("reference") or {}, ratio.get("candidate") or {}
+    return {
+        "latency_ratio": {k: ratio["latency_ratio"][k] for k in ("median", "ci95") if k in ratio["latency_ratio"]},
+        "speedup": ratio["speedup"],
+        "control": {k: ratio["control"][k] for k in ("median", "ci95")} if ratio.get("control") else None,
+        "control_ok": ratio.get("control_ok"),
+        "against": ref.get("label"),
+        "p50_ms": {"against": ref.get("p50_ms"), "trial": cand.get("p50_ms")},
+        "configuration": {k: _config_brief(v) for k, v in (ratio.get("configuration") or {}).items()},
+    }
+
+
+def _config_brief(config: Any) -> Any:
+    return {k: v for k, v in config.items() if k != "kernels"} if isinstance(config, dict) else config
 
 
 def _row(t: Any, cfg: Any) -> dict[str, Any]:
@@ -486,6 +571,7 @@ def _row(t: Any, cfg: Any) -> dict[str, Any]:
         "speedup_ci95": (lat.get("speedup") or {}).get("ci95"),
         "control_ok": lat.get("control_ok"),
         "control": (t.user_attrs.get("control") or {}).get("median"),
+        "by_size": lat.get("by_size"),
         "engine": t.user_attrs.get("engine"),
         "failed": t.user_attrs.get("failed"),
         "score": t.value,
@@ -524,10 +610,11 @@ def markdown(out: dict[str, Any]) -> str:
             for r in ref["candidates"]
         ],
         "",
-        "## Trials (latency: median of paired ratios against the reference engine, 95% bootstrap interval)",
+        f"## Trials (latency: median of paired ratios against {_against_words(out)}, 95% bootstrap interval; "
+        "the worst size's where there are several)",
         "",
-        "| # | state | params | val top-1 % | drop pts | latency ratio | 95% CI | speed-up | A/A | front |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | state | params | val top-1 % | drop pts | latency ratio | 95% CI | speed-up | A/A | by size | front |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in out["trials"]:
         val, ratio, ci = t["val_top1"], t["latency_ratio"], t["latency_ratio_ci95"]
@@ -538,6 +625,7 @@ def markdown(out: dict[str, Any]) -> str:
                       f"{'ok' if t['control_ok'] else 'NOISY'} ({t['control']:.3f})"]  # fmt: skip
         else:
             cells += ["-", "-", "-", "-"]
+        cells.append(_by_size_cell(t.get("by_size")))
         cells.append("*" if t["number"] in out["front"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     chosen, test = out["chosen"], out["test"]
@@ -547,7 +635,7 @@ def markdown(out: dict[str, Any]) -> str:
     else:
         lines.append(
             f"Trial {chosen['number']}: {json.dumps(chosen['params'])}; val top-1 {100 * chosen['val_top1']:.2f}%, "
-            f"{chosen['speedup']:.2f}x the reference (95% CI {chosen['speedup_ci95'][0]:.2f}-"
+            f"{chosen['speedup']:.2f}x {_against_words(out)} (95% CI {chosen['speedup_ci95'][0]:.2f}-"
             f"{chosen['speedup_ci95'][1]:.2f}x). Engine: `{chosen['engine']}`."
         )
     if test is not None:
@@ -564,6 +652,27 @@ def markdown(out: dict[str, Any]) -> str:
             "added); every reading is kept in its journal.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _against_words(out: dict[str, Any]) -> str:
+    lat = out.get("latency") or {}
+    against = lat.get("against", "the reference")
+    sizes = lat.get("sizes") or []
+    what = (
+        "the reference engine"
+        if against == "the reference"
+        else ", ".join(f"{v} ({k})" if k != "*" else v for k, v in against.items())
+    )
+    return what + (f" at {', '.join(f'{s}x{s}' for s in sizes)}" if sizes else "")
+
+
+def _by_size_cell(by_size: dict[str, Any] | None) -> str:
+    if not by_size:
+        return "-"
+    return "; ".join(
+        f"{size}: {r['speedup']['median']:.2f}x ({r['speedup']['ci95'][0]:.2f}-{r['speedup']['ci95'][1]:.2f})"
+        for size, r in by_size.items()
+    )
 
 
 def html(out: dict[str, Any], md: str) -> str:

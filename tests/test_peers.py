@@ -1,11 +1,12 @@
-"""benchmarks/peers.py's parts that can run without ../shared: the fair-reference rule on its recipe, running a
-32x32 model at another size (what its 224x224 latency column measures), and how the goal is judged.
+"""benchmarks/peers.py's parts that run without ../shared: a model at another size (what its 224x224 column times),
+peers run with their runtime's defaults (as read back from the runtime), the pre-registered verdict and its table.
 
 The benchmark itself needs the CIFAR-10 data and checkpoint (`make bench-peers`); these tests do not run it.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,6 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from edgeres.resize import at_size, images_at
+from edgeres.runtimes import open_runner
+from edgeres.runtimes.settings import RuntimeSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,52 +33,6 @@ def peers() -> ModuleType:
     return module
 
 
-def test_the_fair_reference_has_the_most_extra_training(peers: ModuleType) -> None:
-    from edgeres.recipe import load_recipe
-
-    most, extra = peers.fair_check(load_recipe(REPO / "recipes" / "cifar10-peers.yaml"), ["fp32-fair"])
-    assert most == 4
-    assert extra["fp32-fair"] == 4  # finetune epochs
-    assert extra["int8"] == 0
-    assert extra["pruned50-int8"] == extra["pruned30-fp32"] == 3  # recovery
-    assert extra["pruned30-int8-qat"] == 4  # recovery + QAT
-    assert extra["pruned30r4-int8"] == 4  # one more recovery epoch, as many as the reference
-    assert extra["depth5-int8"] == extra["depth4-fp32"] == 4  # blocks removed: one step, 4 recovery epochs
-    assert extra["depth4lr05-int8"] == extra["depth4kd09-int8"] == extra["depth5s2-int8"] == 4  # lr, distill, blocks
-    assert extra["depth5s2kd03-int8"] == extra["depth5s2lr1-fp32"] == 4
-    assert extra["depth5s2f31-int8"] == extra["depth6-int8"] == 4  # a larger budget, six blocks
-    assert extra["fp32-fair-lr05"] == 4  # a second fair candidate, at the learning rate of the depth recovery
-
-
-def test_the_how_column_names_the_blocks_a_depth_pruned_model_kept(peers: ModuleType) -> None:
-    class Art:
-        def __init__(self, metrics: dict[str, Any]) -> None:
-            self.metadata = {"metrics": metrics}
-
-    cut = {
-        "macs_before": 100,
-        "macs_after": 30,
-        "depth": {"blocks_before": [3, 4, 6, 3], "kept": [[0], [0], [0, 4], [0]]},
-    }
-    assert peers._depth(Art(cut)) == " (5 of 16 blocks)"
-    assert peers._depth(Art({"macs_before": 100, "macs_after": 30, "depth": None})) == ""
-    assert peers._macs_fraction(Art(cut)) == 0.3
-
-
-def test_a_reference_with_less_training_is_refused(peers: ModuleType) -> None:
-    from edgeres.recipe import load_recipe
-
-    recipe = load_recipe(
-        REPO / "recipes" / "cifar10-peers.yaml", overrides=[("variants.fp32-fair.set", {"stages.finetune.epochs": 3})]
-    )
-    with pytest.raises(SystemExit) as exc:
-        peers.fair_check(recipe, ["fp32-fair"])
-    assert str(exc.value) == (
-        "the fair FP32 reference 'fp32-fair' has 3 extra epochs but a variant has 4: give it as many "
-        "(variants.fp32-fair.set stages.finetune.epochs)"
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_export(module_tmp: Any, peers: ModuleType) -> tuple[Any, Path]:
     import torch
@@ -86,24 +45,23 @@ def tiny_export(module_tmp: Any, peers: ModuleType) -> tuple[Any, Path]:
 
 
 def test_resized_onnx_computes_what_the_torch_model_does_at_the_new_size(
-    peers: ModuleType, tiny_export: tuple[Any, Path], tmp_path: Path
+    tiny_export: tuple[Any, Path], tmp_path: Path
 ) -> None:
     import torch
 
     model, path = tiny_export
-    resized = peers.at_size(path, 64, tmp_path)
-    assert resized != path and peers.at_size(path, 64, tmp_path) == resized  # made once
+    resized = at_size(path, 64, tmp_path)
+    assert resized != path and at_size(path, 64, tmp_path) == resized  # made once
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     with torch.inference_mode():
         want = model(torch.from_numpy(x)).numpy()
-    got = peers.DefaultOnnxRuntime(resized, threads=1).infer(x)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert peers.at_size(path, 32, tmp_path) == path
+    settings = RuntimeSettings("onnxruntime")
+    with open_runner("onnxruntime", resized, fmt="onnx", threads=1, settings=settings) as r:
+        np.testing.assert_allclose(r.infer(x), want, rtol=1e-4, atol=1e-4)
+    assert at_size(path, 32, tmp_path) == path  # already that size: itself
 
 
-def test_resized_openvino_ir_computes_what_the_torch_model_does(
-    peers: ModuleType, tiny_export: tuple[Any, Path], tmp_path: Path
-) -> None:
+def test_resized_openvino_ir_computes_what_the_torch_model_does(tiny_export: tuple[Any, Path], tmp_path: Path) -> None:
     import openvino as ov
     import torch
 
@@ -111,93 +69,108 @@ def test_resized_openvino_ir_computes_what_the_torch_model_does(
     ir = tmp_path / "ir" / "model.xml"
     ir.parent.mkdir()
     ov.save_model(ov.convert_model(str(path)), str(ir), compress_to_fp16=False)
-    resized = peers.at_size(ir, 64, tmp_path)
+    resized = at_size(ir, 64, tmp_path)
     assert resized.suffix == ".xml" and resized.with_suffix(".bin").is_file()
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
     with torch.inference_mode():
         want = model(torch.from_numpy(x)).numpy()
-    from edgeres.runtimes import open_runner
-    from edgeres.runtimes.settings import RuntimeSettings
-
     with open_runner("openvino", resized, fmt="openvino", threads=1, settings=RuntimeSettings("openvino")) as r:
         np.testing.assert_allclose(r.infer(x), want, rtol=1e-3, atol=1e-3)
 
 
-def _row(peers: ModuleType, name: str, group: str, top1: float, p50_32: float, p50_224: float) -> Any:
-    row = peers.Row(name, group, "", "openvino", [], lambda size: None, lambda: None)
-    row.results.update({"top1": top1, "p50_ms_32": p50_32, "p50_ms_224": p50_224})
-    return row
+def test_images_at_another_size_keep_their_batch_and_channels() -> None:
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    y = images_at(x, 8)
+    assert y.shape == (2, 3, 8, 8) and y.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(y[:, :, ::2, ::2], x)  # nearest neighbour: each pixel twice in each direction
 
 
-def _summary(peers: ModuleType, rows: list[Any], references: tuple[str, ...] = ("fp32-fair",)) -> dict[str, Any]:
-    from edgeres.recipe import load_recipe
-
-    recipe = load_recipe(REPO / "recipes" / "cifar10-peers.yaml")
-    return peers.summarize(rows, recipe, list(references), {}, 4, [], 1)
-
-
-def test_the_goal_needs_the_speed_at_both_sizes_within_a_point_of_the_fair_model(peers: ModuleType) -> None:
-    rows = [
-        _row(peers, "NNCF", "peer", 0.817, 2.0, 20.0),
-        _row(peers, "slower peer", "peer", 0.818, 3.0, 30.0),
-        _row(peers, "edgeres fp32-fair", "edgeres", 0.820, 4.0, 40.0),
-        _row(peers, "edgeres fast but wrong", "edgeres", 0.805, 0.5, 5.0),  # 1.5 points below: not counted
-        _row(peers, "edgeres pruned", "edgeres", 0.812, 0.7, 9.0),  # 2.86x at 32, 2.22x at 224
-    ]
-    goal = _summary(peers, rows)["goal"]
-    assert goal["fastest_peer_32"] == goal["fastest_peer_224"] == "NNCF"
-    assert goal["best"] == "edgeres pruned"
-    assert goal["status"] == (
-        "NOT met: edgeres pruned is 2.86x (32x32) and 2.22x (224x224) the fastest peer at -0.80 points against the "
-        "fair FP32 (fp32-fair)"
-    )
-    rows[-1].results["p50_ms_224"] = 8.0
-    assert _summary(peers, rows)["goal"]["status"].startswith("met: edgeres pruned is 2.86x (32x32) and 2.50x")
-
-
-def test_of_several_fair_models_the_best_on_test_sets_the_bar(peers: ModuleType) -> None:
-    rows = [
-        _row(peers, "NNCF", "peer", 0.817, 2.0, 20.0),
-        _row(peers, "edgeres fp32-fair", "edgeres", 0.815, 4.0, 40.0),
-        _row(peers, "edgeres fp32-fair-lr05", "edgeres", 0.822, 4.0, 40.0),
-        _row(peers, "edgeres pruned", "edgeres", 0.810, 0.7, 7.0),  # within a point of the first, not the second
-    ]
-    goal = _summary(peers, rows, ("fp32-fair", "fp32-fair-lr05"))["goal"]
-    assert goal["reference"] == "edgeres fp32-fair-lr05"
-    assert goal["best"] == "edgeres fp32-fair"  # the pruned model is 1.2 points under the better fair model
-    assert goal["status"].endswith("at -0.70 points against the fair FP32 (fp32-fair-lr05)")
-    goal = _summary(peers, rows, ("fp32-fair", "fp32-fair-8"))["goal"]
-    assert goal["status"] == "not judged: the fair FP32 reference (fp32-fair-8) is not built yet"
-
-
-def test_the_fair_candidates_default_to_the_fp32_fair_variants(peers: ModuleType) -> None:
-    from edgeres.recipe import load_recipe
-
-    recipe = load_recipe(REPO / "recipes" / "cifar10-peers.yaml")
-    assert peers.fair_references(recipe, None) == [v for v in recipe.variant_names() if v.startswith("fp32-fair")]
-    assert "fp32-fair" in peers.fair_references(recipe, None)
-    with pytest.raises(SystemExit, match="no fair FP32 reference: 'nope' in the recipe's variants"):
-        peers.fair_references(recipe, ["nope"])
-
-
-def test_without_the_fair_model_the_goal_is_not_judged(peers: ModuleType) -> None:
-    goal = _summary(peers, [_row(peers, "NNCF", "peer", 0.8, 2.0, 20.0)])["goal"]
-    assert goal["status"] == "not judged: the fair FP32 reference (fp32-fair) is not built yet"
-
-
-def test_openvino_defaults_report_the_precision_this_cpu_gave_them(
-    peers: ModuleType, tiny_export: tuple[Any, Path]
-) -> None:
-    """OpenVINO's default float precision follows the CPU (bf16 with AVX512_BF16 or AMX): the peer row says which."""
+def test_a_peer_runs_with_its_runtime_s_defaults_as_read_back(peers: ModuleType, tiny_export: tuple[Any, Path]) -> None:
+    """Peers are timed as their users run them: ONNX Runtime's own graph level (all) and OpenVINO's own precision
+    (the CPU's: bf16 where it has AVX512_BF16 or AMX), both read back from the runtime; edgeres' engines keep
+    their explicit settings, and a settings dict without the flag is what it was before it existed (cache keys)."""
     import openvino as ov
 
     _, path = tiny_export
-    runner = peers.DefaultOpenVino(path, threads=1)
-    runner.infer(np.zeros((1, 3, 32, 32), dtype=np.float32))
+    x = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    ort_peer = peers.peer_spec("peer", "onnxruntime", path)
+    assert ort_peer.settings["runtime_defaults"] is True
+    settings = RuntimeSettings.from_dict(ort_peer.settings)
+    with open_runner("onnxruntime", path, fmt="onnx", threads=1, settings=settings) as r:
+        r.infer(x)
+        assert r.effective()["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    with open_runner("onnxruntime", path, fmt="onnx", threads=1, settings=RuntimeSettings("onnxruntime")) as r:
+        assert r.effective()["session_options"]["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
+    ov_peer = RuntimeSettings.from_dict(peers.peer_spec("peer", "openvino", path).settings)
+    assert ov_peer.openvino_config(2) == {"INFERENCE_NUM_THREADS": 2}
+    with open_runner("openvino", path, fmt="onnx", threads=1, settings=ov_peer) as r:
+        r.infer(x)
+        got = r.effective()["inference_precision"]
+        compiled = r.effective()["compiled"]
     caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    got = runner.effective()["inference_precision"]
-    # a CPU without native bf16/fp16 runs f32; one with it may run either, which is why the row reports it
-    assert got == "f32" if not caps & {"BF16", "FP16"} else got in ("f32", "bf16", "f16")
-    assert peers._float_precision({"effective": {"inference_precision": "bf16"}}) == " (bf16)"
-    assert peers._float_precision({"effective": {"inference_precision": "f32"}}) == ""
-    assert peers._float_precision({}) == ""
+    assert got == ("bf16" if "BF16" in caps else "f32") or (got == "f16" and "FP16" in caps)
+    assert compiled["INFERENCE_NUM_THREADS"] == "1" and "EXECUTION_MODE_HINT" in compiled
+    assert RuntimeSettings("openvino").to_dict() == {
+        "runtime": "openvino", "precision": "fp32", "ort_optimization_level": "extended", "openvino_hint": "latency",
+    }  # fmt: skip
+
+
+def _latency(low: float, median: float, control_ok: bool = True) -> dict[str, Any]:
+    return {
+        "speedup": {"median": median, "ci95": [low, median + 0.2]},
+        "control": {"median": 1.0 if control_ok else 1.2, "ci95": [0.98, 1.02]},
+        "control_ok": control_ok,
+        "p50_ms": {"candidate": 1.0, "against": 2.5},
+    }
+
+
+def _report(low32: float, low224: float, chosen_top1: float, control_ok: bool = True) -> dict[str, Any]:
+    test = {"chosen_top1": chosen_top1, "reference_top1": 0.82, "difference_points": 100 * (chosen_top1 - 0.82),
+            "difference_ci95_points": [-1.5, 0.3], "readings": 1}  # fmt: skip
+    rows = [
+        {"model": "NNCF", "group": "peer", "how": "", "runtime": "openvino", "top1_test": 0.81, "size_mb": 24.0,
+         "latency": {"32": None, "224": None}},
+        {"model": "edgeres reference", "group": "edgeres", "how": "", "runtime": "openvino", "top1_test": 0.82,
+         "size_mb": 94.0, "latency": {"32": _latency(0.4, 0.5), "224": _latency(0.4, 0.5)}},
+        {"model": "edgeres chosen", "group": "edgeres", "how": "", "runtime": "openvino", "top1_test": chosen_top1,
+         "size_mb": 7.0, "latency": {"32": _latency(low32, low32 + 0.3, control_ok), "224": _latency(low224, 3.0)}},
+    ]  # fmt: skip
+    return {"rows": rows, "test": test}
+
+
+def test_the_verdict_needs_the_lower_bound_at_both_sizes_and_a_point_on_test(peers: ModuleType) -> None:
+    met = _report(2.6, 2.5, 0.815)
+    assert peers.judge(met["rows"], met["test"])["met"] is True
+    assert peers.judge(*_report(2.6, 2.49, 0.815).values())["met"] is False  # 224x224's lower bound under 2.5x
+    assert peers.judge(*_report(2.49, 2.6, 0.815).values())["met"] is False
+    missed = peers.judge(*_report(3.0, 3.0, 0.809).values())  # 1.1 points under the reference on test
+    assert missed["met"] is False and "outside 1.0 point" in missed["why"]
+    noisy = peers.judge(*_report(3.0, 3.0, 0.815, control_ok=False).values())
+    assert noisy["met"] is False and "too noisy" in noisy["why"]
+    rows = [r for r in met["rows"] if r["model"] != "edgeres chosen"]
+    assert peers.judge(rows, None) == {"met": False, "why": "the search chose nothing within its val budget"}
+
+
+def test_the_table_has_the_a_a_row_every_interval_and_the_verdict(peers: ModuleType) -> None:
+    base = _report(2.6, 2.5, 0.815)
+    aa = {s: _latency(0.97, 1.0) for s in ("32", "224")}
+    report = {
+        "environment": {"cpu": "a CPU"},
+        "versions": {"openvino": "2026.4.1"},
+        "threads": 2,
+        "protocol": "benchmarks/README.md",
+        "fastest_peer": {"32": "NNCF", "224": "NNCF"},
+        "aa_control": aa,
+        "rows": base["rows"],
+        "search": {"study": "s", "trials": [], "front": [], "seconds": 1.0, "test": base["test"],
+                   "reference": {"val_top1": 0.83, "candidates": [{"variant": "extra1", "chosen": True}]}},
+        "verdict": peers.judge(base["rows"], base["test"]),
+        "notes": ["a note"],
+        "seconds": 2.0,
+    }  # fmt: skip
+    md = peers.markdown(copy.deepcopy(report))
+    assert "): MET.**" in md and "| A/A control |" in md
+    assert "| edgeres chosen |  | openvino | 81.50 | 2.90 (2.60-3.10) | 3.00 (2.50-3.20) |" in md
+    assert "1.00 (the fastest)" in md and "Test, read once by the search: chosen 81.50%" in md
+    report["verdict"] = peers.judge(*_report(2.6, 2.4, 0.815).values())
+    assert "NOT MET" in peers.markdown(report)

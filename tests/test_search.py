@@ -228,3 +228,34 @@ def test_the_command_reports_a_finished_search_without_running_it_again(
     chosen = searched["out"]["chosen"]
     assert "search tiny: 2 trials" in res.stdout and f"chosen: trial {chosen['number']}" in res.stdout
     assert read == [] and (tmp_path / "out" / "search" / "search.md").is_file()
+
+
+def test_a_search_at_two_sizes_against_a_peer_scores_its_slower_size(
+    searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`search.sizes` and `search.against`: each trial is timed by the paired protocol against the peer's engine at
+    every size (both engines resized, timing only), its score is the worst size's ratio (the smallest speed-up),
+    the peer runs with its runtime's defaults as read back from the runtime, and the study is another one."""
+    monkeypatch.setattr("edgeres.paired.AA_TOLERANCE", 10.0)  # the mechanics are under test (see `searched`)
+    cache = tmp_path / "cache"
+    shutil.copytree(searched["cache"], cache)
+    peer = tmp_path / "peer" / "model.onnx"  # a model from elsewhere: a copy of the tiny export
+    peer.parent.mkdir()
+    shutil.copy(next(cache.glob("export-*/model.onnx")), peer)
+    plain = as_recipe(search_recipe(fidelity=None, trials=1, seed=5))
+    recipe = as_recipe(search_recipe(fidelity=None, trials=1, seed=5, sizes=[16, 32], against={"path": str(peer)}))
+    search = Search(recipe, cache_dir=cache, out_dir=tmp_path / "out", reporter=quiet_reporter())
+    assert search.study_name != Search(plain, cache_dir=cache, out_dir=tmp_path, reporter=quiet_reporter()).study_name
+    out = search.run()
+    (trial,) = out["trials"]
+    by = trial["by_size"]
+    assert set(by) == {"16", "32"} and all(b["against"].startswith("peer model.onnx") for b in by.values())
+    assert trial["latency_ratio"] == max(b["latency_ratio"]["median"] for b in by.values())
+    peer_config = by["32"]["configuration"]["reference"]["session_options"]
+    engine_config = by["32"]["configuration"]["candidate"]["session_options"]
+    assert peer_config["graph_optimization_level"] == "ORT_ENABLE_ALL"  # ONNX Runtime's default
+    assert engine_config["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"  # what the engine ships with
+    assert list((cache / "search" / "resized").glob("*-32/model.onnx"))  # the 16x16 engines at 32x32
+    assert out["latency"]["sizes"] == [16, 32] and out["latency"]["against"] == {"*": "peer model.onnx"}
+    md = (tmp_path / "out" / "search" / "search.md").read_text(encoding="utf-8")
+    assert "peer model.onnx at 16x16, 32x32" in md and "16: " in md and "32: " in md

@@ -61,6 +61,8 @@ def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
     # it cannot constant-fold on the CPU, which runs the graph all the same.
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
+    if settings.runtime_defaults:  # ONNX Runtime's own choices apart from the threads (a peer's model)
+        return opts
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -68,6 +70,23 @@ def session_options(ort: Any, settings: RuntimeSettings, threads: int) -> Any:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.ort_optimization_level]
     return opts
+
+
+def session_config(session: Any) -> dict[str, Any]:
+    """The session's options as ONNX Runtime reports them back (what a table of peers records)."""
+    opts = session.get_session_options()
+    out: dict[str, Any] = {
+        "intra_op_num_threads": opts.intra_op_num_threads,
+        "inter_op_num_threads": opts.inter_op_num_threads,
+        "graph_optimization_level": str(opts.graph_optimization_level).rsplit(".", 1)[-1],
+        "execution_mode": str(opts.execution_mode).rsplit(".", 1)[-1],
+    }
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        try:
+            out[key] = opts.get_session_config_entry(key)
+        except Exception:  # not set: ONNX Runtime's default (spinning on)
+            out[key] = "default"
+    return out
 
 
 def disabled_optimizers(path: Path) -> tuple[str, ...]:
@@ -119,7 +138,11 @@ class OnnxRuntimeRunner(Runner):
         return str(self._ort.__version__)
 
     def effective(self) -> dict[str, Any]:
-        return {"optimization_level": self.settings.ort_optimization_level, "providers": self.session.get_providers()}
+        return {
+            "optimization_level": "default" if self.settings.runtime_defaults else self.settings.ort_optimization_level,
+            "providers": self.session.get_providers(),
+            "session_options": session_config(self.session),
+        }
 
 
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):

@@ -32,6 +32,7 @@ class OpenVinoRunner(Runner):
         self.last_request_ms: float | None = None
         self.inference_precision: str | None = None
         self.kernels: dict[str, int] = {}
+        self.compiled_config: dict[str, str] = {}
         self._request(1)
 
     def _request(self, batch: int) -> Any:
@@ -47,6 +48,7 @@ class OpenVinoRunner(Runner):
             self.inference_precision = check_openvino_precision(compiled, self.settings)
             if batch == 1:
                 self.kernels = kernel_choices(compiled)
+                self.compiled_config = compiled_properties(compiled)
             self._requests[key] = compiled.create_infer_request()
         return self._requests[key]
 
@@ -69,7 +71,37 @@ class OpenVinoRunner(Runner):
         super().close()
 
     def effective(self) -> dict[str, Any]:
-        return {"inference_precision": self.inference_precision, "config": self._config, "kernels": self.kernels}
+        return {
+            "inference_precision": self.inference_precision,
+            "config": self._config,
+            "compiled": self.compiled_config,
+            "kernels": self.kernels,
+        }
+
+
+COMPILED_PROPERTIES = (
+    "INFERENCE_PRECISION_HINT",
+    "EXECUTION_MODE_HINT",
+    "PERFORMANCE_HINT",
+    "NUM_STREAMS",
+    "INFERENCE_NUM_THREADS",
+    "ENABLE_CPU_PINNING",
+    "ENABLE_HYPER_THREADING",
+    "SCHEDULING_CORE_TYPE",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+    "KV_CACHE_PRECISION",
+)
+
+
+def compiled_properties(compiled: Any) -> dict[str, str]:
+    """The configuration of a compiled model as OpenVINO reports it back (the CPU's choices included)."""
+    out = {}
+    for name in COMPILED_PROPERTIES:
+        try:
+            out[name] = str(compiled.get_property(name))
+        except Exception:  # a property this OpenVINO version does not have
+            continue
+    return out
 
 
 def kernel_choices(compiled: Any) -> dict[str, int]:

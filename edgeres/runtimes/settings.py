@@ -36,30 +36,42 @@ class RuntimeSettings:
     precision: FloatPrecision = "fp32"
     ort_optimization_level: Literal["basic", "extended", "all"] = "extended"
     openvino_hint: Literal["latency", "throughput"] = "latency"
+    # The runtime's own defaults apart from the thread count: how a model from elsewhere (a peer's) is timed as its
+    # users run it. Never what edgeres ships with: its engines' settings are explicit. On OpenVINO the precision is
+    # then the CPU's choice (bf16 where it has AVX512_BF16 or AMX), read back and reported, not checked.
+    runtime_defaults: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.runtime_defaults:  # left out when off: cache keys and manifests written before it stay valid
+            del out["runtime_defaults"]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuntimeSettings:
-        known = {k: d[k] for k in ("runtime", "precision", "ort_optimization_level", "openvino_hint") if k in d}
-        return cls(**known)
+        fields = ("runtime", "precision", "ort_optimization_level", "openvino_hint", "runtime_defaults")
+        return cls(**{k: d[k] for k in fields if k in d})
 
     def for_runtime(self, runtime: str) -> RuntimeSettings:
         """The same choices for another runtime (an ONNX measured on both CPU runtimes)."""
-        return RuntimeSettings(runtime, self.precision, self.ort_optimization_level, self.openvino_hint)
+        return RuntimeSettings(
+            runtime, self.precision, self.ort_optimization_level, self.openvino_hint, self.runtime_defaults
+        )
 
     def normalized(self) -> RuntimeSettings:
         """The same settings with the choices this runtime does not read at their defaults (an ONNX Runtime engine
         has no OpenVINO hint): what a cache key holds, so a setting for another runtime rebuilds nothing."""
         level = self.ort_optimization_level if self.runtime in ("onnxruntime", "cuda", "ort-tensorrt") else "extended"
         hint = self.openvino_hint if self.runtime == "openvino" else "latency"
-        return RuntimeSettings(self.runtime, self.precision, level, hint)
+        return RuntimeSettings(self.runtime, self.precision, level, hint, self.runtime_defaults)
 
     def openvino_config(self, threads: int) -> dict[str, Any]:
         """The configuration handed to `Core.compile_model`: nothing is left to OpenVINO's CPU-dependent defaults.
         fp32 also sets the ACCURACY execution mode, which keeps every op in the model's own precision;
-        dynamic quantization of activations stays off (the model's Q/DQ nodes decide what runs INT8)."""
+        dynamic quantization of activations stays off (the model's Q/DQ nodes decide what runs INT8). With
+        `runtime_defaults`, the thread count alone."""
+        if self.runtime_defaults:
+            return {"INFERENCE_NUM_THREADS": threads}
         return {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": self.openvino_hint.upper(),
@@ -74,7 +86,7 @@ class RuntimeSettings:
         missing = self.provider_reason()
         if missing is not None:
             return missing
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.runtime_defaults:
             return None
         if self.runtime == "openvino":
             from edgeres.deps import require
@@ -135,6 +147,8 @@ def settings_from_manifest(manifest: dict[str, Any]) -> RuntimeSettings | None:
 def check_openvino_precision(compiled: Any, settings: RuntimeSettings) -> str:
     """The inference precision OpenVINO compiled to; refuses a silent fallback from the precision asked for."""
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())  # f32 | bf16 | f16
+    if settings.runtime_defaults:  # the CPU's choice, reported by the runner
+        return got
     want = OPENVINO_PRECISION[settings.precision]
     if got != want:
         raise PrecisionUnsupported(
