@@ -228,7 +228,10 @@ def _dump(value: Any, *, keyed: bool) -> Any:
             out[name] = _dump(v, keyed=keyed)
         return out
     if is_dataclass(value) and not isinstance(value, type):
-        return _dump(asdict(value), keyed=keyed)
+        # A dataclass that says how it is written (RuntimeSettings: a field at its default is left out, so keys
+        # made before the field existed stay valid) is keyed as it writes itself.
+        to_dict = getattr(value, "to_dict", None)
+        return _dump(to_dict() if callable(to_dict) else asdict(value), keyed=keyed)
     if isinstance(value, dict):
         return {str(k): _dump(v, keyed=keyed) for k, v in value.items()}
     if isinstance(value, list | tuple):

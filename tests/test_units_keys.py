@@ -147,3 +147,15 @@ def test_file_sha256_is_the_content_hash_memoized_by_path_size_and_mtime(
 def test_file_sha256_of_a_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         keys.file_sha256(tmp_path / "missing.pt")
+
+
+def test_runtime_settings_are_keyed_as_they_write_themselves() -> None:
+    """A runtime setting added with a default (runtime_defaults, for peers) leaves the keys of every engine built
+    before it unchanged; turned on, it is in the key."""
+    from edgeres.inputs import _dump
+    from edgeres.runtimes.settings import RuntimeSettings
+
+    before = {"runtime": "openvino", "precision": "fp32", "ort_optimization_level": "extended",
+              "openvino_hint": "latency"}  # fmt: skip
+    assert _dump(RuntimeSettings("openvino"), keyed=True) == before
+    assert _dump(RuntimeSettings("openvino", runtime_defaults=True), keyed=True) == {**before, "runtime_defaults": True}
