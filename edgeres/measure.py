@@ -160,36 +160,6 @@ def p50_ms(
         return float(measure_latency(runner, samples, latency)["p50_ms"])
 
 
-def interleaved_ratio(
-    reference: Any,
-    candidate: Any,
-    samples: list[Any],
-    latency: Latency,
-    *,
-    threads: int,
-    rounds: int,
-    settings: RuntimeSettings,
-) -> tuple[float, list[float]]:
-    """Median over `rounds` of p50(candidate) / p50(reference), the two models measured in alternation within each
-    round, so that the drift of a shared host falls on both; also returns the reference's p50 of each round."""
-    import statistics
-
-    from edgeres.runtimes import open_runner
-
-    ratios, reference_ms = [], []
-    rt = settings.runtime
-    with (
-        open_runner(rt, reference, fmt="onnx", threads=threads, settings=settings) as ref,
-        open_runner(rt, candidate, fmt="onnx", threads=threads, settings=settings) as cand,
-    ):
-        for _ in range(rounds):
-            r = float(measure_latency(ref, samples, latency)["p50_ms"])
-            c = float(measure_latency(cand, samples, latency)["p50_ms"])
-            ratios.append(c / r)
-            reference_ms.append(r)
-    return statistics.median(ratios), reference_ms
-
-
 AA_TOLERANCE = 0.05  # an A/A control (an engine against itself) must read 1.00 +- this, else the host was too noisy
 BOOTSTRAP_RESAMPLES = 10_000
 

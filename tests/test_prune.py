@@ -109,18 +109,30 @@ def test_round_to_defaults_to_the_target(tmp_path: Path) -> None:
 
 def test_latency_budget_measures_on_the_target_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A generous budget the unpruned model meets already: nothing is pruned, latency is measured before and after
-    # (by the real probe, on ONNX Runtime; two short rounds here, as no figure is compared).
-    from edgeres.config import Latency
+    # by the real probe, the paired protocol on ONNX Runtime (few short pairs here, as no figure is compared).
+    import edgeres.paired
     from edgeres.stages import prune
 
-    monkeypatch.setattr(prune, "QUICK_LATENCY", Latency(warmup=1, min_queries=5, min_duration_s=0))
-    monkeypatch.setattr(prune, "PROBE_ROUNDS", 2)
+    calls: list[dict[str, Any]] = []
+    real = edgeres.paired.paired_latency
+
+    def spy(*a: Any, **kw: Any) -> dict[str, Any]:
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(edgeres.paired, "paired_latency", spy)
+    monkeypatch.setattr(prune, "PROBE_PAIRS", 6)
+    monkeypatch.setattr(prune, "PROBE_BLOCK", 3)
     art = pruned(tmp_path, {"budget": {"type": "latency", "ms": 1000.0}})
     m = art.metadata["metrics"]
     assert m["latency_runtime"] == "onnxruntime"
     assert m["latency_int8"] is False
     assert m["after"]["latency_ms"] > 0
     assert m["before"]["latency_ms"] > 0 and m["speedup"] > 0
+    assert len(calls) == 2 and all(kw["pairs"] == 6 and kw["block"] == 3 for kw in calls)  # before and after
+    probes = m["latency_probes"]  # each probe's paired reading: ratio, interval, A/A control
+    assert len(probes) == 2 and all(p["pairs"] == 6 and p["ci95"][0] <= p["ratio"] <= p["ci95"][1] for p in probes)
+    assert all(p["control"] > 0 and isinstance(p["control_ok"], bool) for p in probes)
     assert m["ratio"] == 0.0 and m["macs_after"] == m["macs_before"] and m["history"] == []
 
 

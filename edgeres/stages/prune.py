@@ -29,12 +29,11 @@ from typing import Any
 
 from edgeres import dist, faults
 from edgeres.artifact import Artifact
-from edgeres.config import Depth, ExportStage, Latency, PruneStage, QuantizeStage, RatioBudget
+from edgeres.config import Depth, ExportStage, PruneStage, QuantizeStage, RatioBudget
 from edgeres.data import test_sealed
 from edgeres.deps import require
 from edgeres.errors import StageError
 from edgeres.inputs import PruneInputs, PtqProbe
-from edgeres.measure import interleaved_ratio
 from edgeres.models import (
     RESNET_STAGES,
     block_counts,
@@ -56,10 +55,11 @@ SEARCH_STEPS = 20  # resolution of the ratio search for budgets: 0.9 / 20 = 0.04
 MAX_RATIO = 0.9
 REFINE_MACS = 6  # bisection halvings after the scan: MAC counts are cheap (0.045 / 64 = 0.0007)
 REFINE_LATENCY = 2  # each latency probe exports, quantizes and measures: 0.045 / 4 = 0.011
-# Per round and model: 30 queries and 0.5 s at least, after warm-up; PROBE_ROUNDS rounds alternate reference and
-# candidate (see LatencyProbe).
-QUICK_LATENCY = Latency(warmup=10, min_queries=30, min_duration_s=0.5, max_duration_s=10.0)
-PROBE_ROUNDS = 5
+# The paired protocol (edgeres.paired) per probe: PROBE_PAIRS pairs of PROBE_BLOCK single-stream queries each
+# (the protocol asks at least 30 pairs), after PROBE_WARMUP queries per process.
+PROBE_PAIRS = 30
+PROBE_BLOCK = 20
+PROBE_WARMUP = 10
 QUICK_CALIBRATION = 32  # images for the quick INT8 pass of the latency mode: enough for realistic kernels
 
 
@@ -144,9 +144,11 @@ class LatencyProbe:
     cannot foresee: layers accuracy control would keep in FP32, and QAT's graph.
 
     A shared host drifts: one and the same 2-3 ms model measured 2.28 to 2.98 ms in five runs back to back on the
-    2-core development VM. So the first model probed (the unpruned one) becomes the reference, every model is
-    measured in alternation with it (PROBE_ROUNDS rounds; the median ratio), and its latency is that ratio times the
-    reference's median p50 over all rounds of the search: drift moves both sides of each ratio alike."""
+    2-core development VM. So the first model probed (the unpruned one) becomes the reference, and every model is
+    timed against it by the paired protocol (edgeres.paired: each model in its own process on the same cores,
+    rotating alternation with an A/A control, the median of paired ratios with a bootstrap interval); its latency is
+    that ratio times the reference's median p50 over all probes of the search: drift moves both sides of each ratio
+    alike. Each probe's ratio, interval and A/A reading are kept in the stage's metrics (`latency_probes`)."""
 
     def __init__(self, ctx: StageContext[PruneInputs]) -> None:
         inputs = ctx.inputs
@@ -165,33 +167,55 @@ class LatencyProbe:
             raise PrecisionUnsupported(f"the latency budget is measured as the engine ships, and {unsupported}")
         self.ctx, self.runtime, self.qdq_rules = ctx, runtime, inputs.probe.qdq_rules
         self.int8 = self.quantize is not None
-        self.samples = [x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]
+        np = require("numpy")
         idx, _ = ctx.data.calibration_indices(QUICK_CALIBRATION, inputs.seed)
         self.calib = [x.numpy() for x, _ in ctx.data.batches(ctx.data.val, 1, indices=idx)]
         self.folder = Path(tempfile.mkdtemp(prefix="edgeres-prune-"))
         self.close = weakref.finalize(self, shutil.rmtree, self.folder, True)  # also when the stage fails
+        self.samples = self.folder / "samples.npz"  # 16 val images, batch 1 in turn
+        np.savez(self.samples, x=np.concatenate([x for x, _ in ctx.data.numpy_batches(ctx.data.val, 1, limit=16)]))
         self.reference: Path | None = None
         self.reference_ms: list[float] = []
+        self.readings: list[dict[str, Any]] = []
 
     def _onnx(self, model: Any, path: Path) -> Path:
         h_w, rules = self.ctx.data.image_size, self.qdq_rules
         return shipped_onnx(model, h_w, self.export, self.quantize, rules, self.calib, path)
 
     def __call__(self, model: Any) -> float:
+        from edgeres.paired import EngineSpec, paired_latency
+
         if self.reference is None:
             self.reference = self._onnx(model, self.folder / "reference.onnx")
-        candidate = self._onnx(model, self.folder / "candidate.onnx")
-        ratio, reference_ms = interleaved_ratio(
-            self.reference,
-            candidate,
+        candidate = self._onnx(model, self.folder / f"candidate-{len(self.readings)}.onnx")
+        settings = self.settings.to_dict()
+        out = paired_latency(
+            EngineSpec(self.runtime, str(self.reference), "onnx", settings, label="unpruned"),
+            EngineSpec(self.runtime, str(candidate), "onnx", settings, label="candidate"),
             self.samples,
-            QUICK_LATENCY,
             threads=self.threads,
-            rounds=PROBE_ROUNDS,
-            settings=self.settings,
+            pairs=PROBE_PAIRS,
+            block=PROBE_BLOCK,
+            warmup=PROBE_WARMUP,
         )
-        self.reference_ms += reference_ms
-        return ratio * statistics.median(self.reference_ms)
+        candidate.unlink()
+        ratio = out["latency_ratio"]
+        self.reference_ms.append(float(out["reference"]["p50_ms"]))
+        self.readings.append(
+            {
+                "ratio": ratio["median"],
+                "ci95": ratio["ci95"],
+                "pairs": ratio["pairs"],
+                "control": out["control"]["median"],
+                "control_ok": out["control_ok"],
+            }
+        )
+        if not out["control_ok"]:
+            self.ctx.reporter.log(
+                f"latency probe: the A/A control read {out['control']['median']:.3f} (outside 1.00 +- 0.05): the host "
+                "is noisy; the ratio is kept, and its interval is in the stage's metrics"
+            )
+        return float(ratio["median"]) * statistics.median(self.reference_ms)
 
 
 def _met(cfg: PruneStage, macs: int, base_macs: int, latency: float | None, *, search: bool = False) -> bool:
@@ -488,6 +512,7 @@ def run(ctx: StageContext[PruneInputs], cfg: PruneStage, inp: Artifact) -> Stage
             "after_pruning_val_top1": after_prune_val,
             "after": after,
             "latency_runtime": probe.runtime if probe is not None else None,
+            "latency_probes": probe.readings if probe is not None else None,
             "latency_int8": probe.int8 if probe is not None else None,
             "latency_settings": probe.settings.to_dict() if probe is not None else None,
             "speedup": speedup,
