@@ -105,9 +105,10 @@ bench-repro: install
 bench-loader: install
 	$(BIN)/python benchmarks/loader.py $(DATA_ROOT) --json benchmarks/results/loader.json
 
-# edgeres against its peers on CIFAR-10 (benchmarks/peers.py; needs ../shared: the data and the trained checkpoint).
-# The data is unpacked once to PEERS_DATA, outside the repository. Builds recipes/cifar10-peers.yaml first (hours on
-# 2 cores, resumable); PEERS_ARGS=--available measures only what is already built.
+# edgeres against its peers on CIFAR-10 under the pre-registered protocol (benchmarks/peers.py, benchmarks/README.md;
+# needs ../shared: the data and the trained checkpoint). The data is unpacked once to PEERS_DATA, outside the
+# repository. Runs the search of recipes/search-cifar10.yaml first (hours on 2 cores from a cold cache; resumable and
+# cached); PEERS_ARGS="--trials 8" runs fewer trials, "--cache DIR" names the cache.
 SHARED     ?= ../shared
 PEERS_DATA ?= $(HOME)/.cache/edgeres-data/cifar10
 PEERS_ARGS ?=

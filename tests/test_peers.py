@@ -174,3 +174,36 @@ def test_the_table_has_the_a_a_row_every_interval_and_the_verdict(peers: ModuleT
     assert "1.00 (the fastest)" in md and "Test, read once by the search: chosen 81.50%" in md
     report["verdict"] = peers.judge(*_report(2.6, 2.4, 0.815).values())
     assert "NOT MET" in peers.markdown(report)
+
+
+def test_each_row_s_sessions_go_round_the_table(
+    peers: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Session k of every row runs before session k+1 of any (so a row's sessions straddle the host's changes over
+    the table), who goes first rotates, and each row's interval pools its sessions in two stages. The paired
+    protocol itself is tests/test_paired.py's; a stand-in returns each row's ratio per session here."""
+    from types import SimpleNamespace
+
+    from edgeres.paired import EngineSpec
+
+    order: list[tuple[str, int]] = []
+    by_label = {"peer": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5], "fast": [0.4] * 6}
+
+    def stand_in(against: Any, candidate: Any, samples: Any, **kw: Any) -> dict[str, Any]:
+        order.append((candidate.label, kw["seed"]))
+        ratios = [r * (1.0 + 0.1 * kw["seed"]) for r in by_label[candidate.label]]  # the host drifts per session
+        return {"latency_ratio": {"ratios": ratios, "median": float(np.median(ratios))},
+                "control": {"ratios": [1.0] * 6}, "candidate": {"p50_ms": 1.0}, "reference": {"p50_ms": 2.0},
+                "seconds": 0.1, "configuration": {"candidate": {"kernels": {}, "version": "x"}}}  # fmt: skip
+
+    monkeypatch.setattr(peers, "paired_latency", stand_in)
+    monkeypatch.setattr(peers, "sized", lambda spec, size, work: spec)
+    spec = lambda label: EngineSpec("onnxruntime", "m.onnx", "onnx", {}, label=label)  # noqa: E731
+    args = SimpleNamespace(pairs=18, sessions=3, threads=1)
+    out = peers.spread(spec("top"), {"peer": spec("peer"), "fast": spec("fast")}, 32, args, tmp_path, {32: None})
+    assert order == [("peer", 0), ("fast", 0), ("fast", 1), ("peer", 1), ("peer", 2), ("fast", 2)]
+    fast = out["fast"]
+    assert fast["latency_ratio"]["pairs"] == 18 and fast["sessions"] == 3
+    assert fast["speedup"]["session_medians"] == pytest.approx([2.5, 2.5 / 1.1, 2.5 / 1.2])
+    assert fast["speedup"]["ci95"][0] <= 2.5 / 1.2 + 1e-9 and fast["speedup"]["ci95"][1] >= 2.5 - 1e-9
+    assert fast["control_ok"] is True and fast["configuration"] == {"candidate": {"version": "x"}}
