@@ -706,7 +706,7 @@ class SearchConfig(Strict):
     fidelity: SearchFidelity | None = Field(None, description="Successive halving over a training budget.")
     pairs: int = Field(30, ge=2, le=1000, description="Pairs of the paired latency protocol per trial.")
     sessions: int = Field(1, ge=1, le=100, description="Sessions those pairs are split over (fresh processes each).")
-    sizes: list[int] = Field(
+    sizes: list[Annotated[int, Field(ge=8, le=4096)]] = Field(
         default_factory=list,
         description="Square input sizes latency is timed at (the weights at each size, latency only); empty: the "
         "data's own size. The objective is the worst of them: the largest latency ratio.",
@@ -715,3 +715,9 @@ class SearchConfig(Strict):
         None, description="Time trials against this peer's engine; default: against the reference engine."
     )
     reference: SearchReference = Field(default_factory=lambda: SearchReference())
+
+    @model_validator(mode="after")
+    def _sizes_increasing(self) -> SearchConfig:
+        if any(b <= a for a, b in zip(self.sizes, self.sizes[1:], strict=False)):
+            raise ValueError(f"sizes must be increasing, each once, got {self.sizes}")
+        return self

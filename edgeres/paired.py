@@ -211,7 +211,11 @@ def _start(spec: EngineSpec, samples_npz: Path, *, threads: int, cores: list[int
         errors = child.errors()
         _stop(child)
         raise StageError(f"{spec.label or spec.path} on {spec.runtime} could not be loaded for timing: {errors}")
-    child.configuration = json.loads(ready[len("ready") :] or "null")
+    try:
+        child.configuration = json.loads(ready[len("ready") :].strip() or "null")
+    except ValueError as exc:
+        _stop(child)
+        raise StageError(f"the timing process of {spec.label or spec.path} answered {ready!r} when loaded") from exc
     return child
 
 

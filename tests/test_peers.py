@@ -147,6 +147,11 @@ def test_the_verdict_needs_the_lower_bound_at_both_sizes_and_a_point_on_test(pee
     assert missed["met"] is False and "outside 1.0 point" in missed["why"]
     noisy = peers.judge(*_report(3.0, 3.0, 0.815, control_ok=False).values())
     assert noisy["met"] is False and "too noisy" in noisy["why"]
+    exact = _report(3.0, 3.0, 0.81)  # 100 of 10,000 images under the reference: 1.0 point, within the rule
+    assert peers.judge(*exact.values())["met"] is True
+    aa_off = {"32": _latency(0.9, 1.08), "224": _latency(0.97, 1.0)}  # the A/A row itself reads 1.08 at 32x32
+    off = peers.judge(met["rows"], met["test"], aa_off)
+    assert off["met"] is False and "too noisy" in off["why"] and "at 32" in off["why"]
     rows = [r for r in met["rows"] if r["model"] != "edgeres chosen"]
     assert peers.judge(rows, None) == {"met": False, "why": "the search chose nothing within its val budget"}
 
@@ -162,7 +167,7 @@ def test_the_table_has_the_a_a_row_every_interval_and_the_verdict(peers: ModuleT
         "fastest_peer": {"32": "NNCF", "224": "NNCF"},
         "aa_control": aa,
         "rows": base["rows"],
-        "search": {"study": "s", "trials": [], "front": [], "seconds": 1.0, "test": base["test"],
+        "search": {"study": "s", "trials": [], "front": [], "seconds": 1.0, "test": base["test"], "max_drop": 0.01,
                    "reference": {"val_top1": 0.83, "candidates": [{"variant": "extra1", "chosen": True}]}},
         "verdict": peers.judge(base["rows"], base["test"]),
         "notes": ["a note"],
@@ -191,6 +196,7 @@ def test_each_row_s_sessions_go_round_the_table(
 
     def stand_in(against: Any, candidate: Any, samples: Any, **kw: Any) -> dict[str, Any]:
         order.append((candidate.label, kw["seed"]))
+        assert kw["pairs"] == 6  # 18 pairs over 3 sessions: one rotation of the three processes each
         ratios = [r * (1.0 + 0.1 * kw["seed"]) for r in by_label[candidate.label]]  # the host drifts per session
         return {"latency_ratio": {"ratios": ratios, "median": float(np.median(ratios))},
                 "control": {"ratios": [1.0] * 6}, "candidate": {"p50_ms": 1.0}, "reference": {"p50_ms": 2.0},

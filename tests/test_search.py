@@ -259,3 +259,20 @@ def test_a_search_at_two_sizes_against_a_peer_scores_its_slower_size(
     assert out["latency"]["sizes"] == [16, 32] and out["latency"]["against"] == {"*": "peer model.onnx"}
     md = (tmp_path / "out" / "search" / "search.md").read_text(encoding="utf-8")
     assert "peer model.onnx at 16x16, 32x32" in md and "16: " in md and "32: " in md
+
+
+def test_a_study_without_sizes_or_a_peer_keeps_the_name_it_had_before_they_existed() -> None:
+    """The name a search's journal is found by: the same recipe named its study this before `search.sizes` and
+    `search.against` existed (commit b59df7f), so a search started then resumes now."""
+    search = Search(as_recipe(search_recipe()), cache_dir=Path("unused"), out_dir=Path("unused"),
+                    reporter=quiet_reporter())  # fmt: skip
+    assert search.study_name == "tiny-b2c449a5de2f"
+
+
+def test_search_sizes_are_increasing_and_plausible() -> None:
+    from edgeres.errors import RecipeError
+
+    for bad, why in (([32, 16], "sizes must be increasing"), ([32, 32], "sizes must be increasing"),
+                     ([0], "greater than or equal to 8")):  # fmt: skip
+        with pytest.raises(RecipeError, match=why):
+            as_recipe(search_recipe(sizes=bad))
