@@ -230,6 +230,7 @@ def test_the_command_reports_a_finished_search_without_running_it_again(
     assert read == [] and (tmp_path / "out" / "search" / "search.md").is_file()
 
 
+@pytest.mark.slow  # 11 s: the default suite is at its 6-minute budget; `make test-slow` runs it
 def test_a_search_at_two_sizes_against_a_peer_scores_its_slower_size(
     searched: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
