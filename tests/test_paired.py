@@ -191,3 +191,29 @@ def test_sessions_start_fresh_processes_and_split_the_pairs(tmp_path: Path) -> N
     out = paired_latency(spec, spec, npz, threads=1, pairs=7, block=1, warmup=1, cores=[0], sessions=2)
     assert out["protocol"]["sessions"] == 2 and out["protocol"]["pairs"] == 12  # 7 -> 2 sessions of one rotation
     assert len(out["latency_ratio"]["session_medians"]) == 2 and "two-stage" in out["protocol"]["statistic"]
+
+
+def test_a_timing_process_whose_ready_line_is_not_its_configuration_is_stopped_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's `ready` line carries its configuration as JSON; a line that does not parse is a StageError that
+    names the engine, and the process is ended (not left running beside the next comparison)."""
+    import edgeres.paired as paired
+    from edgeres.errors import StageError
+
+    model = gemm_chain(tmp_path / "m.onnx", 1)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.zeros((1, 1, 16, 16), dtype=np.float32))
+    started: list[Any] = []
+    real_reply = paired._Child.reply
+
+    def garbled(self: Any, what: str) -> str:
+        started.append(self.proc)
+        line = real_reply(self, what)
+        return "ready {not json\n" if line.startswith("ready") else line
+
+    monkeypatch.setattr(paired._Child, "reply", garbled)
+    spec = EngineSpec("onnxruntime", str(model), "onnx", RuntimeSettings("onnxruntime").to_dict(), label="garbled")
+    with pytest.raises(StageError, match=r"garbled.*answered 'ready"):
+        paired._start(spec, npz, threads=1, cores=[0], warmup=1)
+    assert started and started[0].poll() is not None  # ended

@@ -87,7 +87,7 @@ def test_images_at_another_size_keep_their_batch_and_channels() -> None:
 
 def test_a_peer_runs_with_its_runtime_s_defaults_as_read_back(peers: ModuleType, tiny_export: tuple[Any, Path]) -> None:
     """Peers are timed as their users run them: ONNX Runtime's own graph level (all) and OpenVINO's own precision
-    (the CPU's: bf16 where it has AVX512_BF16 or AMX), both read back from the runtime; edgeres' engines keep
+    (the CPU's choice, which this test does not predict), both read back from the runtime; edgeres' engines keep
     their explicit settings, and a settings dict without the flag is what it was before it existed (cache keys)."""
     import openvino as ov
 
@@ -107,8 +107,12 @@ def test_a_peer_runs_with_its_runtime_s_defaults_as_read_back(peers: ModuleType,
         r.infer(x)
         got = r.effective()["inference_precision"]
         compiled = r.effective()["compiled"]
-    caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    assert got == ("bf16" if "BF16" in caps else "f32") or (got == "f16" and "FP16" in caps)
+    # Whatever this CPU makes OpenVINO choose (bf16 with AVX512_BF16 or AMX, f16 on some Arm, else f32), the peer
+    # gets that choice and the runner reports it: compared with OpenVINO's own compile given the threads alone.
+    model = ov.Core().read_model(str(path))
+    model.reshape({model.input(0): [1, 3, 32, 32]})
+    own = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+    assert got == str(own.get_property("INFERENCE_PRECISION_HINT").get_type_name())
     assert compiled["INFERENCE_NUM_THREADS"] == "1" and "EXECUTION_MODE_HINT" in compiled
     assert RuntimeSettings("openvino").to_dict() == {
         "runtime": "openvino", "precision": "fp32", "ort_optimization_level": "extended", "openvino_hint": "latency",
@@ -147,7 +151,8 @@ def test_the_verdict_needs_the_lower_bound_at_both_sizes_and_a_point_on_test(pee
     assert missed["met"] is False and "outside 1.0 point" in missed["why"]
     noisy = peers.judge(*_report(3.0, 3.0, 0.815, control_ok=False).values())
     assert noisy["met"] is False and "too noisy" in noisy["why"]
-    exact = _report(3.0, 3.0, 0.81)  # 100 of 10,000 images under the reference: 1.0 point, within the rule
+    exact = _report(3.0, 3.0, 0.8072)  # 100 of 10,000 images under the reference: 1.0 point, within the rule
+    exact["test"]["reference_top1"] = 0.8172  # 100 * (0.8172 - 0.8072) is 1.0000000000000009 in floating point
     assert peers.judge(*exact.values())["met"] is True
     aa_off = {"32": _latency(0.9, 1.08), "224": _latency(0.97, 1.0)}  # the A/A row itself reads 1.08 at 32x32
     off = peers.judge(met["rows"], met["test"], aa_off)
