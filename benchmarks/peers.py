@@ -51,11 +51,11 @@ from edgeres.artifact import default_cache_dir, read_artifact, write_json_atomic
 from edgeres.deps import versions
 from edgeres.measure import AA_TOLERANCE, environment, measure_accuracy, paired_summary
 from edgeres.models import build_model, load_weights, read_state_dict
-from edgeres.paired import EngineSpec, paired_latency
+from edgeres.paired import EngineSpec, paired_latency, peer_spec
 from edgeres.pipeline import Pipeline
 from edgeres.progress import Reporter
 from edgeres.recipe import load_recipe
-from edgeres.resize import at_size, digest_files, images_at, model_files
+from edgeres.resize import digest_files, images_at, model_files
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import RuntimeSettings
 from edgeres.search import Search, engine_spec
@@ -73,17 +73,6 @@ def _base_model(weights: Path) -> Any:
     return model.eval()
 
 
-def peer_spec(name: str, runtime: str, path: Path) -> EngineSpec:
-    """A peer as its users run it: its runtime's defaults apart from the thread count."""
-    fmt = "openvino" if path.suffix == ".xml" else "onnx"
-    return EngineSpec(runtime, str(path), fmt, RuntimeSettings(runtime, runtime_defaults=True).to_dict(), label=name)
-
-
-def sized(spec: EngineSpec, size: int, work: Path) -> EngineSpec:
-    path = at_size(Path(spec.path), size, work / "resized")
-    return spec if str(path) == spec.path else EngineSpec(spec.runtime, str(path), spec.fmt, spec.settings, spec.label)
-
-
 def timed(
     against: EngineSpec, candidate: EngineSpec, size: int, args: Any, work: Path, samples: dict[int, Path]
 ) -> dict[str, Any]:
@@ -91,8 +80,8 @@ def timed(
     attempts = []
     for _ in (1, 2):
         r = paired_latency(
-            sized(against, size, work),
-            sized(candidate, size, work),
+            against.at_size(size, work / "resized"),
+            candidate.at_size(size, work / "resized"),
             samples[size],
             threads=args.threads,
             pairs=args.pairs,
@@ -115,7 +104,7 @@ def timed(
         "control_ok": r["control_ok"],
         "attempts": len(attempts),
         "protocol": r["protocol"],
-        "configuration": {k: _brief(v) for k, v in r["configuration"].items()},
+        "configuration": r["configuration"],
         "seconds": r["seconds"],
     }
 
@@ -137,7 +126,7 @@ def spread(
         names = names[session % len(names) :] + names[: session % len(names)]  # who goes first rotates too
         for name in names:
             r = paired_latency(
-                sized(against, size, work), sized(entries[name], size, work), samples[size],
+                against.at_size(size, work / "resized"), entries[name].at_size(size, work / "resized"), samples[size],
                 threads=args.threads, pairs=per_session, seed=session,
             )  # fmt: skip
             g = got[name]
@@ -147,7 +136,7 @@ def spread(
             g["p50"].append(r["candidate"]["p50_ms"])
             g["p50_against"].append(r["reference"]["p50_ms"])
             g["seconds"] += r["seconds"]
-            configuration.setdefault(name, {k: _brief(v) for k, v in r["configuration"].items()})
+            configuration.setdefault(name, r["configuration"])
             print(
                 f"  {size}x{size} session {session + 1}/{args.sessions}: {name} {1 / r['latency_ratio']['median']:.2f}x"
             )
@@ -171,10 +160,6 @@ def spread(
             "seconds": round(g["seconds"], 1),
         }
     return out
-
-
-def _brief(config: Any) -> Any:
-    return {k: v for k, v in config.items() if k != "kernels"} if isinstance(config, dict) else config
 
 
 def accuracy(spec: EngineSpec, batches: list[Any], labels: Any, threads: int, cache: Path) -> float:
@@ -258,7 +243,7 @@ def main() -> None:
     peers: dict[str, dict[str, Any]] = {}
     for name, how, runtime, make in makers:
         try:
-            peers[name] = {"how": how, "spec": peer_spec(name, runtime, make())}
+            peers[name] = {"how": how, "spec": peer_spec(make(), label=name, runtime=runtime)}
         except Exception as exc:  # a peer that fails to build is named in the table, not hidden
             notes.append(f"{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if ANCHOR not in peers:

@@ -27,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from edgeres.errors import StageError
 from edgeres.measure import AA_TOLERANCE, paired_summary
+from edgeres.runtimes.settings import RuntimeSettings
 
 PAIRS = 30  # at least this many pairs per comparison (the protocol's minimum); rounded up to whole rotations
 REPLY_TIMEOUT_S = 600.0  # longest wait for one block (or a load) before the timing process is called hung
@@ -49,6 +50,24 @@ class EngineSpec:
     fmt: str
     settings: dict[str, Any]  # RuntimeSettings.to_dict()
     label: str = ""
+
+    def at_size(self, size: int, work: Path) -> EngineSpec:
+        """This engine with its input at size x size: itself where that is its input, else a copy under `work`
+        (edgeres.resize.at_size: timing only)."""
+        from edgeres.resize import at_size
+
+        path = at_size(Path(self.path), size, work)
+        return self if str(path) == self.path else replace(self, path=str(path), label=f"{self.label} @{size}")
+
+
+def peer_spec(path: Path, *, label: str, runtime: str | None = None) -> EngineSpec:
+    """A model from elsewhere (an ONNX file or an OpenVINO IR .xml) as its users run it: on `runtime` (default: its
+    format's own) with that runtime's defaults apart from the thread count."""
+    from edgeres.runtimes import NATIVE
+
+    fmt = "openvino" if path.suffix == ".xml" else "onnx"
+    runtime = runtime or NATIVE[fmt]
+    return EngineSpec(runtime, str(path), fmt, RuntimeSettings(runtime, runtime_defaults=True).to_dict(), label=label)
 
 
 @dataclass
@@ -241,7 +260,6 @@ def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
     import numpy as np
 
     from edgeres.runtimes import open_runner
-    from edgeres.runtimes.settings import RuntimeSettings
 
     if spec.get("cores"):
         os.sched_setaffinity(0, spec["cores"])
@@ -258,7 +276,9 @@ def serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
     ) as runner:
         for i in range(int(spec["warmup"])):
             runner.infer(samples[i % len(samples)])
-        configuration = {"version": runner.version(), **runner.effective()}
+        # the settings as the runtime reports them back (not its kernel choices, which reports record elsewhere)
+        effective = {k: v for k, v in runner.effective().items() if k != "kernels"}
+        configuration = {"version": runner.version(), **effective}
         stdout.write("ready " + json.dumps(configuration, default=str) + "\n")
         stdout.flush()
         i = 0

@@ -41,7 +41,7 @@ from edgeres.errors import RecipeError, StageError
 from edgeres.progress import Reporter
 from edgeres.recipe import Recipe, recipe_from_mapping, variant_recipe
 from edgeres.recipe_yaml import apply_override
-from edgeres.resize import at_size, digest_files, images_at, model_files
+from edgeres.resize import digest_files, images_at, model_files
 
 SEALED_WHY = "edgeres search decides on val; test is read once, at its end"
 PENALTY = 1000.0  # a trial over budget scores this plus its drop: worse than any trial within budget
@@ -153,8 +153,7 @@ class Search:
 
     def _against_from_recipe(self) -> dict[Any, Any] | None:
         """`search.against`: one peer engine for every size (key "*"), run with its runtime's defaults."""
-        from edgeres.paired import EngineSpec
-        from edgeres.runtimes.settings import RuntimeSettings
+        from edgeres.paired import peer_spec
 
         peer = self.cfg.against
         if peer is None:
@@ -164,10 +163,7 @@ class Search:
             raise RecipeError(
                 f"search.against.path {peer.path}: not an ONNX file or OpenVINO IR .xml here; give the peer's model"
             )
-        runtime = peer.runtime or ("openvino" if path.suffix == ".xml" else "onnxruntime")
-        fmt = "openvino" if path.suffix == ".xml" else "onnx"
-        settings = RuntimeSettings(runtime, runtime_defaults=True).to_dict()
-        return {"*": EngineSpec(runtime, str(path), fmt, settings, label=f"peer {path.name}")}
+        return {"*": peer_spec(path, label=f"peer {path.name}", runtime=peer.runtime)}
 
     # ------------------------------------------------------------------------------------------------- builds
 
@@ -292,6 +288,7 @@ class Search:
         smallest speed-up), with every size's in `by_size`."""
         from edgeres.paired import paired_latency
 
+        resized = self.cache_dir / "search" / "resized"
         by_size: dict[int, dict[str, Any]] = {}
         for size, x in samples.items():
             base = engine_spec(reference.artifact, reference.label)
@@ -299,8 +296,8 @@ class Search:
                 base = self.against.get(size) or self.against.get(str(size)) or self.against["*"]
             for attempt in (1, 2):
                 ratio = paired_latency(
-                    self._sized(base, size),
-                    self._sized(engine_spec(engine, label), size),
+                    base.at_size(size, resized),
+                    engine_spec(engine, label).at_size(size, resized),
                     x,
                     threads=self.threads,
                     pairs=self.cfg.pairs,
@@ -326,13 +323,6 @@ class Search:
             "control_ok": all(r["control_ok"] for r in by_size.values()),
             "by_size": {str(size): _brief(r) for size, r in by_size.items()},
         }
-
-    def _sized(self, spec: Any, size: int) -> Any:
-        """The engine at size x size: itself where that is its input, else a copy at that size (timing only)."""
-        from dataclasses import replace
-
-        path = at_size(Path(spec.path), size, self.cache_dir / "search" / "resized")
-        return spec if str(path) == spec.path else replace(spec, path=str(path), label=f"{spec.label} @{size}")
 
     def run(self) -> dict[str, Any]:
         optuna = require("optuna", purpose="run edgeres search")
@@ -549,12 +539,8 @@ def _brief(ratio: dict[str, Any]) -> dict[str, Any]:
         "control_ok": ratio.get("control_ok"),
         "against": ref.get("label"),
         "p50_ms": {"against": ref.get("p50_ms"), "trial": cand.get("p50_ms")},
-        "configuration": {k: _config_brief(v) for k, v in (ratio.get("configuration") or {}).items()},
+        "configuration": ratio.get("configuration") or {},
     }
-
-
-def _config_brief(config: Any) -> Any:
-    return {k: v for k, v in config.items() if k != "kernels"} if isinstance(config, dict) else config
 
 
 def _row(t: Any, cfg: Any) -> dict[str, Any]:

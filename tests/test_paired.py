@@ -99,6 +99,10 @@ def test_paired_latency_runs_each_engine_in_its_own_process_in_alternation(tmp_p
     assert out["control"]["pairs"] == 6 and out["control"]["median"] > 0
     assert out["control_ok"] == (abs(out["control"]["median"] - 1) <= 0.05)
     assert out["protocol"]["cores"] == [0] and out["protocol"]["block_queries"] == 5
+    # each engine's settings as its runtime reports them back, kernel choices left out
+    config = out["configuration"]
+    assert set(config) == {"reference", "candidate", "control"} and "kernels" not in config["reference"]
+    assert config["candidate"]["session_options"]["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
 
 
 def test_a_broken_engine_is_named(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeres.paired import peer_spec
 from edgeres.resize import at_size, images_at
 from edgeres.runtimes import open_runner
 from edgeres.runtimes.settings import RuntimeSettings
@@ -93,7 +94,7 @@ def test_a_peer_runs_with_its_runtime_s_defaults_as_read_back(peers: ModuleType,
 
     _, path = tiny_export
     x = np.zeros((1, 3, 32, 32), dtype=np.float32)
-    ort_peer = peers.peer_spec("peer", "onnxruntime", path)
+    ort_peer = peer_spec(path, label="peer", runtime="onnxruntime")
     assert ort_peer.settings["runtime_defaults"] is True
     settings = RuntimeSettings.from_dict(ort_peer.settings)
     with open_runner("onnxruntime", path, fmt="onnx", threads=1, settings=settings) as r:
@@ -101,7 +102,7 @@ def test_a_peer_runs_with_its_runtime_s_defaults_as_read_back(peers: ModuleType,
         assert r.effective()["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
     with open_runner("onnxruntime", path, fmt="onnx", threads=1, settings=RuntimeSettings("onnxruntime")) as r:
         assert r.effective()["session_options"]["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
-    ov_peer = RuntimeSettings.from_dict(peers.peer_spec("peer", "openvino", path).settings)
+    ov_peer = RuntimeSettings.from_dict(peer_spec(path, label="peer", runtime="openvino").settings)
     assert ov_peer.openvino_config(2) == {"INFERENCE_NUM_THREADS": 2}
     with open_runner("openvino", path, fmt="onnx", threads=1, settings=ov_peer) as r:
         r.infer(x)
@@ -205,10 +206,10 @@ def test_each_row_s_sessions_go_round_the_table(
         ratios = [r * (1.0 + 0.1 * kw["seed"]) for r in by_label[candidate.label]]  # the host drifts per session
         return {"latency_ratio": {"ratios": ratios, "median": float(np.median(ratios))},
                 "control": {"ratios": [1.0] * 6}, "candidate": {"p50_ms": 1.0}, "reference": {"p50_ms": 2.0},
-                "seconds": 0.1, "configuration": {"candidate": {"kernels": {}, "version": "x"}}}  # fmt: skip
+                "seconds": 0.1, "configuration": {"candidate": {"version": "x"}}}  # fmt: skip
 
     monkeypatch.setattr(peers, "paired_latency", stand_in)
-    monkeypatch.setattr(peers, "sized", lambda spec, size, work: spec)
+    monkeypatch.setattr(EngineSpec, "at_size", lambda spec, size, work: spec)
     spec = lambda label: EngineSpec("onnxruntime", "m.onnx", "onnx", {}, label=label)  # noqa: E731
     args = SimpleNamespace(pairs=18, sessions=3, threads=1)
     out = peers.spread(spec("top"), {"peer": spec("peer"), "fast": spec("fast")}, 32, args, tmp_path, {32: None})

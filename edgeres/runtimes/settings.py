@@ -14,7 +14,7 @@ mode, and the precision it actually compiled to is read back and compared (`chec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from edgeres.errors import StageError
@@ -49,8 +49,7 @@ class RuntimeSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuntimeSettings:
-        fields = ("runtime", "precision", "ort_optimization_level", "openvino_hint", "runtime_defaults")
-        return cls(**{k: d[k] for k in fields if k in d})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     def for_runtime(self, runtime: str) -> RuntimeSettings:
         """The same choices for another runtime (an ONNX measured on both CPU runtimes)."""
